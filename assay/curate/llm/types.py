@@ -1,0 +1,64 @@
+"""The request and response every LLM backend speaks (hosted via litellm, or local).
+
+A `ChatRequest` is everything that changes the answer; its `cache_key()` is the request
+cache's key. A backend turns one request into one `ChatResponse`; the client around it adds
+rate limits, retries and the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to make.
+
+    `params` holds generation parameters (temperature, max_tokens, top_p, seed, stop...);
+    `response_format` a JSON schema the answer must follow; `tools` OpenAI-style tool specs;
+    `sample_index` tells apart the n samples of one prompt (part of the cache key).
+    """
+
+    model: str
+    messages: tuple[dict[str, Any], ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    response_format: dict[str, Any] | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
+    sample_index: int = 0
+
+    def cache_key(self) -> str:
+        """A hash of everything that changes the answer (never of API keys or parsing)."""
+        payload = {
+            "model": self.model,
+            "messages": list(self.messages),
+            "params": self.params,
+            "response_format": self.response_format,
+            "tools": list(self.tools) if self.tools else None,
+            "sample_index": self.sample_index,
+        }
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class ChatResponse:
+    """What came back: the answer, separated reasoning, tool calls, usage and cost."""
+
+    text: str | None
+    reasoning: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    latency_s: float = 0.0
+    cached: bool = False
+
+
+class Backend(Protocol):
+    """Anything that can answer a ChatRequest (litellm, the local model, vLLM)."""
+
+    async def complete(self, request: ChatRequest) -> ChatResponse: ...

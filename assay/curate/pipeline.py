@@ -1,0 +1,158 @@
+"""Pipeline: a plain list of stages, a source, and a run that lands as Parquet shards.
+
+    pipeline = Pipeline([Normalize(column="text"), MinLength(chars=20), ExactDedupe()])
+    result = pipeline.run("data.jsonl")
+    result.to_polars()
+
+A run writes `<workspace>/runs/<run_id>/output/part-*.parquet` (in source order), the
+removed rows under `rejects/`, and its bookkeeping in `<workspace>/assay.duckdb`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from assay.curate.errors import AssayError
+from assay.curate.executors.local import DEFAULT_BATCH_SIZE, LocalExecutor
+from assay.curate.progress import Progress, make_progress
+from assay.curate.sources import Source, as_source
+from assay.curate.stage import Stage
+from assay.curate.store import RunStore
+
+DEFAULT_WORKSPACE = ".assay"
+
+
+class Pipeline:
+    """An ordered list of stages, optionally bound to a source (as a recipe binds one)."""
+
+    def __init__(
+        self,
+        stages: list[Stage],
+        *,
+        source: Any = None,
+        name: str = "pipeline",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        recipe: str | None = None,
+    ) -> None:
+        for i, stage in enumerate(stages):
+            if not isinstance(stage, Stage):
+                raise TypeError(f"stage {i} is a {type(stage).__name__}, not an assay Stage")
+        self.stages = list(stages)
+        self.source = source
+        self.name = name
+        self.batch_size = batch_size
+        self.recipe = recipe
+
+    def config(self, source: Source) -> dict[str, Any]:
+        """What the run store records, and what a resume must match."""
+        return {
+            "stages": [s.describe() for s in self.stages],
+            "batch_size": self.batch_size,
+            "source": source.describe(),
+        }
+
+    def run(
+        self,
+        source: Any = None,
+        *,
+        workspace: str | Path = DEFAULT_WORKSPACE,
+        resume: str | None = None,
+        executor: LocalExecutor | None = None,
+        progress: Progress | str = "auto",
+        no_cache: bool = False,
+    ) -> RunResult:
+        """Run the pipeline (or continue run `resume`) and return its result."""
+        src = as_source(source if source is not None else self.source)
+        if src is None:
+            raise AssayError("no source: pass one to run() or bind one in the recipe")
+        executor = executor or LocalExecutor(batch_size=self.batch_size)
+        reporter = make_progress(progress) if isinstance(progress, str) else progress
+        config = self.config(src)
+        with RunStore(workspace) as store:
+            if resume:
+                run = store.run(resume)
+                _check_same_config(resume, run["config"], config)
+                run_id = resume
+                store.set_status(run_id, "running")
+            else:
+                run_id = store.new_run(self.name, self.recipe, config)
+                store.record_stages(run_id, config["stages"])
+            run_dir = Path(store.run(run_id)["run_dir"])
+            try:
+                executor.run(self.stages, src, store, run_id, run_dir, reporter, no_cache)
+            except BaseException as exc:
+                store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
+                raise
+            store.set_status(run_id, "done")
+        return RunResult(run_id=run_id, run_dir=run_dir, workspace=Path(workspace))
+
+
+def _check_same_config(run_id: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+    for key in ("stages", "batch_size"):
+        if json.dumps(stored.get(key), sort_keys=True) != json.dumps(current[key], sort_keys=True):
+            raise AssayError(
+                f"cannot resume run {run_id}: its {key} differ from this pipeline's "
+                f"(stored {stored.get(key)!r}, now {current[key]!r}); start a new run instead"
+            )
+
+
+@dataclass
+class RunResult:
+    """A finished run: its id, where its shards are, and ways to read them."""
+
+    run_id: str
+    run_dir: Path
+    workspace: Path
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run_dir / "output"
+
+    def to_arrow(self) -> pa.Table:
+        files = sorted(self.output_dir.glob("part-*.parquet"))
+        if not files:
+            return pa.table({})
+        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+
+    def to_polars(self) -> Any:
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow())
+
+    def to_hf(self) -> Any:
+        import datasets
+
+        return datasets.Dataset(self.to_arrow())
+
+    def to_jsonl(self, path: str | Path) -> Path:
+        import polars as pl
+
+        path = Path(path)
+        frame = pl.from_arrow(self.to_arrow())
+        assert isinstance(frame, pl.DataFrame)
+        frame.write_ndjson(path)
+        return path
+
+    def rejects(self) -> pa.Table:
+        """Every removed row with its stage (`_stage`) and reason (`_reason`)."""
+        tables = []
+        for stage_dir in sorted((self.run_dir / "rejects").glob("*")):
+            files = sorted(stage_dir.glob("*.parquet"))
+            if not files:
+                continue
+            t = pads.dataset([str(f) for f in files]).to_table()
+            tables.append(t.append_column("_stage", pa.array([stage_dir.name] * t.num_rows)))
+        if not tables:
+            return pa.table({"id": pa.array([], pa.string()), "_reason": pa.array([], pa.string())})
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def funnel(self) -> list[dict[str, Any]]:
+        with RunStore(self.workspace) as store:
+            return store.funnel(self.run_id)

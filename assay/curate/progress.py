@@ -1,0 +1,136 @@
+"""Progress reporting: a Rich display per stage on a terminal, one line per stage elsewhere.
+
+Every stage's progress is counted in rows of the segment's input whose batch has passed the
+stage, so all stages share one total and the ETA means "until the segment is done".
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import (
+    Progress as RichBar,
+)
+
+
+class Progress:
+    """Receives the executor's events; the base class shows nothing."""
+
+    def start_segment(self, stages: list[tuple[int, str]], total: int | None) -> None:
+        """`stages` is (pipeline index, name) for each stage of the segment."""
+
+    def skip(self, rows: int) -> None:
+        """A batch of `rows` segment-input rows was done in an earlier attempt (resume)."""
+
+    def advance(self, index: int, batch_rows: int, rows_in: int, rows_out: int) -> None:
+        """Stage `index` finished a batch of `batch_rows` segment-input rows."""
+
+    def end_segment(self) -> None:
+        pass
+
+
+QuietProgress = Progress
+
+
+class _Tally:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rows_in = 0
+        self.rows_out = 0
+        self.started = time.perf_counter()
+
+
+class LineProgress(Progress):
+    """For logs and CI: one line per stage when its segment ends."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tallies: dict[int, _Tally] = {}
+
+    def start_segment(self, stages: list[tuple[int, str]], total: int | None) -> None:
+        self.tallies = {i: _Tally(name) for i, name in stages}
+
+    def advance(self, index: int, batch_rows: int, rows_in: int, rows_out: int) -> None:
+        tally = self.tallies[index]
+        tally.rows_in += rows_in
+        tally.rows_out += rows_out
+
+    def end_segment(self) -> None:
+        for index, t in self.tallies.items():
+            seconds = time.perf_counter() - t.started
+            rate = t.rows_in / seconds if seconds > 0 else 0.0
+            print(
+                f"[assay] stage {index} {t.name}: {t.rows_in:,} in, {t.rows_out:,} out, "
+                f"{t.rows_in - t.rows_out:,} removed, {seconds:.1f}s ({rate:,.0f} rows/s)",
+                file=self.stream,
+                flush=True,
+            )
+
+
+class RichProgress(Progress):
+    """A live bar per stage with rows done / total, rate and ETA."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.bar: RichBar | None = None
+        self.tasks: dict[int, TaskID] = {}
+        self.tallies: dict[int, _Tally] = {}
+
+    def start_segment(self, stages: list[tuple[int, str]], total: int | None) -> None:
+        self.bar = RichBar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[kept]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.bar.start()
+        self.tallies = {i: _Tally(name) for i, name in stages}
+        self.tasks = {
+            i: self.bar.add_task(f"{i} {name}", total=total, kept="", rate="") for i, name in stages
+        }
+
+    def skip(self, rows: int) -> None:
+        if self.bar:
+            for task in self.tasks.values():
+                self.bar.advance(task, rows)
+
+    def advance(self, index: int, batch_rows: int, rows_in: int, rows_out: int) -> None:
+        tally = self.tallies[index]
+        tally.rows_in += rows_in
+        tally.rows_out += rows_out
+        seconds = time.perf_counter() - tally.started
+        rate = f"{tally.rows_in / seconds:,.0f} rows/s" if seconds > 0 else ""
+        if self.bar:
+            self.bar.update(
+                self.tasks[index], advance=batch_rows, kept=f"kept {tally.rows_out:,}", rate=rate
+            )
+
+    def end_segment(self) -> None:
+        if self.bar:
+            self.bar.stop()
+            self.bar = None
+
+
+def make_progress(mode: str = "auto") -> Progress:
+    """`auto` (Rich on a terminal, lines otherwise), `rich`, `lines` or `quiet`."""
+    if mode == "quiet":
+        return QuietProgress()
+    if mode == "rich" or (mode == "auto" and sys.stderr.isatty()):
+        return RichProgress()
+    return LineProgress()

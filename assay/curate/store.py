@@ -1,0 +1,305 @@
+"""The run store: one DuckDB file per workspace (default `./.assay/assay.duckdb`).
+
+Tables:
+- `runs`: one row per run (id, name, recipe text, config, status, times, code version).
+- `stages`: the stages of each run with their parameters.
+- `batches`: a batch of a segment is done once its row is here; written in the same
+  transaction as that batch's stage counts, rejects and lineage, so a crash at any moment
+  leaves either all of a batch's bookkeeping or none of it.
+- `segments`: segments whose every batch is done (the pipeline splits at `needs_fit` stages).
+- `stage_batches`: rows in / out / rejected and seconds, per stage and batch.
+- `rejects`: row id, stage and reason of every removed row (the rows themselves are Parquet
+  shards under the run directory's `rejects/`).
+- `lineage`: (id, parent_id) for rows a stage created; the `row_sources` view maps any such
+  row to the source row it descends from.
+- `request_log`: one row per LLM request a run made or took from the cache (written by the
+  LLM layer), summed per stage by `assay show`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from assay import __version__
+from assay.curate.errors import AssayError
+
+SCHEMA = """
+create table if not exists runs (
+    run_id varchar primary key, name varchar, recipe varchar, config json, status varchar,
+    started_at timestamp, ended_at timestamp, code_version varchar, run_dir varchar,
+    error varchar);
+create table if not exists stages (
+    run_id varchar, stage_index integer, name varchar, params json,
+    primary key (run_id, stage_index));
+create table if not exists batches (
+    run_id varchar, segment integer, batch integer, rows_out bigint, committed_at timestamp,
+    primary key (run_id, segment, batch));
+create table if not exists segments (
+    run_id varchar, segment integer, batches integer, completed_at timestamp,
+    primary key (run_id, segment));
+create table if not exists stage_batches (
+    run_id varchar, stage_index integer, segment integer, batch integer,
+    rows_in bigint, rows_out bigint, rows_rejected bigint, seconds double);
+create table if not exists rejects (
+    run_id varchar, row_id varchar, stage_index integer, stage varchar, reason varchar,
+    segment integer, batch integer);
+create table if not exists lineage (
+    run_id varchar, id varchar, parent_id varchar, stage_index integer);
+create table if not exists request_log (
+    run_id varchar, stage_index integer, request_key varchar, model varchar, cached boolean,
+    input_tokens bigint, output_tokens bigint, cost double, latency_s double, error varchar,
+    logged_at timestamp);
+create or replace view row_sources as
+with recursive chain(run_id, id, ancestor, depth) as (
+    select run_id, id, parent_id, 1 from lineage
+    union all
+    select c.run_id, c.id, l.parent_id, c.depth + 1
+    from chain c join lineage l on l.run_id = c.run_id and l.id = c.ancestor)
+select run_id, id, arg_max(ancestor, depth) as source_id from chain group by run_id, id;
+"""
+
+
+@dataclass
+class StageCount:
+    """What one stage did to one batch."""
+
+    stage_index: int
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    seconds: float
+
+
+class UnknownRunError(AssayError):
+    pass
+
+
+class RunStore:
+    """The workspace's DuckDB file. Open one per process; it holds DuckDB's write lock."""
+
+    def __init__(self, workspace: str | Path = ".assay", read_only: bool = False) -> None:
+        self.workspace = Path(workspace)
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.path = self.workspace / "assay.duckdb"
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+        except duckdb.IOException as exc:
+            raise AssayError(
+                f"cannot open the run store {str(self.path)!r} (is another assay process "
+                f"writing to this workspace?): {exc}"
+            ) from exc
+        if not read_only or not self.path.exists():
+            self.con.execute(SCHEMA)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # runs -----------------------------------------------------------------------------
+
+    def new_run(self, name: str, recipe: str | None, config: dict[str, Any]) -> str:
+        run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        run_dir = self.workspace / "runs" / run_id
+        run_dir.mkdir(parents=True)
+        self.con.execute(
+            "insert into runs values (?, ?, ?, ?, 'running', ?, null, ?, ?, null)",
+            [run_id, name, recipe, json.dumps(config), _now(), code_version(), str(run_dir)],
+        )
+        return run_id
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        rows = self._dicts("select * from runs where run_id = ?", [run_id])
+        if not rows:
+            recent = [r["run_id"] for r in self.runs()[:5]]
+            raise UnknownRunError(
+                f"no run {run_id!r} in {self.path} (recent runs: {', '.join(recent) or 'none'})"
+            )
+        row = rows[0]
+        row["config"] = json.loads(row["config"]) if row["config"] else {}
+        return row
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self._dicts(
+            """select r.run_id, r.name, r.status, r.started_at, r.ended_at,
+                      coalesce(sum(b.rows_out), 0) as rows_out
+               from runs r left join batches b on b.run_id = r.run_id
+                    and b.segment = (select max(segment) from batches b2 where b2.run_id = r.run_id)
+               group by all order by r.started_at desc"""
+        )
+
+    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        ended = None if status == "running" else _now()
+        self.con.execute(
+            "update runs set status = ?, ended_at = ?, error = ? where run_id = ?",
+            [status, ended, error, run_id],
+        )
+
+    def record_stages(self, run_id: str, stages: list[dict[str, Any]]) -> None:
+        self.con.execute("delete from stages where run_id = ?", [run_id])
+        self.con.executemany(
+            "insert into stages values (?, ?, ?, ?)",
+            [[run_id, i, s["stage"], json.dumps(s["params"])] for i, s in enumerate(stages)],
+        )
+
+    # batches --------------------------------------------------------------------------
+
+    def done_batches(self, run_id: str, segment: int) -> set[int]:
+        rows = self.con.execute(
+            "select batch from batches where run_id = ? and segment = ?", [run_id, segment]
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def commit_batch(
+        self,
+        run_id: str,
+        segment: int,
+        batch: int,
+        rows_out: int,
+        counts: list[StageCount],
+        rejects: pa.Table | None = None,
+        lineage: pa.Table | None = None,
+    ) -> None:
+        """Record a finished batch atomically: its counts, rejects, lineage and done marker.
+
+        `rejects` has columns row_id, stage_index, stage, reason; `lineage` has id,
+        parent_id, stage_index.
+        """
+        con = self.con
+        con.begin()
+        try:
+            con.executemany(
+                "insert into stage_batches values (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [
+                        run_id,
+                        c.stage_index,
+                        segment,
+                        batch,
+                        c.rows_in,
+                        c.rows_out,
+                        c.rows_rejected,
+                        c.seconds,
+                    ]
+                    for c in counts
+                ],
+            )
+            if rejects is not None and rejects.num_rows:
+                con.register("_rejects", rejects)
+                con.execute(
+                    """insert into rejects select ?, row_id, stage_index, stage, reason, ?, ?
+                       from _rejects""",
+                    [run_id, segment, batch],
+                )
+                con.unregister("_rejects")
+            if lineage is not None and lineage.num_rows:
+                con.register("_lineage", lineage)
+                con.execute(
+                    "insert into lineage select ?, id, parent_id, stage_index from _lineage",
+                    [run_id],
+                )
+                con.unregister("_lineage")
+            con.execute(
+                "insert into batches values (?, ?, ?, ?, ?)",
+                [run_id, segment, batch, rows_out, _now()],
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+
+    def complete_segment(self, run_id: str, segment: int, batches: int) -> None:
+        self.con.execute(
+            "insert or replace into segments values (?, ?, ?, ?)",
+            [run_id, segment, batches, _now()],
+        )
+
+    def segment_complete(self, run_id: str, segment: int) -> bool:
+        row = self.con.execute(
+            "select count(*) from segments where run_id = ? and segment = ?", [run_id, segment]
+        ).fetchone()
+        return bool(row and row[0])
+
+    # reports --------------------------------------------------------------------------
+
+    def funnel(self, run_id: str) -> list[dict[str, Any]]:
+        """Per stage: rows in, out, rejected, seconds, and LLM requests, tokens and cost."""
+        return self._dicts(
+            """select s.stage_index, s.name,
+                      coalesce(sum(b.rows_in), 0) as rows_in,
+                      coalesce(sum(b.rows_out), 0) as rows_out,
+                      coalesce(sum(b.rows_rejected), 0) as rows_rejected,
+                      coalesce(sum(b.seconds), 0) as seconds,
+                      any_value(u.requests) as requests, any_value(u.cached) as cached,
+                      any_value(u.failed) as failed,
+                      any_value(u.input_tokens) as input_tokens,
+                      any_value(u.output_tokens) as output_tokens, any_value(u.cost) as cost
+               from stages s
+               left join stage_batches b on b.run_id = s.run_id and b.stage_index = s.stage_index
+               left join (
+                   select stage_index, count(*) as requests,
+                          count(*) filter (where cached) as cached,
+                          count(*) filter (where error is not null) as failed,
+                          sum(input_tokens) as input_tokens,
+                          sum(output_tokens) as output_tokens, sum(cost) as cost
+                   from request_log where run_id = ? group by stage_index
+               ) u on u.stage_index = s.stage_index
+               where s.run_id = ?
+               group by s.stage_index, s.name order by s.stage_index""",
+            [run_id, run_id],
+        )
+
+    def reject_reasons(self, run_id: str, limit_per_stage: int = 5) -> list[dict[str, Any]]:
+        return self._dicts(
+            """select stage_index, stage, reason, n from (
+                   select stage_index, stage, reason, count(*) as n,
+                          row_number() over (partition by stage_index order by count(*) desc) as k
+                   from rejects where run_id = ? group by all)
+               where k <= ? order by stage_index, n desc""",
+            [run_id, limit_per_stage],
+        )
+
+    def source_of(self, run_id: str, row_id: str) -> str:
+        """The id of the source row that `row_id` descends from."""
+        row = self.con.execute(
+            "select source_id from row_sources where run_id = ? and id = ?", [run_id, row_id]
+        ).fetchone()
+        return row[0] if row else row_id
+
+    def _dicts(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        cur = self.con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def code_version() -> str:
+    """assay's version, plus the git commit when running from a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__

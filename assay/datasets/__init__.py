@@ -1,0 +1,1 @@
+"""Built-in task data and generators, loaders and exporters."""

@@ -1,0 +1,1 @@
+"""Stages that score rows: LLM judges, grounding checks, verifiers, step-level judges."""

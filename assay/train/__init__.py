@@ -1,0 +1,1 @@
+"""Trainers for small models: SFT (LoRA), distillation, DPO, GRPO, and evaluation."""
