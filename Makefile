@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m assay.curate.cli demo
+	$(BIN)/assay run recipes/demo.yaml --quiet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -264,11 +264,17 @@ class RunStore:
 
     def reject_reasons(self, run_id: str, limit_per_stage: int = 5) -> list[dict[str, Any]]:
         return self._dicts(
-            """select stage_index, stage, reason, n from (
-                   select stage_index, stage, reason, count(*) as n,
-                          row_number() over (partition by stage_index order by count(*) desc) as k
+            """with counted as (
+                   -- "duplicate of <id> (...)" reasons differ per row: group them as one
+                   select stage_index, stage,
+                          regexp_replace(reason, ' of \S+.*$', ' of ...') as reason,
+                          count(*) as n
                    from rejects where run_id = ? group by all)
-               where k <= ? order by stage_index, n desc""",
+               select stage_index, stage, reason, n from (
+                   select *, row_number() over (
+                       partition by stage_index order by n desc, reason) as k
+                   from counted)
+               where k <= ? order by stage_index, n desc, reason""",
             [run_id, limit_per_stage],
         )
 

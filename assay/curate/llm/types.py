@@ -56,6 +56,12 @@ class ChatResponse:
     cost: float = 0.0
     latency_s: float = 0.0
     cached: bool = False
+    # Added by the LLM layer (all optional, so every backend may ignore them):
+    # rate-limit headers the provider sent (`x-ratelimit-*`, `retry-after`), lower-cased;
+    # never stored in the cache.
+    headers: dict[str, str] = field(default_factory=dict)
+    # set by the client when every try failed; the row is kept and marked failed
+    error: str | None = None
 
 
 class Backend(Protocol):

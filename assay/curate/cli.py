@@ -1,0 +1,139 @@
+"""`assay ...`: thin verbs that parse arguments and call the library."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from assay.curate.errors import AssayError
+from assay.curate.pipeline import DEFAULT_WORKSPACE, Pipeline
+from assay.curate.recipes import load_recipe, parse_recipe
+from assay.curate.registry import stages as registered_stages
+from assay.curate.report import funnel_table, write_report
+from assay.curate.store import RunStore
+
+app = typer.Typer(
+    help="assay: LLM calls -> curated training data -> better small models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+Workspace = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace directory.")]
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue this run id.")] = None,
+    source: Annotated[str | None, typer.Option(help="Override the recipe's source.")] = None,
+    workspace: Workspace = Path(DEFAULT_WORKSPACE),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore stored responses.")] = False,
+) -> None:
+    """Run a recipe (or resume an interrupted run) and print its funnel."""
+    pipeline, src = _pipeline_for(recipe, resume, source, workspace)
+    result = pipeline.run(
+        src,
+        workspace=workspace,
+        resume=resume,
+        progress="quiet" if quiet else "auto",
+        no_cache=no_cache,
+    )
+    with RunStore(workspace) as store:
+        report = write_report(store, result.run_id)
+        console.print(funnel_table(store, result.run_id))
+    console.print(f"run {result.run_id}: output {result.output_dir}")
+    console.print(f"report: {report}")
+
+
+def _pipeline_for(
+    recipe: Path | None, resume: str | None, source: str | None, workspace: Path
+) -> tuple[Pipeline, str | None]:
+    if recipe is not None:
+        pipeline = load_recipe(recipe)
+        return pipeline, source or pipeline.source
+    if resume is None:
+        raise AssayError("give a recipe file, or --resume RUN to continue a run")
+    with RunStore(workspace) as store:
+        stored = store.run(resume)
+    if not stored["recipe"]:
+        raise AssayError(
+            f"run {resume} was started from Python, not a recipe: resume it with "
+            "Pipeline.run(source, resume=...)"
+        )
+    pipeline = parse_recipe(stored["recipe"], origin=f"run {resume}")
+    return pipeline, source or stored["config"]["source"].get("path")
+
+
+@app.command()
+def runs(workspace: Workspace = Path(DEFAULT_WORKSPACE)) -> None:
+    """List the workspace's runs, newest first."""
+    with RunStore(workspace) as store:
+        rows = store.runs()
+    table = Table("run", "name", "status", "started", "ended", "rows out")
+    for r in rows:
+        table.add_row(
+            r["run_id"],
+            r["name"],
+            r["status"],
+            str(r["started_at"])[:19],
+            str(r["ended_at"] or "")[:19],
+            f"{r['rows_out']:,}",
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    run_id: Annotated[str | None, typer.Argument(help="Run id (default: the newest).")] = None,
+    workspace: Workspace = Path(DEFAULT_WORKSPACE),
+) -> None:
+    """Print a run's stage funnel: rows in, out, rejected by reason, time, LLM usage."""
+    with RunStore(workspace) as store:
+        if run_id is None:
+            all_runs = store.runs()
+            if not all_runs:
+                raise AssayError(f"no runs in {workspace}")
+            run_id = all_runs[0]["run_id"]
+        info = store.run(run_id)
+        console.print(
+            f"[bold]{info['name']}[/] {run_id} [{info['status']}] code {info['code_version']}"
+        )
+        if info["error"]:
+            console.print(f"[red]error:[/] {info['error']}")
+        console.print(funnel_table(store, run_id))
+        console.print(f"output: {Path(info['run_dir']) / 'output'}")
+
+
+@app.command("stages")
+def list_stages() -> None:
+    """List the registered stages with their docstrings."""
+    for name, cls in registered_stages().items():
+        doc = inspect.cleandoc(cls.__doc__ or "").strip()
+        console.print(f"[bold]{name}[/] ({cls.__module__})")
+        params = ", ".join(f"{k}={v.default!r}" for k, v in cls.model_fields.items())
+        console.print(f"  parameters: {params or 'none'}")
+        for line in doc.splitlines():
+            console.print(f"  {line}", markup=False)
+        console.print()
+
+
+def main() -> None:
+    try:
+        app()
+    except AssayError as exc:
+        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
