@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ class ParquetSource(FileSource):
 class JsonlSource(FileSource):
     """A JSON Lines file: one JSON object per line."""
 
+    header_lines = 0
+
     def record_batches(self) -> Iterator[pa.RecordBatch]:
         try:
             reader = pajson.open_json(
@@ -95,12 +98,18 @@ class JsonlSource(FileSource):
 class CsvSource(FileSource):
     """A CSV file with a header row."""
 
+    header_lines = 1
+
     def record_batches(self) -> Iterator[pa.RecordBatch]:
         try:
             reader = pacsv.open_csv(
                 self.path, read_options=pacsv.ReadOptions(block_size=_READ_BLOCK)
             )
-            yield from reader
+            for batch in reader:
+                # the CSV reader turns a column with invalid UTF-8 into binary
+                if any(pa.types.is_binary(f.type) for f in batch.schema):
+                    raise _explain_text_error(self.path, None, header_lines=1)
+                yield batch
         except (pa.ArrowException, OSError) as exc:
             raise _explain_text_error(self.path, exc, header_lines=1) from exc
 
@@ -161,8 +170,24 @@ def read_batches(source: Source, batch_size: int) -> Iterator[pa.Table]:
     """The source's rows in batches of `batch_size`, each row with its stable `id`."""
     offset = 0
     for table in rebatch(source.record_batches(), batch_size):
+        _check_utf8(table, offset, source)
         yield with_ids(table, offset, source)
         offset += table.num_rows
+
+
+def _check_utf8(table: pa.Table, offset: int, source: Source) -> None:
+    """Refuse a batch with invalid UTF-8 in a string column, naming the row and column."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+            continue
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            if isinstance(source, (JsonlSource, CsvSource)):
+                raise _explain_text_error(source.path, exc, source.header_lines) from exc
+            match = re.search(r"string index (\d+)", str(exc))
+            row = f"row {offset + int(match.group(1))}, " if match else ""
+            raise SourceError(f"{_where(source)}{row}column {name!r} is not valid UTF-8") from exc
 
 
 def rebatch(batches: Iterable[pa.RecordBatch | pa.Table], size: int) -> Iterator[pa.Table]:
@@ -214,7 +239,7 @@ def _count_lines(path: Path) -> int | None:
     return count
 
 
-def _explain_text_error(path: Path, exc: Exception, header_lines: int) -> SourceError:
+def _explain_text_error(path: Path, exc: Exception | None, header_lines: int) -> SourceError:
     """Name the row of a text file that broke the reader, when it is bad UTF-8."""
     with open(path, "rb") as f:
         for line_no, line in enumerate(f, start=1):

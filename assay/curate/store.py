@@ -113,7 +113,7 @@ class RunStore:
 
     def new_run(self, name: str, recipe: str | None, config: dict[str, Any]) -> str:
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-        run_dir = self.workspace / "runs" / run_id
+        run_dir = (self.workspace / "runs" / run_id).resolve()
         run_dir.mkdir(parents=True)
         self.con.execute(
             "insert into runs values (?, ?, ?, ?, 'running', ?, null, ?, ?, null)",

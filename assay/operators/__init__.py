@@ -1,4 +1,4 @@
 """Stages that transform rows: generate, parse, filter, dedupe, decontaminate, format."""
 
-from assay.operators import text  # noqa: F401  (registers the stages)
+from assay.operators import generate, parse, text  # noqa: F401  (registers the stages)
 from assay.operators.dedupe import exact  # noqa: F401

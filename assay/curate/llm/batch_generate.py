@@ -1,0 +1,196 @@
+"""One padded batch of generations in one decode loop: the compute core of the local backend.
+
+Each row brings its own prompt, sampling parameters, seed, stop strings, token budget,
+LoRA adapter and (optionally) grammar. Prompts are left-padded into one tensor, the prompt is
+run once (prefill, keeping only the last position's logits), then every step feeds one token
+per row through the KV cache. Rows that finish are dropped from the batch (and from the KV
+cache), so long tails do not pay for finished rows. Rows naming different LoRA adapters share
+each forward pass through peft's mixed-adapter batches (`adapter_names=`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from assay.curate.llm.constrained import GrammarState, mask_logits
+
+BASE_ADAPTER = "__base__"
+"""peft's name for "no adapter" in a mixed-adapter batch."""
+
+
+@dataclass
+class GenerationItem:
+    """One row to generate. `temperature <= 0` means greedy."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    adapter: str | None = None
+    grammar: GrammarState | None = None
+
+
+@dataclass
+class GenerationResult:
+    """What one row produced: tokens (without the stop token), text, and why it ended."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"
+
+
+class _Row:
+    """Decode-time state of one row."""
+
+    def __init__(self, item: GenerationItem, device: torch.device) -> None:
+        self.item = item
+        self.result = GenerationResult()
+        self.generator: torch.Generator | None = None
+        if item.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            if item.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(int(item.seed) % (2**63))
+
+
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    items: list[GenerationItem],
+    eos_token_ids: set[int],
+    use_adapters: bool = False,
+) -> list[GenerationResult]:
+    """Generate every item in one padded batch; results in the order of `items`."""
+    if not items:
+        return []
+    device = next(model.parameters()).device
+    rows = [_Row(item, device) for item in items]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(item.prompt_ids) for item in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(items), width), dtype=torch.long)
+    for i, item in enumerate(items):
+        input_ids[i, width - len(item.prompt_ids) :] = torch.tensor(item.prompt_ids)
+        attention[i, width - len(item.prompt_ids) :] = 1
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    active = list(range(len(items)))
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with torch.inference_mode():
+        logits = _forward(model, rows, active, input_ids, attention, positions, cache, use_adapters)
+        while True:
+            tokens = _pick_tokens(logits, [rows[i] for i in active])
+            still: list[int] = []
+            for slot, row_index in enumerate(active):
+                if not _advance(rows[row_index], int(tokens[slot]), tokenizer, eos_token_ids):
+                    still.append(slot)
+            if not still:
+                break
+            if len(still) < len(active):
+                keep = torch.tensor(still, device=device)
+                cache.batch_select_indices(keep)
+                attention, tokens = attention[keep], tokens[keep]
+                active = [active[slot] for slot in still]
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+            positions = attention.sum(-1, keepdim=True) - 1
+            logits = _forward(
+                model, rows, active, tokens[:, None], attention, positions, cache, use_adapters
+            )
+    for row in rows:
+        row.result.text = _final_text(row, tokenizer)
+    return [row.result for row in rows]
+
+
+def _forward(
+    model: Any,
+    rows: list[_Row],
+    active: list[int],
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    positions: torch.Tensor,
+    cache: Any,
+    use_adapters: bool,
+) -> torch.Tensor:
+    kwargs: dict[str, Any] = {}
+    if use_adapters:
+        kwargs["adapter_names"] = [rows[i].item.adapter or BASE_ADAPTER for i in active]
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+        **kwargs,
+    )
+    return out.logits[:, -1, :].float()
+
+
+def _pick_tokens(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    """One next token per row: grammar mask, then greedy or temperature / top-k / top-p."""
+    mask_logits(logits, [row.item.grammar for row in rows])
+    tokens = logits.argmax(dim=-1)
+    sampled = [i for i, row in enumerate(rows) if row.generator is not None]
+    if not sampled:
+        return tokens
+    sub = logits[sampled]
+    temps = torch.tensor([rows[i].item.temperature for i in sampled], device=logits.device)
+    sub = sub / temps[:, None]
+    top_ks = [rows[i].item.top_k for i in sampled]
+    if any(k > 0 for k in top_ks):
+        for j, k in enumerate(top_ks):
+            if 0 < k < sub.shape[-1]:
+                kth = torch.topk(sub[j], k).values[-1]
+                sub[j] = sub[j].masked_fill(sub[j] < kth, float("-inf"))
+    top_ps = torch.tensor([rows[i].item.top_p for i in sampled], device=logits.device)
+    if bool((top_ps < 1.0).any()):
+        sorted_logits, order = sub.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_ps[:, None]
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        sub = sub.masked_fill(drop, float("-inf"))
+    probs = sub.softmax(dim=-1)
+    for j, i in enumerate(sampled):
+        tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+    return tokens
+
+
+def _advance(row: _Row, token: int, tokenizer: Any, eos_token_ids: set[int]) -> bool:
+    """Append one token to the row; True when the row has finished."""
+    item, result = row.item, row.result
+    if item.grammar is not None:
+        if not item.grammar.accept(token):
+            result.finish_reason = "stop"
+            return True
+        if item.grammar.finished:
+            result.finish_reason = "stop"
+            return True
+    if token in eos_token_ids and item.grammar is None:
+        result.finish_reason = "stop"
+        return True
+    result.token_ids.append(token)
+    if item.stop:
+        text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        if any(stop in text for stop in item.stop):
+            result.finish_reason = "stop"
+            return True
+    if len(result.token_ids) >= item.max_new_tokens:
+        result.finish_reason = "length"
+        return True
+    return False
+
+
+def _final_text(row: _Row, tokenizer: Any) -> str:
+    text = tokenizer.decode(row.result.token_ids, skip_special_tokens=True)
+    cuts = [text.index(stop) for stop in row.item.stop if stop in text]
+    return text[: min(cuts)] if cuts else text

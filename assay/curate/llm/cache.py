@@ -1,0 +1,202 @@
+"""The request cache: every response, keyed by what changes the answer, in the workspace DB.
+
+Table `llm_cache` in `<workspace>/assay.duckdb` (created here, beside the run store's
+tables): request_key (primary key), model, request (JSON: model, messages, params, schema,
+tools, sample index; never API keys or headers), response (JSON), created_at.
+
+Writes go through the run store's own connection on the event loop thread (DuckDB
+connections are not thread-safe and the workspace has one writer). Responses that arrive
+in the same loop iteration are written in one transaction ("group commit"): a request is
+done only once its transaction has committed, so a process killed at any moment loses at
+most the requests still in flight, and the commit cost is shared when traffic is high.
+The same transaction appends the requests' rows to the run's `request_log`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from assay.curate.llm.types import ChatRequest, ChatResponse
+
+SCHEMA = """
+create table if not exists llm_cache (
+    request_key varchar primary key, model varchar, request json, response json,
+    created_at timestamp);
+"""
+
+_STORED = ("text", "reasoning", "tool_calls", "finish_reason", "input_tokens", "output_tokens")
+_STORED += ("cost", "latency_s")
+
+
+def request_json(request: ChatRequest) -> str:
+    """What is stored of a request: exactly what the key hashes (no secrets exist in it)."""
+    payload = asdict(request)
+    return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+def response_json(response: ChatResponse) -> str:
+    return json.dumps({k: getattr(response, k) for k in _STORED}, ensure_ascii=False)
+
+
+def response_from_json(blob: str) -> ChatResponse:
+    data = json.loads(blob)
+    return ChatResponse(**{k: data.get(k) for k in _STORED if k in data}, cached=True)
+
+
+class LogRow:
+    """One request_log row (the run store's table, summed per stage by `assay show`)."""
+
+    __slots__ = ("values",)
+
+    def __init__(
+        self,
+        run_id: str,
+        stage_index: int,
+        key: str,
+        model: str,
+        response: ChatResponse,
+    ) -> None:
+        self.values = [
+            run_id,
+            stage_index,
+            key,
+            model,
+            response.cached,
+            response.input_tokens,
+            response.output_tokens,
+            0.0 if response.cached else response.cost,
+            response.latency_s,
+            response.error,
+            _now(),
+        ]
+
+
+class RequestCache:
+    """Lookups and group-committed writes over one DuckDB connection (one event loop)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.con.execute(SCHEMA)
+        self._rows: list[list[Any]] = []
+        self._logs: list[list[Any]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._scheduled = False
+        self.commits = 0
+
+    def get_many(self, keys: list[str]) -> dict[str, ChatResponse]:
+        """Stored responses for the keys that have one (one query for the whole list)."""
+        if not keys:
+            return {}
+        found: dict[str, ChatResponse] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 5000):
+            chunk = unique[start : start + 5000]
+            rows = self.con.execute(
+                "select request_key, response from llm_cache "
+                "where request_key in (select unnest(?::varchar[]))",
+                [chunk],
+            ).fetchall()
+            for key, blob in rows:
+                found[key] = response_from_json(blob)
+        return found
+
+    def log_now(self, logs: list[LogRow]) -> None:
+        """Append request_log rows for cache hits (one transaction)."""
+        if logs:
+            self._write([], [r.values for r in logs])
+
+    async def put(
+        self, request: ChatRequest, key: str, response: ChatResponse, log: LogRow | None
+    ) -> None:
+        """Store a response (and its log row); returns once the transaction committed."""
+        if response.error is None:
+            self._rows.append(
+                [key, request.model, request_json(request), response_json(response), _now()]
+            )
+        if log is not None:
+            self._logs.append(log.values)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        await waiter
+
+    def _flush(self) -> None:
+        rows, logs, waiters = self._rows, self._logs, self._waiters
+        self._rows, self._logs, self._waiters = [], [], []
+        self._scheduled = False
+        try:
+            self._write(rows, logs)
+        except BaseException as exc:
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(exc)
+            return
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _write(self, rows: list[list[Any]], logs: list[list[Any]]) -> None:
+        con = self.con
+        con.begin()
+        try:
+            if rows:
+                con.executemany("insert or replace into llm_cache values (?, ?, ?, ?, ?)", rows)
+            if logs:
+                con.executemany(
+                    "insert into request_log values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", logs
+                )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        self.commits += 1
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete stored responses (of one model, or all); return how many."""
+        where, params = ("where model = ?", [model]) if model else ("", [])
+        row = self.con.execute(f"select count(*) from llm_cache {where}", params).fetchone()
+        self.con.execute(f"delete from llm_cache {where}", params)
+        return int(row[0]) if row else 0
+
+    def count(self) -> int:
+        row = self.con.execute("select count(*) from llm_cache").fetchone()
+        return int(row[0]) if row else 0
+
+
+_caches: weakref.WeakKeyDictionary[Any, RequestCache] = weakref.WeakKeyDictionary()
+
+
+def cache_for(store: Any) -> RequestCache:
+    """The cache over a RunStore's connection (one per store object)."""
+    cache = _caches.get(store)
+    if cache is None:
+        cache = RequestCache(store.con)
+        _caches[store] = cache
+    return cache
+
+
+def clear_cache(workspace: str | Path = ".assay", model: str | None = None) -> int:
+    """`assay cache clear [--model M]`: delete a workspace's stored responses.
+
+    Returns the number of responses deleted. Run logs (`request_log`) are kept: they are
+    what was paid for, not a cache.
+    """
+    from assay.curate.store import RunStore
+
+    with RunStore(workspace) as store:
+        return RequestCache(store.con).clear(model)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,146 @@
+"""Chat prompts in, tool calls out: the model-format side of the local backend.
+
+`render_prompt` applies the model's chat template (with `tools` when the template knows
+them; otherwise the tool specs go into the system prompt in the Hermes / SmolLM2 format).
+`parse_tool_calls` turns the `<tool_call>...</tool_call>` blocks (a JSON object or a list of
+them, the format SmolLM2 and Qwen/Hermes-style models emit) into OpenAI-style `tool_calls`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+TOOL_SYSTEM_PROMPT = (
+    "You are an expert in composing functions. You are given a question and a set of possible "
+    "functions. Based on the question, you will need to make one or more function/tool calls "
+    "to achieve the purpose. You have access to the following tools:\n<tools>{tools}</tools>\n\n"
+    "The output MUST strictly adhere to the following format:\n"
+    '<tool_call>[{{"name": "func_name1", "arguments": {{"argument1": "value1"}}}}]</tool_call>'
+)
+
+_TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+
+
+def render_prompt(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> str:
+    """The prompt text for a chat, ending where the assistant's answer starts."""
+    template = tokenizer.chat_template or ""
+    native_tools = "tools" in template
+    messages = [_plain_message(m, keep_tool_calls=native_tools) for m in messages]
+    if tools and not native_tools:
+        specs = json.dumps([t.get("function", t) for t in tools], ensure_ascii=False)
+        tool_prompt = TOOL_SYSTEM_PROMPT.format(tools=specs)
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{tool_prompt}"}
+        else:
+            messages.insert(0, {"role": "system", "content": tool_prompt})
+    kwargs: dict[str, Any] = {"tools": tools} if tools and native_tools else {}
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **kwargs
+    )
+
+
+def _plain_message(message: dict[str, Any], keep_tool_calls: bool) -> dict[str, Any]:
+    """A message a plain chat template can render: string content, tool calls as text."""
+    out = dict(message)
+    content = out.get("content")
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    calls = out.get("tool_calls")
+    if calls and not keep_tool_calls:
+        payload = [
+            {"name": c["function"]["name"], "arguments": _loads(c["function"].get("arguments"))}
+            for c in calls
+        ]
+        content = (content or "") + f"<tool_call>{json.dumps(payload)}</tool_call>"
+        out.pop("tool_calls")
+    out["content"] = content or ""
+    return out
+
+
+def _loads(arguments: Any) -> Any:
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+    return arguments
+
+
+def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """Split generated text into (content, OpenAI-style tool_calls or None)."""
+    calls: list[dict[str, Any]] = []
+    for block in _TOOL_CALL_BLOCK.findall(text):
+        calls.extend(_calls_in(block.strip()))
+    content = _TOOL_CALL_BLOCK.sub("", text).strip() if calls else text
+    if not calls:
+        stripped = text.strip()
+        if stripped.startswith(("{", "[")):
+            calls = _calls_in(stripped)
+            if calls:
+                content = ""
+    if not calls:
+        return text, None
+    tool_calls = [
+        {
+            "id": "call_" + hashlib.sha1(f"{i}:{json.dumps(c)}".encode()).hexdigest()[:16],
+            "type": "function",
+            "function": {
+                "name": c["name"],
+                "arguments": json.dumps(c.get("arguments", {}), ensure_ascii=False),
+            },
+        }
+        for i, c in enumerate(calls)
+    ]
+    return (content or None), tool_calls
+
+
+def _calls_in(block: str) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(block)
+    except json.JSONDecodeError:
+        return []
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            arguments = item.get("arguments", item.get("parameters", {}))
+            calls.append({"name": item["name"], "arguments": _loads(arguments)})
+    return calls
+
+
+def tool_call_schema(
+    tools: list[dict[str, Any]], tool_choice: str | dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """A JSON schema forcing a list of tool calls, for `tool_choice` "required" or a function.
+
+    Returns None for "auto", "none" or no choice (the model decides; its output is parsed).
+    The constrained answer is a bare JSON list `[{"name": ..., "arguments": {...}}]`, which
+    `parse_tool_calls` reads like a `<tool_call>` block.
+    """
+    if tool_choice in (None, "auto", "none"):
+        return None
+    functions = [t.get("function", t) for t in tools]
+    if isinstance(tool_choice, dict):
+        wanted = tool_choice.get("function", tool_choice).get("name")
+        functions = [f for f in functions if f.get("name") == wanted]
+        if not functions:
+            raise ValueError(f"tool_choice names {wanted!r}, which is not among the tools")
+    options = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": f["name"]},
+                "arguments": f.get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for f in functions
+    ]
+    call = options[0] if len(options) == 1 else {"anyOf": options}
+    return {"type": "array", "items": call, "minItems": 1}

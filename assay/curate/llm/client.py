@@ -1,0 +1,244 @@
+"""LLMClient: rate limits, retries and the request cache around one Backend.
+
+    client = LLMClient(LLMSettings(model="openai/qwen", api_base="http://127.0.0.1:8000/v1"))
+    responses = await client.complete_many([ChatRequest(model="openai/qwen", messages=...)])
+
+`complete_many` returns one response per request, in the order given, whatever order the
+provider answers in. A request whose every try failed comes back with `error` set (it is
+never dropped). Inside a run, the executor's StageContext gives the run store: stored
+responses are reused (unless `--no-cache`), new ones are stored before they count as done,
+and every request is appended to the run's `request_log`.
+
+Model strings starting with a registered prefix (`local/...`) go to that prefix's backend
+factory; everything else goes to litellm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from assay.curate.context import current_stage
+from assay.curate.llm.cache import LogRow, RequestCache, cache_for
+from assay.curate.llm.limits import Limiter, RateLimits
+from assay.curate.llm.retry import RetryPolicy, describe_error, retry_after, retrying, status_of
+from assay.curate.llm.types import Backend, ChatRequest, ChatResponse
+
+BackendFactory = Callable[["LLMSettings"], Backend]
+_BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_backend(prefix: str, factory: BackendFactory) -> None:
+    """Route model strings `"<prefix>/..."` to `factory(settings)` (e.g. `local`)."""
+    _BACKENDS[prefix.rstrip("/")] = factory
+
+
+class LLMSettings(BaseModel):
+    """Which model to call and how hard; shared by every stage that calls a model.
+
+    `api_key` is never recorded (excluded from the stage's parameters); prefer
+    `api_key_env`, the name of an environment variable holding it.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    rpm: float | None = None
+    tpm: float | None = None
+    input_tpm: float | None = None
+    output_tpm: float | None = None
+    max_concurrency: int = 64
+    # a hung request must not stall a run: 60 s covers a long non-streamed answer from a
+    # hosted model; raise it per model for slow local servers or long reasoning traces
+    timeout_s: float = 60.0
+    max_attempts: int = 6
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 30.0
+    retry_jitter_s: float = 1.0
+    prices: dict[str, dict[str, float]] | None = None
+
+    def limits(self) -> RateLimits:
+        return RateLimits(
+            rpm=self.rpm,
+            tpm=self.tpm,
+            input_tpm=self.input_tpm,
+            output_tpm=self.output_tpm,
+            max_concurrency=self.max_concurrency,
+        )
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            initial_wait_s=self.retry_initial_s,
+            max_wait_s=self.retry_max_s,
+            jitter_s=self.retry_jitter_s,
+        )
+
+    def secret(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env)
+        return None
+
+    def client_key(self) -> tuple[Any, ...]:
+        """Stages with equal settings share one client (and so one set of limits)."""
+        fields = sorted(self.model_dump(exclude={"prices"}).items(), key=lambda kv: kv[0])
+        return (*fields, hash(self.secret()))
+
+
+def make_backend(settings: LLMSettings) -> Backend:
+    prefix = settings.model.split("/", 1)[0] if "/" in settings.model else ""
+    factory = _BACKENDS.get(prefix)
+    if factory is not None:
+        return factory(settings)
+    from assay.curate.llm.litellm_backend import LiteLLMBackend
+
+    return LiteLLMBackend(
+        api_base=settings.api_base,
+        api_key=settings.secret(),
+        timeout_s=settings.timeout_s,
+        prices=settings.prices,
+    )
+
+
+class LLMClient:
+    """Limits + retries + cache around a backend. Safe to reuse across event loops."""
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        backend: Backend | None = None,
+        cache: RequestCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self._backend = backend
+        self._cache = cache
+        self._policy = settings.retry_policy()
+        self._retrying = retrying(self._policy)
+        self._limiters: dict[int, tuple[asyncio.AbstractEventLoop, Limiter]] = {}
+        self.sent = 0  # tries sent to the backend, for tests and benchmarks
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = make_backend(self.settings)
+        return self._backend
+
+    def limiter(self) -> Limiter:
+        loop = asyncio.get_running_loop()
+        entry = self._limiters.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            # a finished loop's limiter is useless; keep only the current loop's
+            self._limiters = {id(loop): (loop, Limiter(self.settings.limits()))}
+            entry = self._limiters[id(loop)]
+        return entry[1]
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        return (await self.complete_many([request]))[0]
+
+    async def complete_many(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+        """One response per request, in order; failures come back with `error` set."""
+        ctx = current_stage.get()
+        cache = self._cache
+        if cache is None and ctx is not None and ctx.store is not None:
+            cache = cache_for(ctx.store)
+        use_cache = cache is not None and not (ctx is not None and ctx.no_cache)
+        keys = [r.cache_key() for r in requests]
+        found = cache.get_many(keys) if use_cache and cache is not None else {}
+        if cache is not None and ctx is not None and found:
+            cache.log_now(
+                [
+                    LogRow(ctx.run_id, ctx.stage_index, k, r.model, found[k])
+                    for k, r in zip(keys, requests, strict=True)
+                    if k in found
+                ]
+            )
+        todo: dict[str, asyncio.Task[ChatResponse]] = {}
+        for key, request in zip(keys, requests, strict=True):
+            if key not in found and key not in todo:
+                todo[key] = asyncio.ensure_future(self._fetch(request, key, cache, ctx))
+        if todo:
+            try:
+                await asyncio.gather(*todo.values())
+            finally:
+                for task in todo.values():
+                    task.cancel()
+        return [found[k] if k in found else todo[k].result() for k in keys]
+
+    async def _fetch(
+        self, request: ChatRequest, key: str, cache: RequestCache | None, ctx: Any
+    ) -> ChatResponse:
+        limiter = self.limiter()
+        est_in = _estimate_input(request)
+        max_tokens = request.params.get("max_tokens")
+        attempts = 0
+
+        async def once() -> ChatResponse:
+            nonlocal attempts
+            attempts += 1
+            est_out = limiter.estimate_output(max_tokens if isinstance(max_tokens, int) else None)
+            await limiter.acquire(est_in, est_out)
+            self.sent += 1
+            try:
+                response = await self.backend.complete(request)
+            except BaseException as exc:
+                limiter.settle(est_in, est_out, None, 0)
+                wait = retry_after(exc)
+                if wait and status_of(exc) == 429:
+                    limiter.pause(min(wait, self._policy.max_retry_after_s))
+                raise
+            limiter.settle(est_in, est_out, response.input_tokens, response.output_tokens)
+            limiter.observe_headers(response.headers)
+            return response
+
+        # the concurrency slot is held until the response is stored, so a crash can
+        # lose (and later re-bill) at most max_concurrency requests
+        async with limiter.concurrency:
+            try:
+                response = await self._retrying.copy()(once)
+            except Exception as exc:
+                response = ChatResponse(
+                    text=None, error=f"failed after {attempts} tries: {describe_error(exc)}"
+                )
+            response.headers = {}
+            if cache is not None:
+                log = (
+                    LogRow(ctx.run_id, ctx.stage_index, key, request.model, response)
+                    if ctx
+                    else None
+                )
+                await cache.put(request, key, response, log)
+        return response
+
+
+def _estimate_input(request: ChatRequest) -> float:
+    """About 4 characters per token; corrected once the provider reports usage."""
+    chars = 0
+    for message in request.messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif content is not None:
+            chars += len(str(content))
+    return chars / 4 + 4 * len(request.messages)
+
+
+_clients: dict[tuple[Any, ...], LLMClient] = {}
+
+
+def client_for(settings: LLMSettings) -> LLMClient:
+    """The shared client for these settings (stages on one endpoint share its limits)."""
+    key = settings.client_key()
+    client = _clients.get(key)
+    if client is None:
+        client = LLMClient(settings)
+        _clients[key] = client
+    return client

@@ -1,0 +1,135 @@
+"""The backend for every hosted or served model: one call to `litellm.acompletion`.
+
+Model strings are litellm's (`openai/gpt-4o-mini`, `anthropic/claude-...`, `gemini/...`,
+`hosted_vllm/<name>` or `openai/<name>` with `api_base` for vLLM, SGLang or Ollama). The
+backend makes one try; the client around it does limits, retries and the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+from assay.curate.llm import _litellm
+from assay.curate.llm.pricing import cost_of
+from assay.curate.llm.retry import ResponseError
+from assay.curate.llm.types import ChatRequest, ChatResponse
+
+THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+
+
+class LiteLLMBackend:
+    """`complete(request)` -> ChatResponse through litellm, with a hard timeout.
+
+    `api_key` is passed to litellm and nowhere else (it is not part of the request, so it
+    never reaches the cache key, the cache or the logs).
+    """
+
+    def __init__(
+        self,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        prices: dict[str, dict[str, float]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.api_base = api_base
+        self._api_key = api_key
+        self.timeout_s = timeout_s
+        self.prices = prices
+        self.extra = extra or {}
+        self._litellm = _litellm.get()
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        kwargs: dict[str, Any] = dict(self.extra)
+        kwargs.update(request.params)
+        if request.response_format is not None:
+            kwargs["response_format"] = _response_format(request.response_format)
+        if request.tools:
+            kwargs["tools"] = list(request.tools)
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        if self._api_key:
+            kwargs["api_key"] = self._api_key
+        started = time.perf_counter()
+        # litellm's own timeout covers the HTTP call; wait_for is the backstop for a
+        # provider path that ignores it, so a hung request can never stall a run
+        response = await asyncio.wait_for(
+            self._litellm.acompletion(
+                model=request.model,
+                messages=list(request.messages),
+                timeout=self.timeout_s,
+                max_retries=0,
+                num_retries=0,
+                **kwargs,
+            ),
+            timeout=self.timeout_s + 5.0,
+        )
+        latency = time.perf_counter() - started
+        return self._convert(request, response, latency)
+
+    def _convert(self, request: ChatRequest, response: Any, latency: float) -> ChatResponse:
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise ResponseError(f"response has no choices: {str(response)[:200]}")
+        choice = choices[0]
+        message = choice.message
+        text = message.content
+        reasoning = getattr(message, "reasoning_content", None)
+        text, reasoning = split_reasoning(text, reasoning)
+        tool_calls = None
+        if getattr(message, "tool_calls", None):
+            tool_calls = [
+                {
+                    "id": c.id,
+                    "type": getattr(c, "type", "function") or "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in message.tool_calls
+            ]
+        usage = getattr(response, "usage", None)
+        n_in = int(getattr(usage, "prompt_tokens", 0) or 0)
+        n_out = int(getattr(usage, "completion_tokens", 0) or 0)
+        hidden = getattr(response, "_hidden_params", None) or {}
+        headers = hidden.get("additional_headers") or {}
+        return ChatResponse(
+            text=text,
+            reasoning=reasoning,
+            tool_calls=tool_calls,
+            finish_reason=choice.finish_reason,
+            input_tokens=n_in,
+            output_tokens=n_out,
+            cost=cost_of(request.model, n_in, n_out, self.prices),
+            latency_s=latency,
+            headers=_rate_headers(headers),
+        )
+
+
+def split_reasoning(text: str | None, reasoning: str | None) -> tuple[str | None, str | None]:
+    """Move `<think>...</think>` blocks out of the answer into the reasoning."""
+    if text and "<think>" in text:
+        blocks = [b.strip() for b in THINK.findall(text)]
+        text = THINK.sub("", text).strip()
+        found = "\n\n".join(b for b in blocks if b)
+        reasoning = f"{reasoning}\n\n{found}" if reasoning and found else (reasoning or found)
+    return text, reasoning or None
+
+
+def _response_format(schema: dict[str, Any]) -> dict[str, Any]:
+    if schema.get("type") in ("json_object", "json_schema", "text") and "properties" not in schema:
+        return schema
+    name = re.sub(r"[^a-zA-Z0-9_-]", "_", str(schema.get("title", "response")))[:64]
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+def _rate_headers(headers: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in headers.items():
+        k = key.lower()
+        if k.startswith("llm_provider-"):
+            k = k[len("llm_provider-") :]
+        if "ratelimit" in k or k.startswith("retry-after"):
+            out[k] = str(value)
+    return out

@@ -1,0 +1,359 @@
+"""The in-process backend for `local/<alias>` model strings: batched generation on CPU or CUDA.
+
+Many concurrent `complete()` calls become one padded batch: each call queues a job and
+awaits its future; one scheduler thread takes every queued job (up to `max_batch_size`,
+waiting a few milliseconds for stragglers), runs them through one decode loop
+(`batch_generate.generate_batch`) and resolves the futures. While a batch runs, the event
+loop keeps queueing, so the next batch is ready when the CPU frees up.
+
+Requests may name a LoRA adapter (`local/smollm2-135m+sql-intern`); adapters are loaded on
+first use and rows for different adapters share a batch. `response_format` turns on
+constrained decoding (JSON schema, xgrammar); `tools` go through the chat template and the
+model's `<tool_call>` output is parsed into OpenAI-style `tool_calls`.
+
+Generation parameters read from `ChatRequest.params`: `max_tokens` (or
+`max_completion_tokens`), `temperature` (default 1.0, OpenAI's; 0 = greedy), `top_p`,
+`top_k`, `seed`, `stop`. The `n` samples of one prompt arrive as separate requests with
+distinct `sample_index`, which is mixed into the seed so seeded samples differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from assay.curate.llm.chat_format import parse_tool_calls, render_prompt, tool_call_schema
+from assay.curate.llm.models import (
+    ADAPTER_SEPARATOR,
+    ModelRegistry,
+    ModelSpec,
+    load_model,
+)
+from assay.curate.llm.types import ChatRequest, ChatResponse
+
+if TYPE_CHECKING:  # torch is imported only when a batch runs, so registering stays cheap
+    from assay.curate.llm.batch_generate import GenerationItem, GenerationResult
+
+LOCAL_PREFIX = "local/"
+DEFAULT_MAX_TOKENS = 256  # a bound for requests that set none; the small models ramble
+
+
+@dataclass
+class _Job:
+    request: ChatRequest
+    future: concurrent.futures.Future[ChatResponse]
+    queued_at: float
+
+
+class LocalBackend:
+    """A base model (plus LoRA adapters) answering `ChatRequest`s in batches.
+
+    `model`: an alias, model directory or GGUF path (see `models.py`). `adapters`: extra
+    adapter name -> directory beyond the registry's `model+name` entries. `max_batch_size`:
+    rows per forward pass (32 is where the 135M model's CPU tokens/s stops rising much).
+    `gather_s`: how long the scheduler waits for more jobs before starting a partial batch.
+    `threads`: torch intra-op threads (None leaves torch's default).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        adapters: dict[str, str | Path] | None = None,
+        device: str | None = None,
+        max_batch_size: int = 32,
+        gather_s: float = 0.005,
+        threads: int | None = None,
+        registry: ModelRegistry | None = None,
+    ) -> None:
+        self.registry = registry or ModelRegistry.load()
+        self.spec: ModelSpec = self.registry.resolve(model)
+        if self.spec.adapter is not None:
+            raise ValueError(f"{model!r} names an adapter; give the base model to LocalBackend")
+        self.name = self.spec.name
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.gather_s = gather_s
+        self.threads = threads
+        self.adapter_dirs: dict[str, Path] = {k: Path(v) for k, v in (adapters or {}).items()}
+        self._loaded_adapters: set[str] = set()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._grammars: Any = None
+        self._eos: set[int] = set()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self.batches_run = 0
+        self.largest_batch = 0
+        self.most_adapters_in_batch = 0  # distinct adapters (base counts) in one forward pass
+
+    # -- public API ---------------------------------------------------------------------
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        """Queue the request for the next batch and wait for its answer."""
+        future = self.submit(request)
+        return await asyncio.wrap_future(future)
+
+    def submit(self, request: ChatRequest) -> concurrent.futures.Future[ChatResponse]:
+        """Queue a request from any thread; the future resolves when its batch is done."""
+        self.adapter_of(request.model)  # fail fast on unknown adapters
+        self._ensure_worker()
+        future: concurrent.futures.Future[ChatResponse] = concurrent.futures.Future()
+        self._queue.put(_Job(request, future, time.perf_counter()))
+        return future
+
+    def complete_many(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+        """Blocking convenience: answer a list of requests (batched), in order."""
+        futures = [self.submit(r) for r in requests]
+        return [f.result() for f in futures]
+
+    def adapter_names(self) -> list[str]:
+        """Adapters this backend can serve: given ones plus the registry's for this base."""
+        prefix = self.name + ADAPTER_SEPARATOR
+        registered = [
+            k.removeprefix(prefix) for k in self.registry.adapters if k.startswith(prefix)
+        ]
+        return sorted({*self.adapter_dirs, *registered})
+
+    def adapter_of(self, model: str) -> str | None:
+        """The adapter a request's model string names (None for the base model)."""
+        name = model.removeprefix(LOCAL_PREFIX)
+        if name == self.name or name == str(self.spec.source):
+            return None
+        base, sep, adapter = name.rpartition(ADAPTER_SEPARATOR)
+        if not sep:
+            adapter, base = name, self.name
+        if base != self.name:
+            raise ValueError(f"model {model!r} is not served by the backend of {self.name!r}")
+        if adapter not in self.adapter_dirs:
+            full = f"{self.name}{ADAPTER_SEPARATOR}{adapter}"
+            if full not in self.registry.adapters:
+                raise ValueError(f"unknown adapter {adapter!r} for {self.name!r}")
+            self.adapter_dirs[adapter] = Path(self.registry.adapters[full])
+        return adapter
+
+    def load(self) -> None:
+        """Load the base model now (otherwise the first batch does it)."""
+        self._ensure_loaded()
+
+    def close(self) -> None:
+        """Stop the scheduler thread (queued jobs are answered first)."""
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+
+    @property
+    def model(self) -> Any:
+        self._ensure_loaded()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        self._ensure_loaded()
+        return self._tokenizer
+
+    # -- scheduler ----------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(
+                    target=self._run, name=f"assay-local-{self.name}", daemon=True
+                )
+                self._worker.start()
+
+    def _run(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.perf_counter() + self.gather_s
+            stop = False
+            while len(batch) < self.max_batch_size:
+                timeout = deadline - time.perf_counter()
+                try:
+                    job = (
+                        self._queue.get(timeout=timeout)
+                        if timeout > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
+        try:
+            from assay.curate.llm.batch_generate import generate_batch
+
+            self._ensure_loaded()
+            items, prompts = [], []
+            for job in jobs:
+                item, prompt_len = self._item_for(job.request)
+                items.append(item)
+                prompts.append(prompt_len)
+            results = generate_batch(
+                self._model,
+                self._tokenizer,
+                items,
+                self._eos,
+                use_adapters=bool(self._loaded_adapters),
+            )
+        except BaseException as exc:  # answer every waiter, then keep serving
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        self.batches_run += 1
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        adapters_here = {item.adapter for item in items}
+        self.most_adapters_in_batch = max(self.most_adapters_in_batch, len(adapters_here))
+        finished = time.perf_counter()
+        for job, result, prompt_len in zip(jobs, results, prompts, strict=True):
+            job.future.set_result(self._response(job, result, prompt_len, finished))
+
+    # -- model and requests -------------------------------------------------------------
+
+    def _ensure_loaded(self) -> None:
+        if self._model is not None:
+            return
+        with self._load_lock:
+            if self._model is not None:
+                return
+            model, tokenizer = load_model(self.spec, device=self.device)
+            eos = tokenizer.eos_token_id
+            ids = {eos} if eos is not None else set()
+            configured = getattr(model.generation_config, "eos_token_id", None)
+            if isinstance(configured, int):
+                ids.add(configured)
+            elif configured:
+                ids.update(configured)
+            self._eos = ids
+            self._tokenizer = tokenizer
+            self._model = model
+
+    def _ensure_adapter(self, adapter: str) -> None:
+        if adapter in self._loaded_adapters:
+            return
+        from peft import PeftModel
+
+        path = self.adapter_dirs[adapter]
+        if isinstance(self._model, PeftModel):
+            self._model.load_adapter(str(path), adapter_name=adapter)
+        else:
+            self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=adapter)
+        self._model.eval()
+        self._loaded_adapters.add(adapter)
+
+    def _grammar_compiler(self) -> Any:
+        if self._grammars is None:
+            from assay.curate.llm.constrained import GrammarCompiler
+
+            vocab = self._model.get_output_embeddings().weight.shape[0]
+            self._grammars = GrammarCompiler(self._tokenizer, vocab, sorted(self._eos))
+        return self._grammars
+
+    def _item_for(self, request: ChatRequest) -> tuple[GenerationItem, int]:
+        from assay.curate.llm.batch_generate import GenerationItem
+
+        params = request.params
+        adapter = self.adapter_of(request.model)
+        if adapter is not None:
+            self._ensure_adapter(adapter)
+        tools = list(request.tools) if request.tools else None
+        prompt = render_prompt(self._tokenizer, list(request.messages), tools)
+        ids = self._tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        stop = params.get("stop") or ()
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        seed = params.get("seed")
+        if seed is not None:
+            seed = int(seed) * 1_000_003 + request.sample_index
+        response_format = request.response_format
+        if response_format and response_format.get("type") == "text":
+            response_format = None
+        if tools and not response_format:
+            # tool_choice "required" or a named function: the answer must be a tool call
+            response_format = tool_call_schema(tools, params.get("tool_choice"))
+        grammar = None
+        if response_format:
+            compiler = self._grammar_compiler()
+            grammar = compiler.matcher(compiler.compile(response_format))
+        temperature = params.get("temperature")
+        top_p = params.get("top_p")
+        item = GenerationItem(
+            prompt_ids=list(ids),
+            max_new_tokens=int(
+                params.get("max_tokens")
+                or params.get("max_completion_tokens")
+                or DEFAULT_MAX_TOKENS
+            ),
+            temperature=1.0 if temperature is None else float(temperature),
+            top_p=1.0 if top_p is None else float(top_p),
+            top_k=int(params.get("top_k") or 0),
+            seed=seed,
+            stop=stop,
+            adapter=adapter,
+            grammar=grammar,
+        )
+        return item, len(ids)
+
+    def _response(
+        self, job: _Job, result: GenerationResult, prompt_len: int, finished: float
+    ) -> ChatResponse:
+        text: str | None = result.text
+        tool_calls = None
+        finish = result.finish_reason
+        if job.request.tools:
+            text, tool_calls = parse_tool_calls(result.text)
+            if tool_calls:
+                finish = "tool_calls"
+        return ChatResponse(
+            text=text,
+            tool_calls=tool_calls,
+            finish_reason=finish,
+            input_tokens=prompt_len,
+            output_tokens=len(result.token_ids),
+            latency_s=finished - job.queued_at,
+        )
+
+
+_backends: dict[str, LocalBackend] = {}
+_backends_lock = threading.Lock()
+
+
+def get_local_backend(model: str, **options: Any) -> LocalBackend:
+    """The shared backend for a `local/...` model string (its base model), created once.
+
+    `local/smollm2-135m` and `local/smollm2-135m+sql-intern` share one backend (and one
+    copy of the weights); the adapter is chosen per request. Options go to `LocalBackend`
+    the first time a base model is asked for.
+    """
+    name = model.removeprefix(LOCAL_PREFIX)
+    registry = ModelRegistry.load()
+    spec = registry.resolve(name)
+    base = spec.base_name or spec.name
+    with _backends_lock:
+        if base not in _backends:
+            _backends[base] = LocalBackend(base, registry=registry, **options)
+        return _backends[base]

@@ -1,0 +1,136 @@
+"""Which failures to retry, how long to wait, and the tenacity loop around one request.
+
+Retried: 429 and 408, every 5xx, timeouts, connection errors and bodies that are not
+valid JSON (a truncated response). Never retried: any other 4xx (a bad request stays bad).
+The wait is exponential with jitter, or the provider's `retry-after` when it sends one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    # 6 tries with 1 s doubling to 30 s rides out about a minute of provider trouble
+    # (a 429 burst or a restarting vLLM server) before a row is marked failed.
+    max_attempts: int = 6
+    initial_wait_s: float = 1.0
+    max_wait_s: float = 30.0
+    jitter_s: float = 1.0
+    # never sleep longer than this on a provider's retry-after
+    max_retry_after_s: float = 120.0
+
+
+class ResponseError(Exception):
+    """A response came back but could not be used (e.g. a body that is not JSON)."""
+
+    status_code: int | None = None
+
+
+def status_of(exc: BaseException) -> int | None:
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, int):
+        return code
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """429/408/5xx and failures without a status (timeouts, connections, bad bodies)."""
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        return False
+    if isinstance(exc, TimeoutError | json.JSONDecodeError | ResponseError):
+        return True
+    code = status_of(exc)
+    if code is None:
+        return True
+    return code in (408, 429) or code >= 500
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds from a `retry-after` / `retry-after-ms` header on the failure, if any."""
+    headers: Any = getattr(exc, "headers", None)
+    if headers is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is None:
+        headers = getattr(exc, "litellm_response_headers", None)
+    if not headers:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return float(ms) / 1000.0
+        value = headers.get("retry-after")
+    except Exception:
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+class _Wait:
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, state: RetryCallState) -> float:
+        p = self.policy
+        exc = state.outcome.exception() if state.outcome else None
+        after = retry_after(exc) if exc is not None else None
+        if after is not None:
+            # a little jitter so that every request told "1 s" does not return at once
+            return min(after, p.max_retry_after_s) + random.uniform(0, p.jitter_s / 4)
+        backoff = p.initial_wait_s * 2 ** (state.attempt_number - 1)
+        return min(p.max_wait_s, backoff) + random.uniform(0, p.jitter_s)
+
+
+def retrying(policy: RetryPolicy) -> AsyncRetrying:
+    """A tenacity controller; call `.copy()` per request (it keeps per-call state)."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=_Wait(policy),
+        retry=retry_if_exception(is_retryable),
+        reraise=True,
+    )
+
+
+async def with_retries(
+    controller: AsyncRetrying, call: Callable[[], Awaitable[T]]
+) -> tuple[T, int]:
+    """Run `call` under `controller`; return its result and the number of tries it took."""
+    attempts = 0
+
+    async def counted() -> T:
+        nonlocal attempts
+        attempts += 1
+        return await call()
+
+    result = await controller.copy()(counted)
+    return result, attempts
+
+
+def describe_error(exc: BaseException) -> str:
+    code = status_of(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    prefix = f"{type(exc).__name__}" + (f" ({code})" if code else "")
+    return f"{prefix}: {text[:300]}" if text else prefix

@@ -1,0 +1,77 @@
+"""ClusterAssignment: the result of a dedupe fit, applied batch by batch.
+
+A fit finds, for every row that has a duplicate, the id of its cluster's keeper (the first
+row of the cluster in input order) and optionally a similarity to it. Rows without a
+duplicate are not stored: they keep themselves. `apply` adds the cluster column to a batch
+and sends every non-keeper to the rejects with a reason naming the keeper.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from assay.curate.stage import ID, Outcome, split_by_mask
+
+
+class ClusterAssignment:
+    """Members of multi-row clusters: `row_ids[i]` belongs to the cluster kept as `keepers[i]`.
+
+    `reason` is a template with `{keeper}` and, when `scores` are given, `{score}` (two
+    decimals), e.g. "near duplicate of {keeper} (jaccard {score})".
+    """
+
+    def __init__(
+        self,
+        row_ids: pa.Array | pa.ChunkedArray,
+        keepers: pa.Array | pa.ChunkedArray,
+        reason: str,
+        scores: np.ndarray | None = None,
+    ) -> None:
+        columns: dict[str, object] = {
+            "_row": pl.Series(row_ids).cast(pl.String),
+            "_keeper": pl.Series(keepers).cast(pl.String),
+        }
+        if scores is not None:
+            columns["_score"] = pl.Series(np.asarray(scores, np.float64))
+        self.frame = pl.DataFrame(columns)
+        self.reason = reason
+
+    @classmethod
+    def empty(cls, reason: str) -> ClusterAssignment:
+        nothing = pa.array([], pa.string())
+        return cls(nothing, nothing, reason)
+
+    @property
+    def n_removed(self) -> int:
+        return int((self.frame["_row"] != self.frame["_keeper"]).sum())
+
+    def apply(self, stage: str, table: pa.Table, cluster_column: str) -> pa.Table | Outcome:
+        """Add `cluster_column` (keeper id) to `table`; reject rows that are not keepers."""
+        ids = pl.DataFrame({"_row": pl.Series(table[ID]).cast(pl.String)})
+        joined = ids.join(self.frame, on="_row", how="left", maintain_order="left")
+        cluster = joined["_keeper"].fill_null(joined["_row"])
+        keep = (cluster == joined["_row"]).to_arrow()
+        reasons = joined.select(self._reason_expr()).to_series().to_arrow()
+        if cluster_column in table.column_names:
+            table = table.drop_columns([cluster_column])
+        table = table.append_column(cluster_column, cluster.to_arrow().cast(pa.string()))
+        return split_by_mask(stage, table, keep, reasons)
+
+    def _reason_expr(self) -> pl.Expr:
+        parts: list[str | pl.Expr] = []
+        rest = self.reason
+        while rest:
+            head, brace, rest = rest.partition("{")
+            parts.append(pl.lit(head))
+            if not brace:
+                break
+            field, _, rest = rest.partition("}")
+            if field == "keeper":
+                parts.append(pl.col("_keeper"))
+            elif field == "score":
+                parts.append(pl.col("_score").round(2).cast(pl.String).str.pad_end(4, "0"))
+            else:
+                raise ValueError(f"unknown field {{{field}}} in reason {self.reason!r}")
+        return pl.concat_str(parts).alias("_reason")

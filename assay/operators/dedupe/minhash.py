@@ -1,0 +1,158 @@
+"""MinhashDedupe: near-duplicate removal with MinHash, LSH banding and exact Jaccard checks."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from assay.curate.registry import register
+from assay.curate.stage import ID, BatchReader, Outcome, Stage
+from assay.operators.dedupe.buckets import candidate_pairs, unpack, write_band_keys
+from assay.operators.dedupe.clusters import ClusterAssignment
+from assay.operators.dedupe.components import connected_components
+from assay.operators.dedupe.jaccard import ShingleSets
+from assay.operators.dedupe.lsh import choose_bands
+from assay.operators.dedupe.shingles import shingle_hashes
+from assay.operators.dedupe.signatures import Permutations, band_keys, minhash_signatures
+
+REASON = "near duplicate of {keeper} (jaccard {score})"
+
+
+@register
+class MinhashDedupe(Stage):
+    """Keep one row per cluster of near-duplicate texts (Jaccard of n-gram shingle sets).
+
+    fit, pass 1: shingles (word or character n-grams) -> MinHash signatures -> LSH band
+    keys, spilled to Parquet per batch. Then, band by band, rows sharing a key become
+    candidate pairs. Pass 2 re-reads only the candidate rows' shingle sets and computes each
+    pair's exact Jaccard; with `verify` pairs below `threshold` are dropped. Connected
+    components (union-find) of the remaining pairs are the clusters; each keeps its first
+    row in input order. Memory holds one batch, one band column and the candidate rows'
+    shingle sets, never all signatures.
+
+    Bands: `bands` x `rows` defaults to `choose_bands(threshold, num_perm)`, the largest r
+    with P(candidate | Jaccard = threshold) >= 0.97 (b=18, r=7 for 0.8 and 128 permutations;
+    see `assay.operators.dedupe.lsh` and docs/dedupe.md for the S-curve).
+
+    Input columns: `column` (string). Output columns: `cluster_column` (string: the id of the
+    row kept for the cluster; the row's own id when it has no near duplicate).
+    Rejects: "near duplicate of <id> (jaccard 0.86)" naming the kept row, with the exact
+    Jaccard between the two (it can be below `threshold` when the two are linked through a
+    third row).
+
+    Example: `MinhashDedupe(column="text", threshold=0.8, ngram=5)`; in a recipe
+    `{MinhashDedupe: {column: text, threshold: 0.8}}`.
+    """
+
+    needs_fit = True
+
+    column: str = "text"
+    threshold: float = Field(0.8, gt=0.0, lt=1.0)
+    ngram: int = Field(5, ge=1)  # word 5-grams: the common choice (datatrove, distilabel)
+    unit: Literal["word", "char"] = "word"
+    num_perm: int = Field(128, ge=1, le=1024)  # 128: datasketch's and distilabel's default
+    bands: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1)
+    verify: bool = True  # exact Jaccard on candidates: precision ~1 at small extra cost
+    seed: int = 42
+    spill_dir: str | None = None  # where band keys are spilled (default: the system temp dir)
+    cluster_column: str = "cluster_id"
+
+    _assignment: ClusterAssignment | None = None
+    _stats: dict[str, int] = {}
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> MinhashDedupe:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither")
+        if (
+            self.bands is not None
+            and self.rows is not None
+            and self.bands * self.rows > self.num_perm
+        ):
+            raise ValueError(
+                f"bands x rows ({self.bands * self.rows}) exceeds num_perm ({self.num_perm})"
+            )
+        return self
+
+    def input_columns(self) -> list[str]:
+        return [self.column]
+
+    def band_shape(self) -> tuple[int, int]:
+        """(bands, rows) used: the given ones, or the ones chosen for `threshold`."""
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        return choose_bands(self.threshold, self.num_perm)
+
+    def fit(self, read_input: BatchReader) -> None:
+        bands, rows = self.band_shape()
+        perms = Permutations.make(bands * rows, self.seed)
+        spill = Path(tempfile.mkdtemp(prefix="assay-minhash-", dir=self.spill_dir))
+        try:
+            files, ids, n = self._spill_band_keys(read_input, perms, bands, rows, spill)
+            left, right = unpack(candidate_pairs(files, bands))
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
+        self._stats = {"rows": n, "candidate_pairs": len(left)}
+        if len(left) == 0:
+            self._assignment = ClusterAssignment.empty(REASON)
+            return
+        sets = self._shingle_sets(read_input, np.unique(np.concatenate([left, right])))
+        if self.verify:
+            similar = sets.jaccard(left, right) >= self.threshold
+            left, right = left[similar], right[similar]
+        self._stats["edges"] = len(left)
+        labels = connected_components(n, left, right)
+        in_cluster = np.zeros(n, bool)
+        in_cluster[labels != np.arange(n)] = True
+        in_cluster[labels[in_cluster]] = True
+        members = np.flatnonzero(in_cluster)
+        keepers = labels[members]
+        scores = np.ones(len(members))
+        removed = members != keepers
+        if removed.any():
+            scores[removed] = sets.jaccard(members[removed], keepers[removed])
+        all_ids = pa.chunked_array(ids, pa.string())
+        self._assignment = ClusterAssignment(
+            all_ids.take(members), all_ids.take(keepers), REASON, scores
+        )
+        self._stats["removed"] = int(removed.sum())
+
+    def process(self, table: pa.Table) -> pa.Table | Outcome:
+        assignment = self._assignment or ClusterAssignment.empty(REASON)
+        return assignment.apply(self.name, table, self.cluster_column)
+
+    def _spill_band_keys(
+        self, read_input: BatchReader, perms: Permutations, bands: int, rows: int, spill: Path
+    ) -> tuple[list[Path], list[pa.Array], int]:
+        files: list[Path] = []
+        ids: list[pa.Array] = []
+        n = 0
+        for b, batch in enumerate(read_input()):
+            shingles = shingle_hashes(batch[self.column], self.ngram, self.unit)
+            keys = band_keys(minhash_signatures(shingles, perms), bands, rows)
+            has_shingles = shingles.counts() > 0  # empty texts are left to ExactDedupe
+            positions = np.arange(n, n + batch.num_rows)[has_shingles]
+            path = spill / f"bands-{b:06d}.parquet"
+            write_band_keys(path, positions, keys[has_shingles])
+            files.append(path)
+            ids.extend(batch[ID].cast(pa.string()).chunks)
+            n += batch.num_rows
+        if n >= 2**32:
+            raise ValueError("MinhashDedupe packs row positions in 32 bits: at most 4.29e9 rows")
+        return files, ids, n
+
+    def _shingle_sets(self, read_input: BatchReader, rows: np.ndarray) -> ShingleSets:
+        sets = ShingleSets(rows)
+        first = 0
+        for batch in read_input():
+            sets.add_batch(first, shingle_hashes(batch[self.column], self.ngram, self.unit))
+            first += batch.num_rows
+        sets.finish()
+        return sets

@@ -1,0 +1,132 @@
+"""Shingling: every n-gram of a text column as a 64-bit hash, without a per-row loop.
+
+Tokens come from polars string kernels (words: `\\w+` runs; chars: every character after
+whitespace runs collapse to one space), token hashes from polars' vectorised hash, and
+n-gram hashes from a rolling polynomial over the token hashes in numpy: n array passes,
+whatever the number of documents. A document shorter than n tokens gives one shingle of all
+its tokens (so two short texts can still match); an empty document gives none.
+
+    sh = shingle_hashes(table["text"], n=5, unit="word")
+    sh.hashes[sh.offsets[3] : sh.offsets[4]]  # the shingles of row 3
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Unit = Literal["word", "char"]
+
+_P = np.uint64(0x100000001B3)  # FNV-64 prime: an odd multiplier for the rolling hash
+_M1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser constants
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+@dataclass
+class Shingles:
+    """The shingles of a batch of documents, document by document (CSR layout).
+
+    `hashes[offsets[d]:offsets[d + 1]]` are document d's shingles, in text order (with
+    repeats). `tokens` is the token list per document, kept for explaining a match.
+    """
+
+    hashes: np.ndarray  # uint64
+    offsets: np.ndarray  # int64, one more than the number of documents
+    tokens: pa.ListArray
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def doc_of(self) -> np.ndarray:
+        """The document index of every shingle."""
+        return np.repeat(np.arange(self.n_docs, dtype=np.int64), self.counts())
+
+
+def tokenize(column: pa.Array | pa.ChunkedArray, unit: Unit = "word") -> pa.ListArray:
+    """Lower-cased tokens of each text: `\\w+` words, or characters (nulls give no tokens)."""
+    text = pl.Series(_as_array(column)).cast(pl.String).fill_null("").str.to_lowercase()
+    if unit == "word":
+        tokens = text.str.extract_all(r"\w+")
+    elif unit == "char":
+        tokens = text.str.replace_all(r"\s+", " ").str.strip_chars().str.split("")
+    else:
+        raise ValueError(f"unit must be 'word' or 'char', not {unit!r}")
+    return _as_array(tokens.to_arrow())
+
+
+def shingle_hashes(column: pa.Array | pa.ChunkedArray, n: int, unit: Unit = "word") -> Shingles:
+    """Hash every n-token window of every text in `column` (see the module docstring)."""
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    tokens = tokenize(column, unit)
+    lengths = pc.list_value_length(tokens).fill_null(0).to_numpy(zero_copy_only=False)
+    lengths = lengths.astype(np.int64)
+    flat = tokens.flatten()
+    token_hash = pl.Series(flat).hash(seed=0x5EED).to_numpy().astype(np.uint64, copy=False)
+    total = len(token_hash)
+    starts = np.zeros(len(lengths), np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+
+    per_doc = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(per_doc, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), np.uint64)
+    long_slot = np.repeat(lengths >= n, per_doc)
+
+    with np.errstate(over="ignore"):
+        if total >= n and long_slot.any():
+            m = total - n + 1
+            rolled = token_hash[:m].copy()
+            for j in range(1, n):
+                rolled *= _P
+                rolled += token_hash[j : j + m]
+            doc = np.repeat(np.arange(len(lengths)), lengths)
+            pos = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+            valid = pos[:m] <= (lengths[doc[:m]] - n)
+            out[long_slot] = rolled[valid]
+        short = (lengths > 0) & (lengths < n)
+        if short.any():
+            # polynomial over all tokens of a short text: sum of t_j * P^(L-1-j)
+            take = np.repeat(short, lengths)
+            doc = np.repeat(np.arange(len(lengths)), lengths)[take]
+            pos = (np.arange(total, dtype=np.int64) - np.repeat(starts, lengths))[take]
+            power = _powers(n)[lengths[doc] - 1 - pos]
+            terms = token_hash[take] * power
+            seg = np.zeros(int(short.sum()), np.int64)
+            np.cumsum(lengths[short][:-1], out=seg[1:])
+            out[~long_slot] = np.add.reduceat(terms, seg)
+    return Shingles(hashes=_mix(out), offsets=offsets, tokens=tokens)
+
+
+def _powers(n: int) -> np.ndarray:
+    powers = np.ones(max(n, 1), np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(1, len(powers)):
+            powers[i] = powers[i - 1] * _P
+    return powers
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads the rolling hash's bits before MinHash uses them."""
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(30))
+        x *= _M1
+        x ^= x >> np.uint64(27)
+        x *= _M2
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return values
