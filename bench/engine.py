@@ -1,0 +1,145 @@
+"""Engine overhead: N rows through normalise -> min-length filter -> exact dedupe.
+
+Runs the same work twice, each in its own subprocess so peak RSS is its own:
+- assay: `Pipeline([Normalize, MinLength, ExactDedupe])` from a Parquet file, with run-store
+  bookkeeping, rejects kept and Parquet shards written;
+- polars: the same three steps as one lazy query, written to one Parquet file.
+
+    python bench/engine.py --rows 1000000
+
+Prints a Markdown table row per engine (rows/s, seconds, peak RSS MiB, rows out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = (
+    "data model train judge curate prompt answer reason token batch filter dedupe score "
+    "assay engine small large teacher student verify tool call query table column row "
+    "Arrow Parquet DuckDB polars cluster keeper threshold signature shard stream"
+).split()
+
+
+def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
+    """Synthetic sentences; ~8% exact duplicates (some re-cased/re-spaced), ~3% short rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(seed)
+    writer = None
+    chunk = 100_000
+    made: list[str] = []
+    for start in range(0, rows, chunk):
+        texts = []
+        for _ in range(min(chunk, rows - start)):
+            r = rng.random()
+            if made and r < 0.08:
+                base = rng.choice(made)
+                texts.append(base.upper() if r < 0.04 else "  " + base.replace(" ", "   "))
+            elif r < 0.11:
+                texts.append(rng.choice(WORDS))
+            else:
+                text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30)))
+                texts.append(text)
+                if len(made) < 50_000:
+                    made.append(text)
+        table = pa.table({"text": texts})
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=65_536)
+    assert writer is not None
+    writer.close()
+
+
+def run_assay(source: str, workspace: str) -> dict:
+    from assay.curate.pipeline import Pipeline
+    from assay.operators.dedupe.exact import ExactDedupe
+    from assay.operators.text import MinLength, Normalize
+
+    pipeline = Pipeline(
+        [
+            Normalize(column="text", lowercase=True),
+            MinLength(column="text", chars=20),
+            # the text is normalised already: hash it as it is
+            ExactDedupe(columns=["text"], lowercase=False, whitespace=False, unicode_form=None),
+        ],
+        batch_size=10_000,
+    )
+    result = pipeline.run(source, workspace=workspace, progress="quiet")
+    import pyarrow.parquet as pq
+
+    rows_out = sum(pq.read_metadata(p).num_rows for p in result.output_dir.glob("*.parquet"))
+    return {"rows_out": rows_out}
+
+
+def run_polars(source: str, workspace: str) -> dict:
+    import polars as pl
+
+    text = pl.col("text").str.normalize("NFKC").str.replace_all(r"\s{2,}|[^\S ]", " ")
+    text = text.str.strip_chars().str.to_lowercase()
+    out = Path(workspace) / "polars.parquet"
+    (
+        pl.scan_parquet(source)
+        .with_columns(text.alias("text"))
+        .filter(pl.col("text").str.len_chars() >= 20)
+        .unique(subset="text", keep="first", maintain_order=True)
+        .sink_parquet(out)
+    )
+    return {"rows_out": pl.scan_parquet(out).select(pl.len()).collect().item()}
+
+
+def child(engine: str, source: str, workspace: str) -> None:
+    started = time.perf_counter()
+    cpu = time.process_time()
+    info = {"assay": run_assay, "polars": run_polars}[engine](source, workspace)
+    info["seconds"] = time.perf_counter() - started
+    info["cpu_seconds"] = time.process_time() - cpu
+    info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(info))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--child", nargs=3, metavar=("ENGINE", "SOURCE", "WORKSPACE"))
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "corpus.parquet"
+        make_corpus(source, args.rows)
+        results = {}
+        for engine in ("polars", "assay"):
+            ws = Path(tmp) / engine
+            ws.mkdir()
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", engine, str(source), str(ws)],
+                capture_output=True, text=True, check=True,
+            )
+            results[engine] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"rows: {args.rows:,}")
+    print("| engine | seconds | rows/s | CPU s | peak RSS MiB | rows out |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for engine, r in results.items():
+        print(
+            f"| {engine} | {r['seconds']:.1f} | {args.rows / r['seconds']:,.0f} | "
+            f"{r['cpu_seconds']:.1f} | {r['peak_rss_mib']:,.0f} | {r['rows_out']:,} |"
+        )
+    ratio = results["assay"]["seconds"] / results["polars"]["seconds"]
+    print(f"assay / polars wall-time ratio: {ratio:.2f}")
+    if results["assay"]["rows_out"] != results["polars"]["rows_out"]:
+        print("WARNING: the engines disagree on rows out")
+
+
+if __name__ == "__main__":
+    main()
