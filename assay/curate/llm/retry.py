@@ -10,14 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,20 +57,24 @@ def is_retryable(exc: BaseException) -> bool:
 
 def retry_after(exc: BaseException) -> float | None:
     """Seconds from a `retry-after` / `retry-after-ms` header on the failure, if any."""
-    headers: Any = getattr(exc, "headers", None)
-    if headers is None:
-        headers = getattr(getattr(exc, "response", None), "headers", None)
-    if headers is None:
-        headers = getattr(exc, "litellm_response_headers", None)
-    if not headers:
-        return None
-    try:
-        ms = headers.get("retry-after-ms")
-        if ms is not None:
-            return float(ms) / 1000.0
-        value = headers.get("retry-after")
-    except Exception:
-        return None
+    sources = (
+        getattr(exc, "headers", None),
+        getattr(exc, "litellm_response_headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+    )
+    value = None
+    for headers in sources:
+        if not headers:
+            continue
+        try:
+            ms = headers.get("retry-after-ms")
+            if ms is not None:
+                return max(0.0, float(ms) / 1000.0)
+            value = headers.get("retry-after")
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if value is not None:
+            break
     if value is None:
         return None
     try:
@@ -112,21 +112,6 @@ def retrying(policy: RetryPolicy) -> AsyncRetrying:
         retry=retry_if_exception(is_retryable),
         reraise=True,
     )
-
-
-async def with_retries(
-    controller: AsyncRetrying, call: Callable[[], Awaitable[T]]
-) -> tuple[T, int]:
-    """Run `call` under `controller`; return its result and the number of tries it took."""
-    attempts = 0
-
-    async def counted() -> T:
-        nonlocal attempts
-        attempts += 1
-        return await call()
-
-    result = await controller.copy()(counted)
-    return result, attempts
 
 
 def describe_error(exc: BaseException) -> str:
