@@ -1,0 +1,86 @@
+"""Progress output in both modes, and bounded memory while streaming a large source."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+from engine_stages import EvenOnly, Upper
+from rich.console import Console
+
+from assay.curate.pipeline import Pipeline
+from assay.curate.progress import LineProgress, RichProgress
+from assay.curate.sources import Source
+from assay.curate.stage import Map
+
+ROWS = [{"text": f"row {i}", "n": i} for i in range(40)]
+
+
+def test_line_mode_prints_one_line_per_stage(workspace: Path) -> None:
+    stream = io.StringIO()
+    Pipeline([Upper(), EvenOnly()], batch_size=7).run(
+        ROWS, workspace=workspace, progress=LineProgress(stream)
+    )
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("[assay] stage 0 Upper: 40 in, 40 out, 0 removed")
+    assert lines[1].startswith("[assay] stage 1 EvenOnly: 40 in, 20 out, 20 removed")
+
+
+def test_rich_mode_shows_each_stage_with_rows_done_and_kept(workspace: Path) -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=160)
+    Pipeline([Upper(), EvenOnly()], batch_size=7).run(
+        ROWS, workspace=workspace, progress=RichProgress(console)
+    )
+    text = buffer.getvalue()
+    assert "0 Upper" in text and "1 EvenOnly" in text
+    assert "40/40" in text and "kept 20" in text
+
+
+class Counter(Source):
+    """A lazily generated source of `rows` rows with ~1 KiB of text each."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def record_batches(self) -> Iterator[pa.Table]:
+        for start in range(0, self.rows, 1000):
+            n = min(1000, self.rows - start)
+            yield pa.table(
+                {
+                    "n": pa.array(range(start, start + n), pa.int64()),
+                    "text": pa.array(["x" * 1024] * n),
+                }
+            )
+
+    def count_rows(self) -> int:
+        return self.rows
+
+
+class ArrowHighWater(Map):
+    """Records the largest Arrow allocation seen (in bytes) in a file, batch by batch."""
+
+    path: str
+
+    def map(self, table: pa.Table) -> pa.Table:
+        peak = max(pa.total_allocated_bytes(), int(Path(self.path).read_text() or 0))
+        Path(self.path).write_text(str(peak))
+        return table
+
+
+def test_streaming_holds_a_few_batches_not_the_source(workspace: Path, tmp_path: Path) -> None:
+    rows, batch = 200_000, 5_000
+    high_water = tmp_path / "peak"
+    high_water.write_text("0")
+    result = Pipeline([Upper(), ArrowHighWater(path=str(high_water))], batch_size=batch).run(
+        Counter(rows), workspace=workspace, progress="quiet"
+    )
+    assert result.funnel()[1]["rows_out"] == rows
+    batch_bytes = batch * 1024 * 2  # text plus its upper-cased copy
+    source_bytes = rows * 1024 * 2
+    peak = int(high_water.read_text())
+    assert peak < 8 * batch_bytes, f"peak {peak:,} bytes vs batch {batch_bytes:,}"
+    assert peak < source_bytes / 5
