@@ -1,1 +1,17 @@
-"""Deduplication and decontamination stages."""
+"""Deduplication and decontamination stages.
+
+- `ExactDedupe`: normalised-text hash equality.
+- `MinhashDedupe`: MinHash + LSH near duplicates, exact Jaccard checks, union-find clusters.
+- `SemanticDedupe`: embedding cosine similarity, blocked matrix products.
+- `Decontaminate`: n-gram overlap with named evaluation sets.
+
+Each dedupe stage writes a `cluster_id` column (the kept row's id) and sends removed rows
+to the rejects with a reason naming the row they duplicate. See docs/dedupe.md.
+"""
+
+from assay.operators.dedupe.decontaminate import Decontaminate, EvalSet
+from assay.operators.dedupe.exact import ExactDedupe
+from assay.operators.dedupe.minhash import MinhashDedupe
+from assay.operators.dedupe.semantic import SemanticDedupe
+
+__all__ = ["Decontaminate", "EvalSet", "ExactDedupe", "MinhashDedupe", "SemanticDedupe"]

@@ -33,8 +33,10 @@ class ClusterAssignment:
             "_row": pl.Series(row_ids).cast(pl.String),
             "_keeper": pl.Series(keepers).cast(pl.String),
         }
-        if scores is not None:
-            columns["_score"] = pl.Series(np.asarray(scores, np.float64))
+        n = len(row_ids)
+        columns["_score"] = pl.Series(
+            np.full(n, np.nan) if scores is None else np.asarray(scores, np.float64)
+        )
         self.frame = pl.DataFrame(columns)
         self.reason = reason
 

@@ -63,8 +63,13 @@ def tokenize(column: pa.Array | pa.ChunkedArray, unit: Unit = "word") -> pa.List
     return _as_array(tokens.to_arrow())
 
 
-def shingle_hashes(column: pa.Array | pa.ChunkedArray, n: int, unit: Unit = "word") -> Shingles:
-    """Hash every n-token window of every text in `column` (see the module docstring)."""
+def shingle_hashes(
+    column: pa.Array | pa.ChunkedArray, n: int, unit: Unit = "word", short_texts: bool = True
+) -> Shingles:
+    """Hash every n-token window of every text in `column` (see the module docstring).
+
+    With `short_texts=False` a text shorter than n tokens gives no shingle at all.
+    """
     if n < 1:
         raise ValueError("n must be at least 1")
     tokens = tokenize(column, unit)
@@ -76,7 +81,7 @@ def shingle_hashes(column: pa.Array | pa.ChunkedArray, n: int, unit: Unit = "wor
     starts = np.zeros(len(lengths), np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
 
-    per_doc = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, 1))
+    per_doc = np.where(lengths >= n, lengths - n + 1, np.minimum(lengths, int(short_texts)))
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(per_doc, out=offsets[1:])
     out = np.empty(int(offsets[-1]), np.uint64)
@@ -94,7 +99,7 @@ def shingle_hashes(column: pa.Array | pa.ChunkedArray, n: int, unit: Unit = "wor
             valid = pos[:m] <= (lengths[doc[:m]] - n)
             out[long_slot] = rolled[valid]
         short = (lengths > 0) & (lengths < n)
-        if short.any():
+        if short_texts and short.any():
             # polynomial over all tokens of a short text: sum of t_j * P^(L-1-j)
             take = np.repeat(short, lengths)
             doc = np.repeat(np.arange(len(lengths)), lengths)[take]
