@@ -2,3 +2,4 @@
 
 from assay.operators import generate, parse, text  # noqa: F401  (registers the stages)
 from assay.operators.dedupe import exact  # noqa: F401
+from assay.operators.dedupe import decontaminate, minhash, semantic  # noqa: F401
