@@ -114,13 +114,16 @@ def _calls_in(block: str) -> list[dict[str, Any]]:
 
 
 def tool_call_schema(
-    tools: list[dict[str, Any]], tool_choice: str | dict[str, Any] | None
+    tools: list[dict[str, Any]],
+    tool_choice: str | dict[str, Any] | None,
+    parallel: bool = True,
 ) -> dict[str, Any] | None:
     """A JSON schema forcing a list of tool calls, for `tool_choice` "required" or a function.
 
     Returns None for "auto", "none" or no choice (the model decides; its output is parsed).
     The constrained answer is a bare JSON list `[{"name": ..., "arguments": {...}}]`, which
-    `parse_tool_calls` reads like a `<tool_call>` block.
+    `parse_tool_calls` reads like a `<tool_call>` block. `parallel=False` (OpenAI's
+    `parallel_tool_calls: false`) allows exactly one call.
     """
     if tool_choice in (None, "auto", "none"):
         return None
@@ -143,4 +146,7 @@ def tool_call_schema(
         for f in functions
     ]
     call = options[0] if len(options) == 1 else {"anyOf": options}
-    return {"type": "array", "items": call, "minItems": 1}
+    schema: dict[str, Any] = {"type": "array", "items": call, "minItems": 1}
+    if not parallel:
+        schema["maxItems"] = 1
+    return schema

@@ -12,6 +12,10 @@ kernels and is not needed on CPU).
 
 Small models loop on whitespace when a grammar allows any amount of it, so schemas compile
 with compact separators (`any_whitespace=False`).
+
+xgrammar 0.2.8 compiles a length-bounded string (`minLength` / `maxLength`) into a character
+class that lets raw control characters through, which is not valid JSON; `harden_schema`
+rewrites such strings into the equivalent `pattern` over JSON-safe characters.
 """
 
 from __future__ import annotations
@@ -41,6 +45,25 @@ def schema_of(response_format: ResponseFormat) -> dict[str, Any] | None:
     return response_format
 
 
+_STRING_CHAR = '[^"\\\\\\x00-\\x1f]'  # any character JSON allows unescaped in a string
+
+
+def harden_schema(schema: Any) -> Any:
+    """A copy of `schema` with length-bounded strings as patterns (see the module notes)."""
+    if isinstance(schema, list):
+        return [harden_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: harden_schema(v) for k, v in schema.items()}
+    bounded = "minLength" in out or "maxLength" in out
+    plain = not any(k in out for k in ("pattern", "format", "enum", "const"))
+    if out.get("type") == "string" and bounded and plain:
+        low = int(out.pop("minLength", 0))
+        high = out.pop("maxLength", None)
+        out["pattern"] = f"^{_STRING_CHAR}{{{low},{'' if high is None else int(high)}}}$"
+    return out
+
+
 class GrammarCompiler:
     """Compiles response formats for one tokenizer; compiled grammars are cached by schema."""
 
@@ -64,7 +87,7 @@ class GrammarCompiler:
                 compiled = self._compiler.compile_builtin_json_grammar()
             else:
                 compiled = self._compiler.compile_json_schema(
-                    json.dumps(schema), any_whitespace=False, strict_mode=True
+                    json.dumps(harden_schema(schema)), any_whitespace=False, strict_mode=True
                 )
             self._cache[key] = compiled
         return self._cache[key]

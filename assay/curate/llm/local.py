@@ -294,7 +294,9 @@ class LocalBackend:
             response_format = None
         if tools and not response_format:
             # tool_choice "required" or a named function: the answer must be a tool call
-            response_format = tool_call_schema(tools, params.get("tool_choice"))
+            response_format = tool_call_schema(
+                tools, params.get("tool_choice"), params.get("parallel_tool_calls") is not False
+            )
         grammar = None
         if response_format:
             compiler = self._grammar_compiler()

@@ -1,0 +1,201 @@
+"""The local backend on a tiny random model: batching, sampling controls, adapters, JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import jsonschema
+import pytest
+import torch
+from local_tiny_model import build_lora_adapter, build_tiny_model
+
+from assay.curate.llm.local import LocalBackend
+from assay.curate.llm.models import ModelRegistry
+from assay.curate.llm.types import ChatRequest
+
+PROMPTS = [
+    "Hi",
+    "What is the weather in Paris today, and should I bring an umbrella?",
+    "red green blue",
+    "SELECT * FROM t WHERE x = 1; explain this query to me in plain words please",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    model_dir = build_tiny_model(root / "model")
+    registry = ModelRegistry(root / "registry.json")
+    registry.register_model("tiny", model_dir)
+    registry.register_adapter("a", build_lora_adapter(model_dir, root / "lora-a", seed=1), "tiny")
+    registry.register_adapter("b", build_lora_adapter(model_dir, root / "lora-b", seed=2), "tiny")
+    backend = LocalBackend("tiny", registry=registry, device="cpu", gather_s=0.2, threads=1)
+    backend.load()
+    yield backend
+    backend.close()
+
+
+def request(content: str, model: str = "local/tiny", **params) -> ChatRequest:
+    params.setdefault("temperature", 0)
+    params.setdefault("max_tokens", 12)
+    return ChatRequest(model=model, messages=({"role": "user", "content": content},), params=params)
+
+
+def test_batched_greedy_matches_one_prompt_at_a_time_generate(tiny):
+    """Left padding, positions and the KV cache must not change what greedy decoding picks."""
+    responses = tiny.complete_many([request(p) for p in PROMPTS])
+    model, tokenizer = tiny.model, tiny.tokenizer
+    for prompt, response in zip(PROMPTS, responses, strict=True):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+        expected = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert response.text == expected
+        assert response.input_tokens == ids["input_ids"].shape[1]
+
+
+def test_concurrent_calls_share_a_batch(tiny):
+    before = tiny.batches_run
+
+    async def many():
+        return await asyncio.gather(
+            *(tiny.complete(request(f"{p} {i}")) for i, p in enumerate(PROMPTS * 3))
+        )
+
+    responses = asyncio.run(many())
+    assert len(responses) == 12
+    assert all(r.text is not None for r in responses)
+    assert tiny.batches_run - before < 12
+    assert tiny.largest_batch >= 2
+
+
+def test_max_tokens_and_length_finish(tiny):
+    response = tiny.complete_many([request("Hi", max_tokens=5)])[0]
+    assert response.output_tokens == 5
+    assert response.finish_reason == "length"
+
+
+def test_stop_sequence_cuts_the_text(tiny):
+    free = tiny.complete_many([request(PROMPTS[1], max_tokens=20)])[0].text
+    stop = free[6:9]
+    assert stop and stop in free
+    cut = tiny.complete_many([request(PROMPTS[1], max_tokens=20, stop=[stop])])[0]
+    assert cut.text == free[: free.index(stop)]
+    assert cut.finish_reason == "stop"
+
+
+def test_seeds_make_sampling_reproducible_and_samples_differ(tiny):
+    def sample(seed, index):
+        r = request(PROMPTS[1], temperature=1.0, seed=seed, max_tokens=16)
+        r = ChatRequest(r.model, r.messages, r.params, sample_index=index)
+        return tiny.complete_many([r])[0].text
+
+    assert sample(7, 0) == sample(7, 0)
+    assert len({sample(7, i) for i in range(4)}) > 1
+    greedy = tiny.complete_many([request(PROMPTS[1], max_tokens=16)])[0].text
+    assert len({sample(None, 0) for _ in range(3)} | {greedy}) > 1
+
+
+def test_top_k_one_is_greedy(tiny):
+    greedy = tiny.complete_many([request(PROMPTS[2], max_tokens=10)])[0].text
+    top1 = tiny.complete_many([request(PROMPTS[2], max_tokens=10, temperature=1.5, top_k=1)])
+    assert top1[0].text == greedy
+
+
+def test_mixed_adapter_batch_matches_each_adapter_alone(tiny):
+    models = ["local/tiny", "local/tiny+a", "local/tiny+b", "local/tiny+a"]
+    prompt = PROMPTS[1]
+    alone = [tiny.complete_many([request(prompt, model=m)])[0].text for m in models]
+    assert len(set(alone)) == 3  # base, a and b answer differently
+    before = tiny.most_adapters_in_batch
+    together = tiny.complete_many([request(prompt, model=m) for m in models])
+    assert [r.text for r in together] == alone
+    assert max(before, tiny.most_adapters_in_batch) == 3
+
+
+def test_unknown_adapter_is_refused(tiny):
+    with pytest.raises(ValueError, match="unknown adapter"):
+        tiny.submit(request("Hi", model="local/tiny+nope"))
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "color": {"enum": ["red", "green", "blue"]},
+        "ok": {"type": "boolean"},
+        "city": {"type": "string", "maxLength": 8},
+        "tags": {"type": "array", "items": {"enum": ["x", "y"]}, "maxItems": 3},
+    },
+    "required": ["color", "ok", "city", "tags"],
+    "additionalProperties": False,
+}
+
+
+def test_constrained_json_is_always_schema_valid(tiny):
+    """A random model produces garbage; under the grammar it still produces valid JSON."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA}}
+    reqs = [
+        ChatRequest(
+            model="local/tiny",
+            messages=({"role": "user", "content": p},),
+            params={"temperature": 1.0, "seed": i, "max_tokens": 200},
+            response_format=fmt,
+            sample_index=i,
+        )
+        for i, p in enumerate(PROMPTS * 4)
+    ]
+    free = tiny.complete_many([ChatRequest(r.model, r.messages, r.params) for r in reqs[:4]])
+    assert not any(_valid(r.text) for r in free)
+    for response in tiny.complete_many(reqs):
+        assert response.finish_reason == "stop"
+        assert _valid(response.text), response.text
+
+
+def _valid(text: str | None) -> bool:
+    try:
+        jsonschema.validate(json.loads(text or ""), SCHEMA)
+    except (json.JSONDecodeError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+TOOLS = (
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"enum": ["Paris", "Rome"]}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    },
+)
+
+
+def test_required_tool_choice_returns_openai_tool_calls(tiny):
+    r = ChatRequest(
+        model="local/tiny",
+        messages=({"role": "user", "content": "Weather in Rome?"},),
+        params={
+            "temperature": 0.8,
+            "seed": 3,
+            "max_tokens": 200,
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+        },
+        tools=TOOLS,
+    )
+    response = tiny.complete_many([r])[0]
+    assert response.finish_reason == "tool_calls"
+    assert len(response.tool_calls) == 1
+    call = response.tool_calls[0]
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"])["city"] in {"Paris", "Rome"}
