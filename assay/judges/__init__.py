@@ -1,1 +1,3 @@
 """Stages that score rows: LLM judges, grounding checks, verifiers, step-level judges."""
+
+from assay.judges import answer_match  # noqa: F401  (registers the stages)
