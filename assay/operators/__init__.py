@@ -1,5 +1,9 @@
 """Stages that transform rows: generate, parse, filter, dedupe, decontaminate, format."""
 
 from assay.operators import generate, parse, text  # noqa: F401  (registers the stages)
-from assay.operators.dedupe import exact  # noqa: F401
-from assay.operators.dedupe import decontaminate, minhash, semantic  # noqa: F401
+from assay.operators.dedupe import (  # noqa: F401
+    decontaminate,
+    exact,  # noqa: F401
+    minhash,
+    semantic,
+)

@@ -8,6 +8,7 @@ backend makes one try; the client around it does limits, retries and the cache.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from typing import Any
@@ -53,6 +54,10 @@ class LiteLLMBackend:
             kwargs["api_base"] = self.api_base
         if self._api_key:
             kwargs["api_key"] = self._api_key
+        elif self.api_base and not os.environ.get("OPENAI_API_KEY"):
+            # OpenAI-compatible servers (vLLM, SGLang, Ollama) take no key, but the OpenAI
+            # SDK refuses to send without one
+            kwargs["api_key"] = "EMPTY"
         started = time.perf_counter()
         # litellm's own timeout covers the HTTP call; wait_for is the backstop for a
         # provider path that ignores it, so a hung request can never stall a run
@@ -114,6 +119,8 @@ def split_reasoning(text: str | None, reasoning: str | None) -> tuple[str | None
         text = THINK.sub("", text).strip()
         found = "\n\n".join(b for b in blocks if b)
         reasoning = f"{reasoning}\n\n{found}" if reasoning and found else (reasoning or found)
+    if reasoning and text:
+        text = text.lstrip()  # the whitespace that followed a reasoning block
     return text, reasoning or None
 
 
