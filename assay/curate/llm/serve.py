@@ -25,6 +25,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
 from assay.curate.llm.local import LocalBackend
 from assay.curate.llm.models import ADAPTER_SEPARATOR
 from assay.curate.llm.types import ChatRequest, ChatResponse
@@ -44,9 +47,6 @@ PARAM_FIELDS = (
 
 def create_app(backend: LocalBackend, api_key: str | None = None) -> Any:
     """The FastAPI app answering OpenAI chat completions from `backend`."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     app = FastAPI(title="assay serve", docs_url=None, redoc_url=None)
     created = int(time.time())
 
