@@ -359,3 +359,14 @@ def get_local_backend(model: str, **options: Any) -> LocalBackend:
         if base not in _backends:
             _backends[base] = LocalBackend(base, registry=registry, **options)
         return _backends[base]
+
+
+def register_local_backend() -> None:
+    """Route `local/...` model strings in `LLMClient` to the shared local backends.
+
+    Cheap to call (no torch import); the model loads on the first batch. The client's
+    settings only choose the model: rate limits and retries still apply around it.
+    """
+    from assay.curate.llm.client import register_backend
+
+    register_backend("local", lambda settings: get_local_backend(settings.model))
