@@ -127,6 +127,59 @@ def list_stages() -> None:
         console.print()
 
 
+cache_app = typer.Typer(help="The request cache (stored LLM responses).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    model: Annotated[str | None, typer.Option(help="Only this model's responses.")] = None,
+    workspace: Workspace = Path(DEFAULT_WORKSPACE),
+) -> None:
+    """Delete stored responses (all, or one model's); run logs are kept."""
+    from assay.curate.llm.cache import clear_cache
+
+    deleted = clear_cache(workspace, model)
+    console.print(f"deleted {deleted:,} stored responses" + (f" of {model}" if model else ""))
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="Base model alias or path.")] = "smollm2-135m",
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="NAME=DIR of a LoRA adapter; repeatable.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the API key to require.")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 32,
+) -> None:
+    """Serve a local model and its LoRA adapters over an OpenAI-compatible HTTP API."""
+    import os
+
+    from assay.curate.llm.serve import serve as run_server
+
+    adapters = {}
+    for spec in adapter or []:
+        name, sep, directory = spec.partition("=")
+        if not sep or not name or not directory:
+            raise AssayError(f"--adapter takes NAME=DIR, got {spec!r}")
+        adapters[name] = directory
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not api_key:
+        raise AssayError(f"environment variable {api_key_env} is not set")
+    run_server(
+        model,
+        adapters or None,
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_batch_size=max_batch_size,
+    )
+
+
 def main() -> None:
     try:
         app()
