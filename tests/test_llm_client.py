@@ -34,6 +34,12 @@ def settings(server: FakeOpenAI, **kw: object) -> LLMSettings:
     return LLMSettings(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=["litellm", "http"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every client behaviour holds for both transports."""
+    return request.param
+
+
 def req(text: str, **params: object) -> ChatRequest:
     return ChatRequest(model=MODEL, messages=({"role": "user", "content": text},), params=params)
 
@@ -43,53 +49,59 @@ def run(client: LLMClient, requests: list[ChatRequest]) -> list[ChatResponse]:
 
 
 @pytest.mark.parametrize("fault", ["429", "500", "503", "408", "malformed"])
-def test_retryable_fault_is_retried_until_success(fault: str) -> None:
+def test_retryable_fault_is_retried_until_success(fault: str, transport: str) -> None:
     def script(key: str, attempt: int) -> str | None:
         return fault if attempt <= 2 else None
 
     with FakeOpenAI(script=script, retry_after_s=0.01) as server:
-        responses = run(LLMClient(settings(server)), [req("a"), req("b")])
+        responses = run(LLMClient(settings(server, transport=transport)), [req("a"), req("b")])
     assert [r.text for r in responses] == ["echo: a", "echo: b"]
     assert all(r.error is None for r in responses)
     assert sorted(server.attempts.values()) == [3, 3]
 
 
-def test_hung_request_times_out_and_is_retried() -> None:
+def test_hung_request_times_out_and_is_retried(transport: str) -> None:
     with FakeOpenAI(script=lambda key, attempt: "hang" if attempt == 1 else None) as server:
-        responses = run(LLMClient(settings(server, timeout_s=0.5)), [req("slow")])
+        responses = run(
+            LLMClient(settings(server, transport=transport, timeout_s=0.5)), [req("slow")]
+        )
     assert responses[0].text == "echo: slow"
     assert list(server.attempts.values()) == [2]
 
 
-def test_client_error_is_not_retried_and_row_is_marked_failed() -> None:
+def test_client_error_is_not_retried_and_row_is_marked_failed(transport: str) -> None:
     with FakeOpenAI(script=lambda key, attempt: "400") as server:
-        responses = run(LLMClient(settings(server)), [req("bad")])
+        responses = run(LLMClient(settings(server, transport=transport)), [req("bad")])
     assert list(server.attempts.values()) == [1]
     assert responses[0].text is None
     assert responses[0].error is not None and "1 tries" in responses[0].error
 
 
-def test_exhausted_retries_mark_the_row_failed_not_dropped() -> None:
+def test_exhausted_retries_mark_the_row_failed_not_dropped(transport: str) -> None:
     with FakeOpenAI(script=lambda key, attempt: "500") as server:
-        responses = run(LLMClient(settings(server, max_attempts=3)), [req("x"), req("y")])
+        responses = run(
+            LLMClient(settings(server, transport=transport, max_attempts=3)), [req("x"), req("y")]
+        )
     assert len(responses) == 2
     assert all(r.error and "3 tries" in r.error for r in responses)
     assert sorted(server.attempts.values()) == [3, 3]
 
 
-def test_retry_after_is_honoured() -> None:
+def test_retry_after_is_honoured(transport: str) -> None:
     with FakeOpenAI(
         script=lambda key, attempt: "429" if attempt == 1 else None, retry_after_s=0.4
     ) as server:
-        responses = run(LLMClient(settings(server)), [req("wait")])
+        responses = run(LLMClient(settings(server, transport=transport)), [req("wait")])
     assert responses[0].text == "echo: wait"
     first, second = server.arrivals
     assert second - first >= 0.4  # the client may not come back before retry-after
 
 
-def test_output_keeps_input_order_whatever_order_answers_arrive() -> None:
+def test_output_keeps_input_order_whatever_order_answers_arrive(transport: str) -> None:
     with FakeOpenAI(latency_s=0.03, jitter_s=0.03, seed=3) as server:
-        responses = run(LLMClient(settings(server)), [req(f"q{i}") for i in range(40)])
+        responses = run(
+            LLMClient(settings(server, transport=transport)), [req(f"q{i}") for i in range(40)]
+        )
     assert [r.text for r in responses] == [f"echo: q{i}" for i in range(40)]
 
 
@@ -113,17 +125,20 @@ def test_requests_per_minute_are_not_exceeded() -> None:
     assert arrivals[-1] - arrivals[0] >= (n - per_s - 1) / per_s
 
 
-def test_concurrency_cap_is_respected() -> None:
+def test_concurrency_cap_is_respected(transport: str) -> None:
     with FakeOpenAI(latency_s=0.05) as server:
-        run(LLMClient(settings(server, max_concurrency=3)), [req(f"c{i}") for i in range(12)])
+        run(
+            LLMClient(settings(server, transport=transport, max_concurrency=3)),
+            [req(f"c{i}") for i in range(12)],
+        )
     assert server.total_billed == 12
     assert server.max_in_flight == 3
 
 
-def test_rate_limit_headers_set_the_limit_left_open() -> None:
+def test_rate_limit_headers_set_the_limit_left_open(transport: str) -> None:
     headers = {"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "119"}
     with FakeOpenAI(headers=headers) as server:
-        client = LLMClient(settings(server))
+        client = LLMClient(settings(server, transport=transport))
 
         async def go() -> Limiter:
             await client.complete_many([req("h")])
@@ -147,7 +162,7 @@ def test_limiter_returns_reserved_tokens_once_usage_is_known() -> None:
     assert settled == pytest.approx(85, abs=1)
 
 
-def test_reasoning_and_tool_calls_are_kept_apart_from_the_answer() -> None:
+def test_reasoning_and_tool_calls_are_kept_apart_from_the_answer(transport: str) -> None:
     def responder(body: dict) -> dict:
         text = body["messages"][-1]["content"]
         if text == "think":
@@ -167,7 +182,8 @@ def test_reasoning_and_tool_calls_are_kept_apart_from_the_answer() -> None:
 
     with FakeOpenAI(responder=responder) as server:
         think, native, tool = run(
-            LLMClient(settings(server)), [req("think"), req("native"), req("tool")]
+            LLMClient(settings(server, transport=transport)),
+            [req("think"), req("native"), req("tool")],
         )
     assert (think.text, think.reasoning) == ("The answer is 4.", "step 1")
     assert (native.text, native.reasoning) == ("4", "2+2")
@@ -176,10 +192,12 @@ def test_reasoning_and_tool_calls_are_kept_apart_from_the_answer() -> None:
     assert think.input_tokens > 0 and think.output_tokens > 0
 
 
-def test_custom_price_table_sets_cost() -> None:
+def test_custom_price_table_sets_cost(transport: str) -> None:
     prices = {MODEL: {"input": 1_000_000.0, "output": 2_000_000.0}}  # $1 / $2 per token
     with FakeOpenAI() as server:
-        (response,) = run(LLMClient(settings(server, prices=prices)), [req("abcd")])
+        (response,) = run(
+            LLMClient(settings(server, transport=transport, prices=prices)), [req("abcd")]
+        )
     expected = response.input_tokens * 1.0 + response.output_tokens * 2.0
     assert response.cost == pytest.approx(expected)
 
@@ -222,12 +240,13 @@ print("CALLS", [c for c in calls if c and c[0] not in ("127.0.0.1", "localhost")
     assert "model cost map fetch" not in out.stderr
 
 
-def test_api_key_reaches_the_server_but_no_stored_request(tmp_path: Path) -> None:
+def test_api_key_reaches_the_server_but_no_stored_request(tmp_path: Path, transport: str) -> None:
     from assay.curate.llm.cache import request_json
 
     with FakeOpenAI() as server:
-        run(LLMClient(settings(server)), [req("k")])
+        run(LLMClient(settings(server, transport=transport)), [req("k")])
     assert server.raw_headers[0]["Authorization"] == f"Bearer {SECRET}"
+    assert server.bodies[0]["model"] == "fake"  # the provider prefix is not sent
     assert SECRET not in request_json(req("k"))
-    assert SECRET not in json.dumps(settings(server).model_dump())
-    assert SECRET not in repr(settings(server))
+    assert SECRET not in json.dumps(settings(server, transport=transport).model_dump())
+    assert SECRET not in repr(settings(server, transport=transport))

@@ -24,6 +24,9 @@ def get() -> ModuleType:
         litellm.telemetry = False
         litellm.suppress_debug_info = True
         litellm.drop_params = True  # a param a provider lacks is dropped, not an error
-        litellm.num_retries = 0  # tenacity in assay.curate.llm.retry does the retrying
+        litellm.num_retries = 0
+        litellm.disable_hf_tokenizer_download = (
+            True  # tenacity in assay.curate.llm.retry does the retrying
+        )
         _module = litellm
     return _module

@@ -77,7 +77,6 @@ class Limiter:
             if rate:
                 self.buckets[kind] = TokenBucket(rate, limits.burst_s)
         self._from_headers: set[str] = set()
-        self._paused_until = 0.0
         self._out_seen = 0
         self._out_total = 0
 
@@ -90,7 +89,7 @@ class Limiter:
 
     async def acquire(self, input_tokens: float, output_tokens: float) -> None:
         """Wait until one request with these estimated tokens fits every bucket."""
-        if not self.buckets and self._paused_until == 0.0:
+        if not self.buckets:
             return
         amounts = {
             "requests": 1.0,
@@ -101,7 +100,7 @@ class Limiter:
         async with self._lock:
             while True:
                 now = time.monotonic()
-                wait = self._paused_until - now
+                wait = 0.0
                 for kind, bucket in self.buckets.items():
                     bucket.refill(now)
                     wait = max(wait, bucket.wait_time(amounts[kind]))
@@ -133,10 +132,6 @@ class Limiter:
             bucket = self.buckets.get(kind)
             if bucket is not None:
                 bucket.give_back(diff)
-
-    def pause(self, seconds: float) -> None:
-        """Hold every new request for `seconds` (after a 429 with retry-after)."""
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     def observe_headers(self, headers: dict[str, str]) -> None:
         """Adopt provider limits the user left open; sync levels down to what remains."""

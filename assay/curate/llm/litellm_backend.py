@@ -47,7 +47,7 @@ class LiteLLMBackend:
         kwargs: dict[str, Any] = dict(self.extra)
         kwargs.update(request.params)
         if request.response_format is not None:
-            kwargs["response_format"] = _response_format(request.response_format)
+            kwargs["response_format"] = response_format(request.response_format)
         if request.tools:
             kwargs["tools"] = list(request.tools)
         if self.api_base:
@@ -108,7 +108,7 @@ class LiteLLMBackend:
             output_tokens=n_out,
             cost=cost_of(request.model, n_in, n_out, self.prices),
             latency_s=latency,
-            headers=_rate_headers(headers),
+            headers=rate_headers(headers),
         )
 
 
@@ -124,14 +124,14 @@ def split_reasoning(text: str | None, reasoning: str | None) -> tuple[str | None
     return text, reasoning or None
 
 
-def _response_format(schema: dict[str, Any]) -> dict[str, Any]:
+def response_format(schema: dict[str, Any]) -> dict[str, Any]:
     if schema.get("type") in ("json_object", "json_schema", "text") and "properties" not in schema:
         return schema
     name = re.sub(r"[^a-zA-Z0-9_-]", "_", str(schema.get("title", "response")))[:64]
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
 
 
-def _rate_headers(headers: dict[str, Any]) -> dict[str, str]:
+def rate_headers(headers: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in headers.items():
         k = key.lower()

@@ -1,0 +1,135 @@
+"""A lean backend for OpenAI-compatible servers (vLLM, SGLang, Ollama, `assay serve`).
+
+`LLMSettings(transport="http")` sends chat completions straight over aiohttp instead of
+through litellm. litellm costs 7-10 ms of CPU per request (the OpenAI SDK's request
+transforms, its logging and cost hooks: measured on the benchmark's server), raw aiohttp
+under 1 ms; at thousands of requests per minute against a local server that is the
+difference between the client or the GPU being the bottleneck. Same request and response
+contract, same retry classification (status codes, retry-after, bad bodies) as the
+litellm path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from assay.curate.llm.litellm_backend import rate_headers, response_format, split_reasoning
+from assay.curate.llm.pricing import cost_of
+from assay.curate.llm.retry import ResponseError
+from assay.curate.llm.types import ChatRequest, ChatResponse
+
+PROVIDER_PREFIXES = ("openai/", "hosted_vllm/", "openai_like/", "ollama_chat/", "vllm/")
+
+
+class HTTPStatusError(Exception):
+    """A non-2xx answer; `status_code` and `headers` drive the retry decision."""
+
+    def __init__(self, status_code: int, body: str, headers: Any) -> None:
+        super().__init__(f"HTTP {status_code}: {body[:300]}")
+        self.status_code = status_code
+        self.headers = headers
+
+
+class OpenAIHTTPBackend:
+    """POST `<api_base>/chat/completions`; one try per call (the client retries)."""
+
+    def __init__(
+        self,
+        api_base: str,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        prices: dict[str, dict[str, float]] | None = None,
+    ) -> None:
+        self.url = api_base.rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.prices = prices
+        self._session: aiohttp.ClientSession | None = None
+        self._users = 0
+
+    @asynccontextmanager
+    async def scope(self) -> AsyncIterator[None]:
+        """Share one connection pool while any batch is running; close it after."""
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._session is not None:
+                session, self._session = self._session, None
+                await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # no per-host cap: the client's concurrency limit is the cap
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
+        return self._session
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        if self._users == 0:
+            async with self.scope():
+                return await self._complete(request)
+        return await self._complete(request)
+
+    async def _complete(self, request: ChatRequest) -> ChatResponse:
+        body: dict[str, Any] = {"model": _served_name(request.model)}
+        body["messages"] = list(request.messages)
+        body.update(request.params)
+        if request.response_format is not None:
+            body["response_format"] = response_format(request.response_format)
+        if request.tools:
+            body["tools"] = list(request.tools)
+        started = time.perf_counter()
+        session = self._get_session()
+        async with session.post(self.url, data=json.dumps(body), headers=self._headers) as resp:
+            text = await resp.text()
+            if resp.status >= 300:
+                raise HTTPStatusError(resp.status, text, resp.headers)
+            headers = resp.headers
+        latency = time.perf_counter() - started
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ResponseError(f"response body is not valid JSON: {exc}") from exc
+        return self._convert(request, data, headers, latency)
+
+    def _convert(
+        self, request: ChatRequest, data: dict[str, Any], headers: Any, latency: float
+    ) -> ChatResponse:
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not choices:
+            raise ResponseError(f"response has no choices: {str(data)[:200]}")
+        choice = choices[0]
+        message = choice.get("message") or {}
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        text, reasoning = split_reasoning(message.get("content"), reasoning)
+        usage = data.get("usage") or {}
+        n_in = int(usage.get("prompt_tokens") or 0)
+        n_out = int(usage.get("completion_tokens") or 0)
+        return ChatResponse(
+            text=text,
+            reasoning=reasoning,
+            tool_calls=message.get("tool_calls") or None,
+            finish_reason=choice.get("finish_reason"),
+            input_tokens=n_in,
+            output_tokens=n_out,
+            cost=cost_of(request.model, n_in, n_out, self.prices),
+            latency_s=latency,
+            headers=rate_headers(headers),
+        )
+
+
+def _served_name(model: str) -> str:
+    for prefix in PROVIDER_PREFIXES:
+        if model.startswith(prefix):
+            return model[len(prefix) :]
+    return model
