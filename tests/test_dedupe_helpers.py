@@ -15,7 +15,9 @@ from assay.operators.dedupe.lsh import candidate_probability, choose_bands
 from assay.operators.dedupe.shingles import shingle_hashes
 from assay.operators.dedupe.signatures import Permutations, band_keys, minhash_signatures
 
-WORDS = st.lists(st.sampled_from(["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]), max_size=30)
+WORDS = st.lists(
+    st.sampled_from(["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]), max_size=30
+)
 
 
 def python_shingles(text: str, n: int) -> set[tuple[str, ...]]:
@@ -103,7 +105,7 @@ def test_exact_jaccard_of_pairs() -> None:
     texts = ["a b c d e f g h", "a b c d e f g x", "q r s t", "a b c d e f g h"]
     sh = shingle_hashes(pa.array(texts), 3)
     sets = ShingleSets(np.arange(4))
-    sets.add_batch(0, sh)
+    sets.add_batch(0, sh.hashes, sh.offsets)
     sets.finish()
     got = sets.jaccard(np.array([0, 0, 0]), np.array([1, 2, 3]))
     assert np.allclose(got, [5 / 7, 0.0, 1.0])

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from assay.operators.dedupe.shingles import Shingles
-
 _MASK32 = np.uint64(0xFFFFFFFF)
 _KEYS_PER_CHUNK = 4_000_000
 
@@ -27,18 +25,24 @@ class ShingleSets:
         self.values = np.empty(0, np.uint32)
         self.offsets = np.zeros(1, np.int64)
 
-    def add_batch(self, first_row: int, shingles: Shingles) -> None:
-        """Keep the sets of this batch's rows that are in `rows` (the batch starts at `first_row`)."""
+    def add_batch(self, first_row: int, hashes: np.ndarray, offsets: np.ndarray) -> None:
+        """Keep the sets of this batch's rows that are in `rows`.
+
+        The batch starts at global row `first_row`; `hashes[offsets[d]:offsets[d + 1]]` are
+        its document d's shingle hashes (any unsigned dtype; the low 32 bits are kept).
+        """
+        n_docs = len(offsets) - 1
         lo = np.searchsorted(self.rows, first_row)
-        hi = np.searchsorted(self.rows, first_row + shingles.n_docs)
+        hi = np.searchsorted(self.rows, first_row + n_docs)
         docs = self.rows[lo:hi] - first_row
         if len(docs) == 0:
             return
-        take = np.zeros(shingles.n_docs, bool)
-        take[docs] = True
-        keep = np.repeat(take, shingles.counts())
-        local = np.repeat(np.arange(len(docs), dtype=np.uint64), shingles.counts()[docs])
-        keys = np.unique((local << np.uint64(32)) | (shingles.hashes[keep] & _MASK32))
+        counts = np.diff(offsets)
+        take = _segments(offsets[docs], counts[docs])
+        local = np.repeat(np.arange(len(docs), dtype=np.uint64), counts[docs])
+        keys = (local << np.uint64(32)) | (hashes[take].astype(np.uint64) & _MASK32)
+        keys.sort()
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
         self._values.append((keys & _MASK32).astype(np.uint32))
         self._counts.append(
             np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=len(docs))

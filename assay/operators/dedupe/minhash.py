@@ -95,22 +95,21 @@ class MinhashDedupe(Stage):
         perms = Permutations.make(bands * rows, self.seed)
         spill = Path(tempfile.mkdtemp(prefix="assay-minhash-", dir=self.spill_dir))
         try:
-            files, ids, n = self._spill_band_keys(read_input, perms, bands, rows, spill)
-            left, right = unpack(candidate_pairs(files, bands))
+            ids, n = self._spill(read_input, perms, bands, rows, spill)
+            left, right = unpack(candidate_pairs(sorted(spill.glob("bands-*.parquet")), bands))
+            self._stats = {"rows": n, "candidate_pairs": len(left)}
+            if len(left) == 0:
+                self._assignment = ClusterAssignment.empty(REASON)
+                return
+            sets = self._shingle_sets(spill, np.unique(np.concatenate([left, right])))
         finally:
             shutil.rmtree(spill, ignore_errors=True)
-        self._stats = {"rows": n, "candidate_pairs": len(left)}
-        if len(left) == 0:
-            self._assignment = ClusterAssignment.empty(REASON)
-            return
-        sets = self._shingle_sets(read_input, np.unique(np.concatenate([left, right])))
         if self.verify:
             similar = sets.jaccard(left, right) >= self.threshold
             left, right = left[similar], right[similar]
         self._stats["edges"] = len(left)
         labels = connected_components(n, left, right)
-        in_cluster = np.zeros(n, bool)
-        in_cluster[labels != np.arange(n)] = True
+        in_cluster = labels != np.arange(n)
         in_cluster[labels[in_cluster]] = True
         members = np.flatnonzero(in_cluster)
         keepers = labels[members]
@@ -128,10 +127,10 @@ class MinhashDedupe(Stage):
         assignment = self._assignment or ClusterAssignment.empty(REASON)
         return assignment.apply(self.name, table, self.cluster_column)
 
-    def _spill_band_keys(
+    def _spill(
         self, read_input: BatchReader, perms: Permutations, bands: int, rows: int, spill: Path
-    ) -> tuple[list[Path], list[pa.Array], int]:
-        files: list[Path] = []
+    ) -> tuple[list[pa.Array], int]:
+        """Pass 1: per batch, spill band keys (Parquet) and 32-bit shingle hashes (.npy)."""
         ids: list[pa.Array] = []
         n = 0
         for b, batch in enumerate(read_input()):
@@ -139,20 +138,25 @@ class MinhashDedupe(Stage):
             keys = band_keys(minhash_signatures(shingles, perms), bands, rows)
             has_shingles = shingles.counts() > 0  # empty texts are left to ExactDedupe
             positions = np.arange(n, n + batch.num_rows)[has_shingles]
-            path = spill / f"bands-{b:06d}.parquet"
-            write_band_keys(path, positions, keys[has_shingles])
-            files.append(path)
+            write_band_keys(spill / f"bands-{b:06d}.parquet", positions, keys[has_shingles])
+            np.save(spill / f"shingles-{b:06d}.npy", shingles.hashes.astype(np.uint32))
+            np.save(spill / f"offsets-{b:06d}.npy", shingles.offsets)
             ids.extend(batch[ID].cast(pa.string()).chunks)
             n += batch.num_rows
         if n >= 2**32:
             raise ValueError("MinhashDedupe packs row positions in 32 bits: at most 4.29e9 rows")
-        return files, ids, n
+        return ids, n
 
-    def _shingle_sets(self, read_input: BatchReader, rows: np.ndarray) -> ShingleSets:
+    def _shingle_sets(self, spill: Path, rows: np.ndarray) -> ShingleSets:
+        """Pass 2, over the spilled shingles: the sets of the candidate rows only."""
         sets = ShingleSets(rows)
         first = 0
-        for batch in read_input():
-            sets.add_batch(first, shingle_hashes(batch[self.column], self.ngram, self.unit))
-            first += batch.num_rows
+        for path in sorted(spill.glob("offsets-*.npy")):
+            offsets = np.load(path)
+            lo, hi = np.searchsorted(rows, [first, first + len(offsets) - 1])
+            if hi > lo:
+                hashes = np.load(path.with_name(path.name.replace("offsets", "shingles")))
+                sets.add_batch(first, hashes, offsets)
+            first += len(offsets) - 1
         sets.finish()
         return sets

@@ -94,9 +94,13 @@ def shingle_hashes(
             for j in range(1, n):
                 rolled *= _P
                 rolled += token_hash[j : j + m]
-            doc = np.repeat(np.arange(len(lengths)), lengths)
-            pos = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
-            valid = pos[:m] <= (lengths[doc[:m]] - n)
+            # a window is valid unless it starts in the last n-1 tokens of its text (a
+            # position that lands in an earlier text is in that text's last n-1 as well)
+            valid = np.ones(m, bool)
+            ends = starts + lengths
+            for k in range(1, n):
+                at = ends - k
+                valid[at[(at >= 0) & (at < m)]] = False
             out[long_slot] = rolled[valid]
         short = (lengths > 0) & (lengths < n)
         if short_texts and short.any():

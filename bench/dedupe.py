@@ -1,0 +1,505 @@
+"""Near-duplicate benchmark: assay's MinhashDedupe vs datasketch (as distilabel uses it) vs
+datatrove's MinHash pipeline, on real text with planted duplicates of known Jaccard.
+
+    nice .venv/bin/python bench/dedupe.py                    # the comparison table
+    nice .venv/bin/python bench/dedupe.py --scale 1000000    # assay alone, 1M rows, peak RSS
+
+Corpus: Python docstrings (standard library and the venv's site-packages, read with `ast`,
+nothing imported) and Debian man pages (roff markup stripped, cut into 150-400 word
+chunks), exact-deduplicated. Planted variants of sources with >= 200 words: an exact copy,
+a case/whitespace variant, and word substitutions spaced >= 5 words apart so the word
+5-gram Jaccard to the source is just above 0.95 / 0.9 / 0.8 / 0.7 / 0.6 (each substitution
+removes 5 shingles and adds 5: J = (n - 5m) / (n + 5m)). The exact Jaccard of every pair is
+recomputed and recorded.
+
+Each method runs in its own process (datatrove in its own venv, bench/out/venv-datatrove),
+timed by CPU seconds (user + sys) and peak RSS from wait4, and writes one cluster label per
+row. Metrics: recall per bucket = share of planted pairs whose two rows share a cluster;
+precision = share of removed rows whose exact word 5-gram Jaccard with the row kept for
+their cluster is >= 0.8 (natural duplicates in the corpus count as correct; a row removed
+only through a chain of pairs counts as wrong, for every method alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out" / "dedupe"
+DATATROVE_PY = HERE / "out" / "venv-datatrove" / "bin" / "python"
+THRESHOLD = 0.8
+BUCKETS = {
+    "exact": 1.0,
+    "case_ws": 1.0,
+    "j0.95": 0.95,
+    "j0.90": 0.9,
+    "j0.80": 0.8,
+    "j0.70": 0.7,
+    "j0.60": 0.6,
+}
+WORD = re.compile(r"\w+")
+
+
+# ---------------------------------------------------------------------- corpus
+
+
+def docstrings(roots: list[Path], limit: int) -> list[str]:
+    out: list[str] = []
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(
+                    node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+                ):
+                    doc = ast.get_docstring(node)
+                    if doc and len(doc.split()) >= 30:
+                        out.append(doc)
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def man_pages(limit: int) -> list[str]:
+    out: list[str] = []
+    for path in sorted(Path("/usr/share/man").rglob("*.gz")):
+        try:
+            raw = gzip.decompress(path.read_bytes()).decode("utf-8", "replace")
+        except (OSError, EOFError):
+            continue
+        lines = [ln for ln in raw.splitlines() if not ln.startswith((".", "'\\\""))]
+        text = re.sub(r"\\f[BIRP]|\\\(..|\\[-e&]|\\", " ", " ".join(lines))
+        words = text.split()
+        for i in range(0, len(words), 300):
+            chunk = words[i : i + 300]
+            if len(chunk) >= 150:
+                out.append(" ".join(chunk))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = WORD.findall(text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)} or {tuple(words)}
+
+
+def jaccard(a: str, b: str) -> float:
+    sa, sb = shingles(a), shingles(b)
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+def variant(text: str, kind: str, rng) -> str:
+    if kind == "exact":
+        return text
+    words = text.split()
+    if kind == "case_ws":
+        return "  ".join(w.upper() if rng.random() < 0.3 else w for w in words) + "\n"
+    target = BUCKETS[kind]
+    n = len(WORD.findall(text.lower())) - 4
+    m = max(1, int(n * (1 - target) / (5 * (1 + target))))
+    # positions >= 5 words apart (in the raw split; \w+ tokens are close to it)
+    slots = sorted(rng.sample(range(len(words) // 5), m))
+    for s in slots:
+        words[s * 5 + 2] = f"zq{rng.randrange(10**9)}"
+    return " ".join(words)
+
+
+def build_corpus(n_per_bucket: int, n_base: int, seed: int = 0) -> tuple[Path, Path]:
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    tag = f"{n_base}-{n_per_bucket}"
+    corpus, truth = OUT / f"corpus-{tag}.parquet", OUT / f"truth-{tag}.parquet"
+    if corpus.exists() and truth.exists():
+        return corpus, truth
+    stdlib = Path(os.__file__).parent
+    texts = docstrings(
+        [stdlib, Path(sys.prefix) / "lib" / "python3.11" / "site-packages"], n_base // 2
+    )
+    texts += man_pages(n_base - len(texts))
+    seen, base = set(), []
+    for t in texts:
+        key = " ".join(WORD.findall(t.lower()))
+        if key not in seen:
+            seen.add(key)
+            base.append(t)
+    rng = random.Random(seed)
+    base = base[:n_base]
+    long_ones = [i for i, t in enumerate(base) if len(t.split()) >= 200]
+    sources = rng.sample(long_ones, n_per_bucket * len(BUCKETS))
+    rows = [{"id": f"d{i}", "text": t} for i, t in enumerate(base)]
+    pairs = []
+    for k, kind in enumerate(BUCKETS):
+        for src in sources[k * n_per_bucket : (k + 1) * n_per_bucket]:
+            vid = f"v{len(pairs)}"
+            text = variant(base[src], kind, rng)
+            rows.append({"id": vid, "text": text})
+            pairs.append(
+                {
+                    "source": f"d{src}",
+                    "variant": vid,
+                    "bucket": kind,
+                    "jaccard": jaccard(base[src], text),
+                }
+            )
+    rng.shuffle(rows)
+    pq.write_table(pa.Table.from_pylist(rows), corpus)
+    pq.write_table(pa.Table.from_pylist(pairs), truth)
+    return corpus, truth
+
+
+def build_scale_corpus(n_rows: int, seed: int = 0) -> Path:
+    """n_rows documents of 50-250 words drawn from the real corpus' word frequencies; 10% of
+    them are near duplicates (one substitution per 100 words, Jaccard ~0.9) of a row
+    anywhere in the corpus. Built with array operations, written in 100k-row shards."""
+    import numpy as np
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = OUT / f"scale-{n_rows}"
+    if folder.exists():
+        return folder
+    vocab_texts = man_pages(5000) + docstrings([Path(os.__file__).parent], 20_000)
+    freq = pl.Series(" ".join(vocab_texts).lower().split()).value_counts(sort=True)
+    words, counts = freq[:, 0].to_list(), freq[:, 1].to_numpy()
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(50, 250, n_rows)
+    is_dup = rng.random(n_rows) < 0.1
+    sources = rng.choice(np.flatnonzero(~is_dup), int(is_dup.sum()))
+    lengths[is_dup] = lengths[sources]
+    offsets = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    cum = np.cumsum(counts / counts.sum())
+    token = np.searchsorted(cum, rng.random(int(offsets[-1])) * cum[-1]).astype(np.int64)
+    doc = np.repeat(np.arange(n_rows), lengths)
+    pos = np.arange(len(token)) - offsets[doc]
+    dup_tok = is_dup[doc]
+    src_of = np.zeros(n_rows, np.int64)
+    src_of[is_dup] = sources
+    token[dup_tok] = token[offsets[src_of[doc[dup_tok]]] + pos[dup_tok]]
+    swap = dup_tok & (pos % 100 == 7)
+    token[swap] = len(words) + np.arange(int(swap.sum()))
+    vocab = pa.concat_arrays(
+        [pa.array(words), pa.array([f"zq{i}" for i in range(int(swap.sum()))])]
+    )
+    tmp = folder.with_suffix(".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    shard = 100_000
+    for s in range(0, n_rows, shard):
+        e = min(s + shard, n_rows)
+        lo, hi = offsets[s], offsets[e]
+        lists = pa.ListArray.from_arrays(
+            pa.array((offsets[s : e + 1] - lo).astype(np.int32)), vocab.take(pa.array(token[lo:hi]))
+        )
+        texts = pl.Series(lists).list.join(" ")
+        pq.write_table(pa.table({"text": texts.to_arrow()}), tmp / f"part-{s // shard:04d}.parquet")
+    tmp.rename(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------- methods
+# Each writes labels.parquet (id, cluster, kept) into its folder; run in a fresh process.
+
+
+def method_assay(corpus: str, folder: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from assay.curate.pipeline import Pipeline
+    from assay.operators.dedupe import MinhashDedupe
+
+    stage = MinhashDedupe(column="text", threshold=THRESHOLD, ngram=5, num_perm=128)
+    result = Pipeline([stage]).run(corpus, workspace=folder / "ws", progress="off")
+    kept = result.to_arrow().select(["id", "cluster_id"])
+    rejected = result.rejects().select(["id", "cluster_id"])
+    labels = pa.concat_tables([kept, rejected]).rename_columns(["id", "cluster"])
+    flags = [True] * kept.num_rows + [False] * rejected.num_rows
+    labels = labels.append_column("kept", pa.array(flags))
+    pq.write_table(labels, folder / "labels.parquet")
+
+
+def method_datasketch(corpus: str, folder: Path) -> None:
+    """distilabel's MinHashDedup: MinHash.bulk over word 5-grams, then query-before-insert."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasketch import MinHash, MinHashLSH
+
+    table = pq.read_table(corpus)
+    ids, texts = table["id"].to_pylist(), table["text"].to_pylist()
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
+    order = {d: i for i, d in enumerate(ids)}
+    cluster = {}
+    for start in range(0, len(texts), 1000):
+        chunk = texts[start : start + 1000]
+        tokenized = []
+        for text in chunk:
+            words = WORD.findall(text.lower())
+            grams = {" ".join(words[i : i + 5]).encode() for i in range(len(words) - 4)}
+            tokenized.append(grams or {" ".join(words).encode()})
+        for offset, mh in enumerate(MinHash.bulk(tokenized, num_perm=128)):
+            doc = ids[start + offset]
+            found = lsh.query(mh)
+            cluster[doc] = cluster[min(found, key=lambda d: order[d])] if found else doc
+            lsh.insert(doc, mh)
+    kept = [d == c for d, c in cluster.items()]
+    labels = pa.table({"id": list(cluster), "cluster": list(cluster.values()), "kept": kept})
+    pq.write_table(labels, folder / "labels.parquet")
+
+
+def method_datatrove(corpus: str, folder: Path) -> None:
+    """datatrove's 4-step MinHash pipeline with its default config (5-grams, 14 x 8)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    class Words(WordTokenizer):
+        """\\w+ words: NLTK's punkt data cannot be downloaded here, and this matches assay."""
+
+        def word_tokenize(self, text: str) -> list[str]:
+            return WORD.findall(text)
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [text]
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [(0, len(text))]
+
+    config = MinhashConfig()
+    src = str(Path(corpus).parent)
+    glob = Path(corpus).name
+    reader = lambda: ParquetReader(src, glob_pattern=glob, text_key="text", id_key="id")  # noqa: E731
+    w = str(folder)
+    steps = [
+        ([reader(), MinhashDedupSignature(f"{w}/sigs", config=config, language=Words())], 1),
+        ([MinhashDedupBuckets(f"{w}/sigs", f"{w}/buckets", config=config)], config.num_buckets),
+        (
+            [
+                MinhashDedupCluster(
+                    f"{w}/buckets", f"{w}/remove", config=config, save_cluster_id=True
+                )
+            ],
+            1,
+        ),
+        (
+            [
+                reader(),
+                MinhashDedupFilter(
+                    f"{w}/remove",
+                    exclusion_writer=JsonlWriter(f"{w}/removed"),
+                    load_cluster_ids=True,
+                ),
+                JsonlWriter(f"{w}/kept"),
+            ],
+            1,
+        ),
+    ]
+    for i, (pipeline, tasks) in enumerate(steps):
+        LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=f"{w}/logs{i}").run()
+    ids, clusters, kept = [], [], []
+    for part in ("kept", "removed"):
+        for f in sorted((folder / part).glob("*.jsonl.gz")):
+            with gzip.open(f, "rt") as lines:
+                for line in lines:
+                    doc = json.loads(line)
+                    ids.append(doc["id"])
+                    found = doc.get("metadata", {}).get("minhash_cluster_id")
+                    clusters.append(doc["id"] if found in (None, -1) else f"c{found}")
+                    kept.append(part == "kept")
+    labels = pa.table({"id": ids, "cluster": clusters, "kept": kept})
+    pq.write_table(labels, folder / "labels.parquet")
+
+
+METHODS = {"assay": method_assay, "datasketch": method_datasketch, "datatrove": method_datatrove}
+
+
+# ---------------------------------------------------------------------- measurement
+
+
+def write_peak_rss(path: Path) -> None:
+    """This process's peak RSS (VmHWM: counted from exec, unlike a forked child's
+    ru_maxrss, which starts at the parent's size) and its own children's peak."""
+    import resource
+
+    status = Path("/proc/self/status").read_text()
+    hwm_kb = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    path.write_text(json.dumps({"self_mb": hwm_kb / 1024, "children_mb": children_kb / 1024}))
+
+
+def run_measured(method: str, corpus: Path, folder: Path) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    python = str(DATATROVE_PY) if method == "datatrove" else sys.executable
+    cmd = [python, __file__, "--method", method, "--corpus", str(corpus), "--folder", str(folder)]
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    started = time.perf_counter()
+    with open(folder / "stderr.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    peak = json.loads((folder / "peak_rss.json").read_text()) if status == 0 else {}
+    return {
+        "method": method,
+        "ok": status == 0,
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": max(peak.values(), default=float("nan")),
+    }
+
+
+def evaluate(corpus: Path, truth: Path, labels: Path) -> dict:
+    import polars as pl
+
+    texts = dict(pl.read_parquet(corpus).select("id", "text").iter_rows())
+    lab = pl.read_parquet(labels)
+    cluster = dict(lab.select("id", "cluster").iter_rows())
+    pairs = pl.read_parquet(truth)
+    found = [
+        cluster.get(s) == cluster.get(v) for s, v in pairs.select("source", "variant").iter_rows()
+    ]
+    pairs = pairs.with_columns(pl.Series("found", found))
+    recall = {b: pairs.filter(pl.col("bucket") == b)["found"].mean() for b in BUCKETS}
+    recall["all J>=0.8"] = pairs.filter(pl.col("jaccard") >= THRESHOLD)["found"].mean()
+    jac = {b: pairs.filter(pl.col("bucket") == b)["jaccard"].mean() for b in BUCKETS}
+    keeper = dict(lab.filter(pl.col("kept")).select("cluster", "id").iter_rows())
+    removed_rows = lab.filter(~pl.col("kept")).select("id", "cluster").rows()
+    removed = len(removed_rows)
+    correct = sum(jaccard(texts[r], texts[keeper[c]]) >= THRESHOLD for r, c in removed_rows)
+    return {
+        "recall": recall,
+        "mean_jaccard": jac,
+        "removed": removed,
+        "precision": correct / removed if removed else 1.0,
+        "n_docs": len(texts),
+    }
+
+
+def table_rows(results: list[dict]) -> str:
+    cols = [*BUCKETS, "all J>=0.8"]
+    head = (
+        "| method | docs | wall s | CPU s | docs/s per core | peak RSS MB | precision | "
+        + " | ".join(f"recall {b}" for b in cols)
+        + " |"
+    )
+    sep = "|" + "---|" * (7 + len(cols))
+    lines = [head, sep]
+    for r in results:
+        if not r["ok"]:
+            lines.append(
+                f"| {r['method']} | failed: see bench/out/dedupe/{r['method']}/stderr.log |"
+            )
+            continue
+        e = r["eval"]
+        lines.append(
+            f"| {r['method']} | {e['n_docs']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+            f"{e['n_docs'] / r['cpu_s']:.0f} | {r['peak_rss_mb']:.0f} | {e['precision']:.4f} | "
+            + " | ".join(f"{e['recall'][b]:.3f}" for b in cols)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def compare(n_per_bucket: int, n_base: int, methods: list[str]) -> None:
+    corpus, truth = build_corpus(n_per_bucket, n_base)
+    results = []
+    for m in methods:
+        folder = OUT / f"{m}-{n_base}-{n_per_bucket}"
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        r = run_measured(m, corpus, folder)
+        if r["ok"]:
+            r["eval"] = evaluate(corpus, truth, folder / "labels.parquet")
+        results.append(r)
+        print(json.dumps({k: v for k, v in r.items()}, default=str), flush=True)
+    import polars as pl
+
+    jac = (
+        pl.read_parquet(truth)
+        .group_by("bucket")
+        .agg(pl.col("jaccard").mean(), pl.len())
+        .sort("bucket")
+    )
+    report = "\n".join(
+        [
+            f"command: `nice .venv/bin/python bench/dedupe.py --base {n_base} --per-bucket {n_per_bucket}`",
+            "",
+            table_rows(results),
+            "",
+            "planted pairs (bucket, mean exact Jaccard, count): "
+            + ", ".join(f"{b} {j:.3f} x{n}" for b, j, n in jac.iter_rows()),
+        ]
+    )
+    (OUT / f"results-{n_base}-{n_per_bucket}.md").write_text(report + "\n")
+    print(report)
+
+
+def scale(n_rows: int) -> None:
+    folder = build_scale_corpus(n_rows)
+    work = OUT / f"scale-run-{n_rows}"
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    r = run_measured("assay", folder, work)
+    r["rows"] = n_rows
+    if r["ok"]:
+        import polars as pl
+
+        lab = pl.read_parquet(work / "labels.parquet")
+        r["removed"] = int((~lab["kept"]).sum())
+        r["docs_per_s_per_core"] = n_rows / r["cpu_s"]
+    print(json.dumps(r))
+    (OUT / f"scale-{n_rows}.json").write_text(json.dumps(r, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--per-bucket", type=int, default=1000, help="planted pairs per bucket")
+    parser.add_argument("--base", type=int, default=50_000, help="real documents before planting")
+    parser.add_argument("--methods", default="assay,datasketch,datatrove")
+    parser.add_argument("--scale", type=int, help="run assay alone on this many synthetic rows")
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.method:
+        METHODS[args.method](args.corpus, Path(args.folder))
+        write_peak_rss(Path(args.folder) / "peak_rss.json")
+    elif args.scale:
+        scale(args.scale)
+    else:
+        compare(args.per_bucket, args.base, args.methods.split(","))
+
+
+if __name__ == "__main__":
+    main()
