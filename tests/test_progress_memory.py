@@ -25,8 +25,8 @@ def test_line_mode_prints_one_line_per_stage(workspace: Path) -> None:
     )
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("[assay] stage 0 Upper: 40 in, 40 out, 0 removed")
-    assert lines[1].startswith("[assay] stage 1 EvenOnly: 40 in, 20 out, 20 removed")
+    assert lines[0].startswith("[assay] stage 0 Upper: 40 in, 40 out, 0 rejected")
+    assert lines[1].startswith("[assay] stage 1 EvenOnly: 40 in, 20 out, 20 rejected")
 
 
 def test_rich_mode_shows_each_stage_with_rows_done_and_kept(workspace: Path) -> None:

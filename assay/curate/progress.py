@@ -33,7 +33,9 @@ class Progress:
     def skip(self, rows: int) -> None:
         """A batch of `rows` segment-input rows was done in an earlier attempt (resume)."""
 
-    def advance(self, index: int, batch_rows: int, rows_in: int, rows_out: int) -> None:
+    def advance(
+        self, index: int, batch_rows: int, rows_in: int, rows_out: int, rejected: int
+    ) -> None:
         """Stage `index` finished a batch of `batch_rows` segment-input rows."""
 
     def end_segment(self) -> None:
@@ -48,6 +50,7 @@ class _Tally:
         self.name = name
         self.rows_in = 0
         self.rows_out = 0
+        self.rejected = 0
         self.started = time.perf_counter()
 
 
@@ -61,10 +64,13 @@ class LineProgress(Progress):
     def start_segment(self, stages: list[tuple[int, str]], total: int | None) -> None:
         self.tallies = {i: _Tally(name) for i, name in stages}
 
-    def advance(self, index: int, batch_rows: int, rows_in: int, rows_out: int) -> None:
+    def advance(
+        self, index: int, batch_rows: int, rows_in: int, rows_out: int, rejected: int
+    ) -> None:
         tally = self.tallies[index]
         tally.rows_in += rows_in
         tally.rows_out += rows_out
+        tally.rejected += rejected
 
     def end_segment(self) -> None:
         for index, t in self.tallies.items():
@@ -72,7 +78,7 @@ class LineProgress(Progress):
             rate = t.rows_in / seconds if seconds > 0 else 0.0
             print(
                 f"[assay] stage {index} {t.name}: {t.rows_in:,} in, {t.rows_out:,} out, "
-                f"{t.rows_in - t.rows_out:,} removed, {seconds:.1f}s ({rate:,.0f} rows/s)",
+                f"{t.rejected:,} rejected, {seconds:.1f}s ({rate:,.0f} rows/s)",
                 file=self.stream,
                 flush=True,
             )
@@ -110,10 +116,13 @@ class RichProgress(Progress):
             for task in self.tasks.values():
                 self.bar.advance(task, rows)
 
-    def advance(self, index: int, batch_rows: int, rows_in: int, rows_out: int) -> None:
+    def advance(
+        self, index: int, batch_rows: int, rows_in: int, rows_out: int, rejected: int
+    ) -> None:
         tally = self.tallies[index]
         tally.rows_in += rows_in
         tally.rows_out += rows_out
+        tally.rejected += rejected
         seconds = time.perf_counter() - tally.started
         rate = f"{tally.rows_in / seconds:,.0f} rows/s" if seconds > 0 else ""
         if self.bar:

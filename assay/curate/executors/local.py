@@ -190,7 +190,7 @@ class _SegmentRun:
                     index, rows_in, table.num_rows, n_rejected, time.perf_counter() - started
                 )
             )
-            self.progress.advance(index, rows_at_start, rows_in, table.num_rows)
+            self.progress.advance(index, rows_at_start, rows_in, table.num_rows, n_rejected)
         _write_atomic(table, self.out_dir / f"part-{b:06d}.parquet")
         self.store.commit_batch(
             self.run_id,
