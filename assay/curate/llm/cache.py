@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ create table if not exists llm_cache (
 """
 
 # the longest a stored response waits for others to share its commit
-FLUSH_EVERY_S = 0.1
+FLUSH_EVERY_S = 0.2
 
 _STORED = ("text", "reasoning", "tool_calls", "finish_reason", "input_tokens", "output_tokens")
 _STORED += ("cost", "latency_s")
@@ -45,7 +44,14 @@ _STORED += ("cost", "latency_s")
 
 def request_json(request: ChatRequest) -> str:
     """What is stored of a request: exactly what the key hashes (no secrets exist in it)."""
-    payload = asdict(request)
+    payload = {
+        "model": request.model,
+        "messages": request.messages,
+        "params": request.params,
+        "response_format": request.response_format,
+        "tools": request.tools,
+        "sample_index": request.sample_index,
+    }
     return json.dumps(payload, ensure_ascii=False, default=str)
 
 
@@ -183,7 +189,10 @@ class RequestCache:
                 con.register("_llm_cache_rows", _cache_table(rows))
                 con.execute("insert into llm_cache select * from _llm_cache_rows")
                 con.unregister("_llm_cache_rows")
-            _insert(con, "request_log", logs, 11)
+            if logs:
+                con.register("_llm_log_rows", _log_table(logs))
+                con.execute("insert into request_log select * from _llm_log_rows")
+                con.unregister("_llm_log_rows")
             con.commit()
         except BaseException:
             con.rollback()
@@ -215,15 +224,23 @@ def _cache_table(rows: list[list[Any]]) -> pa.Table:
     )
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]], width: int) -> None:
-    """One multi-row INSERT per 100 rows (far cheaper than executemany in DuckDB)."""
-    one = "(" + ", ".join("?" * width) + ")"
-    for start in range(0, len(rows), 100):
-        chunk = rows[start : start + 100]
-        con.execute(
-            f"insert into {table} values " + ", ".join([one] * len(chunk)),
-            [v for row in chunk for v in row],
-        )
+def _log_table(rows: list[list[Any]]) -> pa.Table:
+    c = list(zip(*rows, strict=True))
+    return pa.table(
+        {
+            "run_id": pa.array(c[0], pa.string()),
+            "stage_index": pa.array(c[1], pa.int32()),
+            "request_key": pa.array(c[2], pa.string()),
+            "model": pa.array(c[3], pa.string()),
+            "cached": pa.array(c[4], pa.bool_()),
+            "input_tokens": pa.array(c[5], pa.int64()),
+            "output_tokens": pa.array(c[6], pa.int64()),
+            "cost": pa.array(c[7], pa.float64()),
+            "latency_s": pa.array(c[8], pa.float64()),
+            "error": pa.array(c[9], pa.string()),
+            "logged_at": pa.array(c[10], pa.timestamp("us")),
+        }
+    )
 
 
 _caches: weakref.WeakKeyDictionary[Any, RequestCache] = weakref.WeakKeyDictionary()

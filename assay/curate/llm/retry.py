@@ -90,25 +90,37 @@ def retry_after(exc: BaseException) -> float | None:
 
 
 class _Wait:
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy, tries_done: int = 0) -> None:
         self.policy = policy
+        self.tries_done = tries_done
 
     def __call__(self, state: RetryCallState) -> float:
-        p = self.policy
         exc = state.outcome.exception() if state.outcome else None
-        after = retry_after(exc) if exc is not None else None
-        if after is not None:
-            # a little jitter so that every request told "1 s" does not return at once
-            return min(after, p.max_retry_after_s) + random.uniform(0, p.jitter_s / 4)
-        backoff = p.initial_wait_s * 2 ** (state.attempt_number - 1)
-        return min(p.max_wait_s, backoff) + random.uniform(0, p.jitter_s)
+        return wait_after(self.policy, exc, state.attempt_number + self.tries_done)
 
 
-def retrying(policy: RetryPolicy) -> AsyncRetrying:
-    """A tenacity controller; call `.copy()` per request (it keeps per-call state)."""
+def wait_after(policy: RetryPolicy, exc: BaseException | None, attempt: int) -> float:
+    """Seconds to wait after failed try number `attempt` (1-based)."""
+    after = retry_after(exc) if exc is not None else None
+    if after is not None:
+        # a little jitter so that every request told "1 s" does not return at once
+        return min(after, policy.max_retry_after_s) + random.uniform(0, policy.jitter_s / 4)
+    backoff = policy.initial_wait_s * 2 ** (attempt - 1)
+    return min(policy.max_wait_s, backoff) + random.uniform(0, policy.jitter_s)
+
+
+def first_wait(policy: RetryPolicy, exc: BaseException) -> float:
+    return wait_after(policy, exc, 1)
+
+
+def retrying(policy: RetryPolicy, tries_done: int = 0) -> AsyncRetrying:
+    """A tenacity controller for the tries after `tries_done` already failed ones.
+
+    Call `.copy()` per request: the controller keeps per-call state.
+    """
     return AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts),
-        wait=_Wait(policy),
+        stop=stop_after_attempt(max(1, policy.max_attempts - tries_done)),
+        wait=_Wait(policy, tries_done),
         retry=retry_if_exception(is_retryable),
         reraise=True,
     )
