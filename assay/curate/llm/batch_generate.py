@@ -34,6 +34,7 @@ class GenerationItem:
     stop: tuple[str, ...] = ()
     adapter: str | None = None
     grammar: GrammarState | None = None
+    ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
 
 
 @dataclass
@@ -175,7 +176,7 @@ def _advance(row: _Row, token: int, tokenizer: Any, eos_token_ids: set[int]) -> 
         if item.grammar.finished:
             result.finish_reason = "stop"
             return True
-    if token in eos_token_ids and item.grammar is None:
+    if token in eos_token_ids and item.grammar is None and not item.ignore_eos:
         result.finish_reason = "stop"
         return True
     result.token_ids.append(token)

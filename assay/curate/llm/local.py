@@ -13,7 +13,7 @@ model's `<tool_call>` output is parsed into OpenAI-style `tool_calls`.
 
 Generation parameters read from `ChatRequest.params`: `max_tokens` (or
 `max_completion_tokens`), `temperature` (default 1.0, OpenAI's; 0 = greedy), `top_p`,
-`top_k`, `seed`, `stop`. The `n` samples of one prompt arrive as separate requests with
+`top_k`, `seed`, `stop`, and (for benchmarks) `ignore_eos`. The `n` samples of one prompt arrive as separate requests with
 distinct `sample_index`, which is mixed into the seed so seeded samples differ.
 """
 
@@ -317,6 +317,7 @@ class LocalBackend:
             stop=stop,
             adapter=adapter,
             grammar=grammar,
+            ignore_eos=bool(params.get("ignore_eos", False)),
         )
         return item, len(ids)
 

@@ -42,6 +42,7 @@ PARAM_FIELDS = (
     "stop",
     "tool_choice",
     "parallel_tool_calls",
+    "ignore_eos",  # vLLM's extension, for benchmarks with fixed output lengths
 )
 
 
