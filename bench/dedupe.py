@@ -15,9 +15,11 @@ recomputed and recorded.
 Each method runs in its own process (datatrove in its own venv, bench/out/venv-datatrove),
 timed by CPU seconds (user + sys) and peak RSS from wait4, and writes one cluster label per
 row. Metrics: recall per bucket = share of planted pairs whose two rows share a cluster;
-precision = share of removed rows whose exact word 5-gram Jaccard with the row kept for
-their cluster is >= 0.8 (natural duplicates in the corpus count as correct; a row removed
-only through a chain of pairs counts as wrong, for every method alike).
+precision = share of removed rows whose exact word 5-gram Jaccard with the row the method
+says it duplicates is >= 0.8 (assay: the row named in the reject reason; datasketch: the
+first LSH match, as distilabel keeps it; datatrove names none, so its cluster's kept row).
+Natural duplicates in the corpus count as correct. `precision vs kept` measures every
+method against its cluster's kept row instead (rows joined through chains count as wrong).
 """
 
 from __future__ import annotations
@@ -220,6 +222,7 @@ def build_scale_corpus(n_rows: int, seed: int = 0) -> Path:
 
 def method_assay(corpus: str, folder: Path) -> None:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from assay.curate.pipeline import Pipeline
@@ -228,10 +231,16 @@ def method_assay(corpus: str, folder: Path) -> None:
     stage = MinhashDedupe(column="text", threshold=THRESHOLD, ngram=5, num_perm=128)
     result = Pipeline([stage]).run(corpus, workspace=folder / "ws", progress="off")
     kept = result.to_arrow().select(["id", "cluster_id"])
-    rejected = result.rejects().select(["id", "cluster_id"])
+    rejects = result.rejects()
+    rejected = rejects.select(["id", "cluster_id"])
     labels = pa.concat_tables([kept, rejected]).rename_columns(["id", "cluster"])
     flags = [True] * kept.num_rows + [False] * rejected.num_rows
     labels = labels.append_column("kept", pa.array(flags))
+    # the row each removed row was matched with, as its reject reason names it
+    reasons = rejects["_reason"].combine_chunks()
+    named = pc.extract_regex(reasons, r"near duplicate of (?P<match>\S+) ").field("match")
+    matches = pa.concat_arrays([pa.nulls(kept.num_rows, pa.string()), named])
+    labels = labels.append_column("match", matches)
     pq.write_table(labels, folder / "labels.parquet")
 
 
@@ -245,7 +254,7 @@ def method_datasketch(corpus: str, folder: Path) -> None:
     ids, texts = table["id"].to_pylist(), table["text"].to_pylist()
     lsh = MinHashLSH(threshold=THRESHOLD, num_perm=128)
     order = {d: i for i, d in enumerate(ids)}
-    cluster = {}
+    cluster, match = {}, {}
     for start in range(0, len(texts), 1000):
         chunk = texts[start : start + 1000]
         tokenized = []
@@ -256,10 +265,19 @@ def method_datasketch(corpus: str, folder: Path) -> None:
         for offset, mh in enumerate(MinHash.bulk(tokenized, num_perm=128)):
             doc = ids[start + offset]
             found = lsh.query(mh)
-            cluster[doc] = cluster[min(found, key=lambda d: order[d])] if found else doc
+            first = min(found, key=lambda d: order[d]) if found else None
+            cluster[doc] = cluster[first] if found else doc
+            match[doc] = first
             lsh.insert(doc, mh)
     kept = [d == c for d, c in cluster.items()]
-    labels = pa.table({"id": list(cluster), "cluster": list(cluster.values()), "kept": kept})
+    labels = pa.table(
+        {
+            "id": list(cluster),
+            "cluster": list(cluster.values()),
+            "kept": kept,
+            "match": [match[d] for d in cluster],
+        }
+    )
     pq.write_table(labels, folder / "labels.parquet")
 
 
@@ -332,7 +350,8 @@ def method_datatrove(corpus: str, folder: Path) -> None:
                     found = doc.get("metadata", {}).get("minhash_cluster_id")
                     clusters.append(doc["id"] if found in (None, -1) else f"c{found}")
                     kept.append(part == "kept")
-    labels = pa.table({"id": ids, "cluster": clusters, "kept": kept})
+    # datatrove names no matched row: a removed row stands for its cluster's kept row
+    labels = pa.table({"id": ids, "cluster": clusters, "kept": kept, "match": [None] * len(ids)})
     pq.write_table(labels, folder / "labels.parquet")
 
 
@@ -388,14 +407,18 @@ def evaluate(corpus: Path, truth: Path, labels: Path) -> dict:
     recall["all J>=0.8"] = pairs.filter(pl.col("jaccard") >= THRESHOLD)["found"].mean()
     jac = {b: pairs.filter(pl.col("bucket") == b)["jaccard"].mean() for b in BUCKETS}
     keeper = dict(lab.filter(pl.col("kept")).select("cluster", "id").iter_rows())
-    removed_rows = lab.filter(~pl.col("kept")).select("id", "cluster").rows()
+    removed_rows = lab.filter(~pl.col("kept")).select("id", "cluster", "match").rows()
     removed = len(removed_rows)
-    correct = sum(jaccard(texts[r], texts[keeper[c]]) >= THRESHOLD for r, c in removed_rows)
+    vs_kept = sum(jaccard(texts[r], texts[keeper[c]]) >= THRESHOLD for r, c, _ in removed_rows)
+    vs_named = sum(
+        jaccard(texts[r], texts[m or keeper[c]]) >= THRESHOLD for r, c, m in removed_rows
+    )
     return {
         "recall": recall,
         "mean_jaccard": jac,
         "removed": removed,
-        "precision": correct / removed if removed else 1.0,
+        "precision": vs_named / removed if removed else 1.0,
+        "precision_vs_kept": vs_kept / removed if removed else 1.0,
         "n_docs": len(texts),
     }
 
@@ -403,11 +426,10 @@ def evaluate(corpus: Path, truth: Path, labels: Path) -> dict:
 def table_rows(results: list[dict]) -> str:
     cols = [*BUCKETS, "all J>=0.8"]
     head = (
-        "| method | docs | wall s | CPU s | docs/s per core | peak RSS MB | precision | "
-        + " | ".join(f"recall {b}" for b in cols)
-        + " |"
+        "| method | docs | wall s | CPU s | docs/s per core | peak RSS MB | removed | precision "
+        "| precision vs kept | " + " | ".join(f"recall {b}" for b in cols) + " |"
     )
-    sep = "|" + "---|" * (7 + len(cols))
+    sep = "|" + "---|" * (9 + len(cols))
     lines = [head, sep]
     for r in results:
         if not r["ok"]:
@@ -418,7 +440,8 @@ def table_rows(results: list[dict]) -> str:
         e = r["eval"]
         lines.append(
             f"| {r['method']} | {e['n_docs']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-            f"{e['n_docs'] / r['cpu_s']:.0f} | {r['peak_rss_mb']:.0f} | {e['precision']:.4f} | "
+            f"{e['n_docs'] / r['cpu_s']:.0f} | {r['peak_rss_mb']:.0f} | {e['removed']} | "
+            f"{e['precision']:.4f} | {e['precision_vs_kept']:.4f} | "
             + " | ".join(f"{e['recall'][b]:.3f}" for b in cols)
             + " |"
         )

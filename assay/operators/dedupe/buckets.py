@@ -32,18 +32,31 @@ def write_band_keys(path: Path, rows: np.ndarray, keys: np.ndarray) -> None:
     pq.write_table(pa.table(columns), path, compression="none")
 
 
-def candidate_pairs(files: list[Path], bands: int) -> np.ndarray:
-    """Unique packed pairs (uint64, `low << 32 | high`) of rows sharing a band key."""
+def candidate_pairs(files: list[Path], bands: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique packed pairs (uint64, `low << 32 | high`) of rows sharing a band key.
+
+    Returns (star pairs, other window pairs): a caller verifying pairs can check the star
+    pairs first and then only the window pairs that still join two different clusters.
+    """
+    empty = np.empty(0, np.uint64)
     if not files:
-        return np.empty(0, np.uint64)
+        return empty, empty
     dataset = pads.dataset([str(f) for f in files], format="parquet")
-    found: list[np.ndarray] = []
+    stars: list[np.ndarray] = []
+    windows: list[np.ndarray] = []
     for k in range(bands):
         table = dataset.to_table(columns=["row", band_column(k)])
-        found.append(_pairs_in_band(table["row"].to_numpy(), table[band_column(k)].to_numpy()))
-        if sum(len(f) for f in found) > 20_000_000:  # keep the pair list compact
-            found = [np.unique(np.concatenate(found))]
-    return np.unique(np.concatenate(found)) if found else np.empty(0, np.uint64)
+        star, window = _pairs_in_band(table["row"].to_numpy(), table[band_column(k)].to_numpy())
+        stars.append(star)
+        windows.append(window)
+        if sum(len(f) for f in stars + windows) > 20_000_000:  # keep the lists compact
+            stars, windows = (
+                [np.unique(np.concatenate(stars))],
+                [np.unique(np.concatenate(windows))],
+            )
+    star = np.unique(np.concatenate(stars)) if stars else empty
+    window = np.unique(np.concatenate(windows)) if windows else empty
+    return star, np.setdiff1d(window, star, assume_unique=True)
 
 
 def unpack(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,20 +65,22 @@ def unpack(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _pairs_in_band(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def _pairs_in_band(rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    empty = np.empty(0, np.uint64)
     order = np.argsort(keys, kind="stable")  # rows were written ascending: stay ascending
     keys, rows = keys[order], rows[order].astype(np.uint64)
     same = keys[1:] == keys[:-1]
     if not same.any():
-        return np.empty(0, np.uint64)
+        return empty, empty
     shared = np.zeros(len(keys), bool)
     shared[1:] |= same
     shared[:-1] |= same
     keys, rows = keys[shared], rows[shared]
     starts = np.r_[True, keys[1:] != keys[:-1]]
     first = rows[starts][np.cumsum(starts) - 1]
-    out = [(first[~starts] << np.uint64(32)) | rows[~starts]]
+    star = (first[~starts] << np.uint64(32)) | rows[~starts]
+    window = []
     for d in range(1, _WINDOW + 1):
         ok = keys[d:] == keys[:-d]
-        out.append((rows[:-d][ok] << np.uint64(32)) | rows[d:][ok])
-    return np.concatenate(out)
+        window.append((rows[:-d][ok] << np.uint64(32)) | rows[d:][ok])
+    return star, np.concatenate(window)

@@ -1,9 +1,11 @@
 """ClusterAssignment: the result of a dedupe fit, applied batch by batch.
 
 A fit finds, for every row that has a duplicate, the id of its cluster's keeper (the first
-row of the cluster in input order) and optionally a similarity to it. Rows without a
-duplicate are not stored: they keep themselves. `apply` adds the cluster column to a batch
-and sends every non-keeper to the rejects with a reason naming the keeper.
+row of the cluster in input order), optionally the row it was matched with (when clusters
+are connected components, a row can be linked to the keeper through others) and the
+similarity of that match. Rows without a duplicate are not stored: they keep themselves.
+`apply` adds the cluster column to a batch and sends every non-keeper to the rejects with a
+reason naming the row it duplicates.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from assay.curate.stage import ID, Outcome, split_by_mask
 class ClusterAssignment:
     """Members of multi-row clusters: `row_ids[i]` belongs to the cluster kept as `keepers[i]`.
 
-    `reason` is a template with `{keeper}` and, when `scores` are given, `{score}` (two
-    decimals), e.g. "near duplicate of {keeper} (jaccard {score})".
+    `reason` is a template with `{keeper}`, `{match}` (`matches[i]`, or the keeper when no
+    matches are given) and `{score}` (two decimals), e.g.
+    "near duplicate of {match} (jaccard {score})".
     """
 
     def __init__(
@@ -28,10 +31,12 @@ class ClusterAssignment:
         keepers: pa.Array | pa.ChunkedArray,
         reason: str,
         scores: np.ndarray | None = None,
+        matches: pa.Array | pa.ChunkedArray | None = None,
     ) -> None:
         columns: dict[str, object] = {
             "_row": pl.Series(row_ids).cast(pl.String),
             "_keeper": pl.Series(keepers).cast(pl.String),
+            "_match": pl.Series(keepers if matches is None else matches).cast(pl.String),
         }
         n = len(row_ids)
         columns["_score"] = pl.Series(
@@ -70,8 +75,8 @@ class ClusterAssignment:
             if not brace:
                 break
             field, _, rest = rest.partition("}")
-            if field == "keeper":
-                parts.append(pl.col("_keeper"))
+            if field in ("keeper", "match"):
+                parts.append(pl.col(f"_{field}"))
             elif field == "score":
                 parts.append(pl.col("_score").round(2).cast(pl.String).str.pad_end(4, "0"))
             else:

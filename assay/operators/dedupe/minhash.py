@@ -21,7 +21,7 @@ from assay.operators.dedupe.lsh import choose_bands
 from assay.operators.dedupe.shingles import shingle_hashes
 from assay.operators.dedupe.signatures import Permutations, band_keys, minhash_signatures
 
-REASON = "near duplicate of {keeper} (jaccard {score})"
+REASON = "near duplicate of {match} (jaccard {score})"
 
 
 @register
@@ -42,9 +42,9 @@ class MinhashDedupe(Stage):
 
     Input columns: `column` (string). Output columns: `cluster_column` (string: the id of the
     row kept for the cluster; the row's own id when it has no near duplicate).
-    Rejects: "near duplicate of <id> (jaccard 0.86)" naming the kept row, with the exact
-    Jaccard between the two (it can be below `threshold` when the two are linked through a
-    third row).
+    Rejects: "near duplicate of <id> (jaccard 0.86)" naming the row it matched best (a
+    checked pair, so the Jaccard is >= `threshold` with `verify`); `cluster_id` names the
+    kept row, which the removed row may reach only through other members of the cluster.
 
     Example: `MinhashDedupe(column="text", threshold=0.8, ngram=5)`; in a recipe
     `{MinhashDedupe: {column: text, threshold: 0.8}}`.
@@ -96,32 +96,64 @@ class MinhashDedupe(Stage):
         spill = Path(tempfile.mkdtemp(prefix="assay-minhash-", dir=self.spill_dir))
         try:
             ids, n = self._spill(read_input, perms, bands, rows, spill)
-            left, right = unpack(candidate_pairs(sorted(spill.glob("bands-*.parquet")), bands))
-            self._stats = {"rows": n, "candidate_pairs": len(left)}
-            if len(left) == 0:
+            star, window = candidate_pairs(sorted(spill.glob("bands-*.parquet")), bands)
+            self._stats = {"rows": n, "candidate_pairs": len(star) + len(window)}
+            if len(star) == 0:  # every shared bucket has a first row: no star, no pairs
                 self._assignment = ClusterAssignment.empty(REASON)
                 return
-            sets = self._shingle_sets(spill, np.unique(np.concatenate([left, right])))
+            touched = np.unique(np.concatenate(unpack(star)))
+            sets = self._shingle_sets(spill, touched)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
-        if self.verify:
-            similar = sets.jaccard(left, right) >= self.threshold
-            left, right = left[similar], right[similar]
-        self._stats["edges"] = len(left)
+        edges, similarity = self._edges(n, sets, star, window)
+        self._stats["edges"] = len(edges)
+        if len(edges) == 0:
+            self._assignment = ClusterAssignment.empty(REASON)
+            return
+        left, right = unpack(edges)
         labels = connected_components(n, left, right)
         in_cluster = labels != np.arange(n)
         in_cluster[labels[in_cluster]] = True
         members = np.flatnonzero(in_cluster)
         keepers = labels[members]
-        scores = np.ones(len(members))
-        removed = members != keepers
-        if removed.any():
-            scores[removed] = sets.jaccard(members[removed], keepers[removed])
+        # each member's best match: the neighbour with the highest Jaccard (then the first)
+        rows = np.concatenate([left, right])
+        other = np.concatenate([right, left])
+        if not self.verify:
+            similarity = sets.jaccard(left, right)
+        score = np.tile(similarity, 2)
+        best = np.lexsort((other, -score, rows))
+        rows, other, score = rows[best], other[best], score[best]
+        first = np.r_[True, rows[1:] != rows[:-1]]
+        at = np.searchsorted(rows[first], members)
+        matches, scores = other[first][at], score[first][at]
         all_ids = pa.chunked_array(ids, pa.string())
         self._assignment = ClusterAssignment(
-            all_ids.take(members), all_ids.take(keepers), REASON, scores
+            all_ids.take(members), all_ids.take(keepers), REASON, scores, all_ids.take(matches)
         )
-        self._stats["removed"] = int(removed.sum())
+        self._stats["removed"] = int((members != keepers).sum())
+
+    def _edges(
+        self, n: int, sets: ShingleSets, star: np.ndarray, window: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Packed pairs kept as edges, with their Jaccard (NaN where not computed).
+
+        With `verify`, star pairs are checked first; a window pair is checked only when its
+        two rows are still in different clusters, which skips most pairs of big clusters.
+        """
+        if not self.verify:
+            edges = np.union1d(star, window)
+            return edges, np.full(len(edges), np.nan)
+        star_j = sets.jaccard(*unpack(star))
+        keep = star_j >= self.threshold
+        labels = connected_components(n, *unpack(star[keep]))
+        left, right = unpack(window)
+        open_ = labels[left] != labels[right]
+        window = window[open_]
+        window_j = sets.jaccard(left[open_], right[open_])
+        edges = np.concatenate([star[keep], window[window_j >= self.threshold]])
+        similarity = np.concatenate([star_j[keep], window_j[window_j >= self.threshold]])
+        return edges, similarity
 
     def process(self, table: pa.Table) -> pa.Table | Outcome:
         assignment = self._assignment or ClusterAssignment.empty(REASON)
