@@ -82,3 +82,26 @@ class ClusterAssignment:
             else:
                 raise ValueError(f"unknown field {{{field}}} in reason {self.reason!r}")
         return pl.concat_str(parts).alias("_reason")
+
+
+def cluster_members(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows in a cluster of two or more, their keeper) from component labels."""
+    in_cluster = labels != np.arange(len(labels))
+    in_cluster[labels[in_cluster]] = True
+    members = np.flatnonzero(in_cluster)
+    return members, labels[members]
+
+
+def best_matches(
+    members: np.ndarray, left: np.ndarray, right: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `members`: its neighbour with the highest score (ties: the earlier row)
+    among the edges `left[i] - right[i]`, and that score. Every member must have an edge."""
+    rows = np.concatenate([left, right])
+    other = np.concatenate([right, left])
+    both = np.concatenate([score, score])
+    order = np.lexsort((other, -both, rows))
+    rows, other, both = rows[order], other[order], both[order]
+    first = np.r_[True, rows[1:] != rows[:-1]]
+    at = np.searchsorted(rows[first], members)
+    return other[first][at], both[first][at]

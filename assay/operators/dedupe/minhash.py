@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from assay.curate.registry import register
 from assay.curate.stage import ID, BatchReader, Outcome, Stage
 from assay.operators.dedupe.buckets import candidate_pairs, unpack, write_band_keys
-from assay.operators.dedupe.clusters import ClusterAssignment
+from assay.operators.dedupe.clusters import ClusterAssignment, best_matches, cluster_members
 from assay.operators.dedupe.components import connected_components
 from assay.operators.dedupe.jaccard import ShingleSets
 from assay.operators.dedupe.lsh import choose_bands
@@ -111,22 +111,10 @@ class MinhashDedupe(Stage):
             self._assignment = ClusterAssignment.empty(REASON)
             return
         left, right = unpack(edges)
-        labels = connected_components(n, left, right)
-        in_cluster = labels != np.arange(n)
-        in_cluster[labels[in_cluster]] = True
-        members = np.flatnonzero(in_cluster)
-        keepers = labels[members]
-        # each member's best match: the neighbour with the highest Jaccard (then the first)
-        rows = np.concatenate([left, right])
-        other = np.concatenate([right, left])
+        members, keepers = cluster_members(connected_components(n, left, right))
         if not self.verify:
             similarity = sets.jaccard(left, right)
-        score = np.tile(similarity, 2)
-        best = np.lexsort((other, -score, rows))
-        rows, other, score = rows[best], other[best], score[best]
-        first = np.r_[True, rows[1:] != rows[:-1]]
-        at = np.searchsorted(rows[first], members)
-        matches, scores = other[first][at], score[first][at]
+        matches, scores = best_matches(members, left, right, similarity)
         all_ids = pa.chunked_array(ids, pa.string())
         self._assignment = ClusterAssignment(
             all_ids.take(members), all_ids.take(keepers), REASON, scores, all_ids.take(matches)

@@ -12,11 +12,11 @@ from pydantic import Field
 
 from assay.curate.registry import register
 from assay.curate.stage import ID, BatchReader, Outcome, Stage
-from assay.operators.dedupe.clusters import ClusterAssignment
+from assay.operators.dedupe.clusters import ClusterAssignment, best_matches, cluster_members
 from assay.operators.dedupe.components import connected_components
 from assay.operators.dedupe.embeddings import DEFAULT_MODEL, embed, unit_vectors
 
-REASON = "semantic duplicate of {keeper} (cosine {score})"
+REASON = "semantic duplicate of {match} (cosine {score})"
 
 
 @register
@@ -31,7 +31,8 @@ class SemanticDedupe(Stage):
 
     Input columns: `column` (string), or `embedding_column` (list of floats).
     Output columns: `cluster_column` (string: id of the row kept for the cluster).
-    Rejects: "semantic duplicate of <id> (cosine 0.97)" with the cosine to the kept row.
+    Rejects: "semantic duplicate of <id> (cosine 0.97)" naming the most similar row it was
+    matched with (`cluster_id` is the kept row; in a chain they can differ).
 
     Example: `SemanticDedupe(column="prompt", threshold=0.92)`; in a recipe
     `{SemanticDedupe: {column: prompt, threshold: 0.92}}`.
@@ -78,38 +79,40 @@ class SemanticDedupe(Stage):
                 self._assignment = ClusterAssignment.empty(REASON)
                 return
             vectors = np.memmap(path, np.float32, mode="r", shape=(n, dim))
-            left, right = self._similar_pairs(vectors)
-            labels = connected_components(n, left, right)
-            in_cluster = labels != np.arange(n)
-            in_cluster[labels[in_cluster]] = True
-            members = np.flatnonzero(in_cluster)
-            keepers = labels[members]
-            scores = np.einsum("ij,ij->i", vectors[members], vectors[keepers])
+            left, right, cosine = self._similar_pairs(vectors)
             del vectors
         finally:
             shutil.rmtree(spill, ignore_errors=True)
+        if len(left) == 0:
+            self._assignment = ClusterAssignment.empty(REASON)
+            return
+        members, keepers = cluster_members(connected_components(n, left, right))
+        matches, scores = best_matches(members, left, right, cosine)
         all_ids = pa.chunked_array(ids, pa.string())
         self._assignment = ClusterAssignment(
-            all_ids.take(members), all_ids.take(keepers), REASON, scores
+            all_ids.take(members), all_ids.take(keepers), REASON, scores, all_ids.take(matches)
         )
 
     def process(self, table: pa.Table) -> pa.Table | Outcome:
         assignment = self._assignment or ClusterAssignment.empty(REASON)
         return assignment.apply(self.name, table, self.cluster_column)
 
-    def _similar_pairs(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(earlier, later) row pairs with cosine >= threshold, block by block."""
+    def _similar_pairs(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(earlier, later, cosine) of row pairs with cosine >= threshold, block by block."""
         n, size = len(vectors), self.block_size
         left: list[np.ndarray] = []
         right: list[np.ndarray] = []
+        cosine: list[np.ndarray] = []
         for i0 in range(0, n, size):
             rows = np.array(vectors[i0 : i0 + size])
             for j0 in range(0, i0 + 1, size):
                 cols = rows if j0 == i0 else np.array(vectors[j0 : j0 + size])
-                hit = (rows @ cols.T) >= self.threshold
+                sim = rows @ cols.T
+                hit = sim >= self.threshold
                 if j0 == i0:
                     hit &= np.tri(len(rows), len(cols), k=-1, dtype=bool)  # col < row only
                 r, c = np.nonzero(hit)
                 left.append(c + j0)
                 right.append(r + i0)
-        return np.concatenate(left), np.concatenate(right)
+                cosine.append(sim[r, c].astype(np.float64))
+        return np.concatenate(left), np.concatenate(right), np.concatenate(cosine)
