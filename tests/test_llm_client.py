@@ -250,3 +250,24 @@ def test_api_key_reaches_the_server_but_no_stored_request(tmp_path: Path, transp
     assert SECRET not in request_json(req("k"))
     assert SECRET not in json.dumps(settings(server, transport=transport).model_dump())
     assert SECRET not in repr(settings(server, transport=transport))
+
+
+def test_connection_errors_are_retried_then_the_row_is_marked_failed(transport: str) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = LLMSettings(
+        model=MODEL,
+        api_base=f"http://127.0.0.1:{port}/v1",
+        api_key=SECRET,
+        retry_initial_s=0.01,
+        retry_max_s=0.02,
+        retry_jitter_s=0.01,
+        max_attempts=3,
+        transport=transport,  # type: ignore[arg-type]
+    )
+    (response,) = run(LLMClient(base), [req("nobody home")])
+    assert response.error is not None and "after 3 tries" in response.error
+    assert SECRET not in response.error
