@@ -23,7 +23,7 @@ def test_misses_are_rejected_with_the_answer_and_gold() -> None:
     out = AnswerMatch().process(_table(["12", "13"], [12, 12]))
     assert isinstance(out, Outcome)
     assert out.kept["id"].to_pylist() == ["0"]
-    assert out.reason_array().to_pylist() == ["answer 13 does not match gold 12"]
+    assert out.reason_array().to_pylist() == ["wrong answer (got 13, gold 12)"]
 
 
 def test_normalized_and_exact_modes() -> None:

@@ -15,7 +15,7 @@ from assay.curate.errors import AssayError
 from assay.curate.pipeline import DEFAULT_WORKSPACE, Pipeline
 from assay.curate.recipes import load_recipe, parse_recipe
 from assay.curate.registry import stages as registered_stages
-from assay.curate.report import funnel_table, write_report
+from assay.curate.report import funnel_table, usage_line, write_report
 from assay.curate.store import RunStore
 
 app = typer.Typer(
@@ -51,6 +51,9 @@ def run(
     with RunStore(workspace) as store:
         report = write_report(store, result.run_id)
         console.print(funnel_table(store, result.run_id))
+        usage = usage_line(store, result.run_id)
+        if usage:
+            console.print(usage)
     console.print(f"run {result.run_id}: output {result.output_dir}")
     console.print(f"report: {report}")
 
@@ -111,6 +114,9 @@ def show(
         if info["error"]:
             console.print(f"[red]error:[/] {info['error']}")
         console.print(funnel_table(store, run_id))
+        usage = usage_line(store, run_id)
+        if usage:
+            console.print(usage)
         console.print(f"output: {Path(info['run_dir']) / 'output'}")
 
 

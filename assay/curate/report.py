@@ -45,6 +45,23 @@ def funnel_table(store: RunStore, run_id: str) -> Table:
     return table
 
 
+def usage_line(store: RunStore, run_id: str) -> str | None:
+    """The run's LLM totals in one line, or None when it made no requests."""
+    funnel = store.funnel(run_id)
+    requests = sum(row["requests"] or 0 for row in funnel)
+    if not requests:
+        return None
+    cached = sum(row["cached"] or 0 for row in funnel)
+    failed = sum(row["failed"] or 0 for row in funnel)
+    tokens_in = sum(row["input_tokens"] or 0 for row in funnel)
+    tokens_out = sum(row["output_tokens"] or 0 for row in funnel)
+    cost = sum(row["cost"] or 0 for row in funnel)
+    return (
+        f"LLM total: {requests:,} requests ({cached:,} from the cache, {failed:,} failed), "
+        f"{tokens_in:,} tokens in, {tokens_out:,} tokens out, ${cost:.4f}"
+    )
+
+
 def write_report(store: RunStore, run_id: str, sample_rows: int = 5) -> Path:
     """Write `<run_dir>/report.md`: run header, funnel, reject reasons, sample output rows."""
     run = store.run(run_id)
@@ -73,6 +90,13 @@ def write_report(store: RunStore, run_id: str, sample_rows: int = 5) -> Path:
             f"| {row['input_tokens'] or 0:,} | {row['output_tokens'] or 0:,} "
             f"| {row['cost'] or 0:.4f} |"
         )
+    usage = usage_line(store, run_id)
+    if usage:
+        lines += ["", usage]
+    lines += [
+        "",
+        "Seconds are summed over batches; batches overlap while a stage waits on a model.",
+    ]
     if reasons:
         lines += ["", "## Reject reasons", ""]
         for index, texts in reasons.items():

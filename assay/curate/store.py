@@ -265,9 +265,11 @@ class RunStore:
     def reject_reasons(self, run_id: str, limit_per_stage: int = 5) -> list[dict[str, Any]]:
         return self._dicts(
             """with counted as (
-                   -- "duplicate of <id> (...)" reasons differ per row: group them as one
+                   -- reasons carry per-row detail ("duplicate of <id> (...)",
+                   -- "wrong answer (got 3, gold 4)"): summaries group them without it
                    select stage_index, stage,
-                          regexp_replace(reason, ' of \S+.*$', ' of ...') as reason,
+                          regexp_replace(regexp_replace(reason, ' of \S+.*$', ' of ...'),
+                                         ' \(.*\)$', ' (...)') as reason,
                           count(*) as n
                    from rejects where run_id = ? group by all)
                select stage_index, stage, reason, n from (

@@ -23,7 +23,7 @@ class AnswerMatch(Stage):
 
     Input columns: `column` (string), `gold_column` (string or number).
     Output columns: `output_column` (bool).
-    Rejects (when `drop_incorrect`): "answer 'X' does not match gold 'Y'".
+    Rejects (when `drop_incorrect`): "wrong answer (got X, gold Y)".
 
     Example: `AnswerMatch(column="generation", gold_column="answer")` keeps
     `{"generation": "3 + 4 = 7", "answer": 7}` and rejects `{"generation": "8", "answer": 7}`.
@@ -52,7 +52,7 @@ class AnswerMatch(Stage):
         result = frame.select(
             same.fill_null(False).alias("same"),
             pl.format(
-                "answer {} does not match gold {}", got.fill_null("none"), gold.fill_null("none")
+                "wrong answer (got {}, gold {})", got.fill_null("none"), gold.fill_null("none")
             ).alias("reason"),
         )
         mask = result["same"].to_arrow()
