@@ -180,13 +180,18 @@ def test_reasoning_and_tool_calls_are_kept_apart_from_the_answer(transport: str)
             ],
         }
 
+    spec = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    with_tools = ChatRequest(
+        model=MODEL, messages=({"role": "user", "content": "tool"},), tools=(spec,)
+    )
     with FakeOpenAI(responder=responder) as server:
         think, native, tool = run(
             LLMClient(settings(server, transport=transport)),
-            [req("think"), req("native"), req("tool")],
+            [req("think"), req("native"), with_tools],
         )
     assert (think.text, think.reasoning) == ("The answer is 4.", "step 1")
     assert (native.text, native.reasoning) == ("4", "2+2")
+    assert [spec] in [b.get("tools") for b in server.bodies]
     assert tool.finish_reason == "tool_calls"
     assert tool.tool_calls and tool.tool_calls[0]["function"]["name"] == "add"
     assert think.input_tokens > 0 and think.output_tokens > 0

@@ -267,3 +267,53 @@ def test_parse_reasoning_splits_think_blocks(workspace: Path) -> None:
     assert out["answer"].to_pylist() == ["4", "4"]
     assert out["reasoning"].to_pylist() == ["add them", "add them"]
     assert out["generation_reasoning"].to_pylist() == ["add them", "add them"]
+
+
+def shout(row: dict) -> list[dict]:
+    return [{"role": "user", "content": row["q"].upper()}]
+
+
+def test_prompt_from_a_function_or_a_messages_column(workspace: Path) -> None:
+    table = rows(2).append_column(
+        "chat",
+        pa.array([json.dumps([{"role": "user", "content": f"hello {i}"}]) for i in range(2)]),
+    )
+    with FakeOpenAI() as server:
+        by_fn = Pipeline([gen(server, prompt=None, prompt_fn=shout)]).run(
+            table, workspace=workspace, progress="quiet"
+        )
+        by_col = Pipeline([gen(server, prompt=None, messages_column="chat")]).run(
+            table, workspace=workspace, progress="quiet"
+        )
+    assert by_fn.to_arrow()["generation"].to_pylist() == ["echo: QUESTION 0", "echo: QUESTION 1"]
+    assert by_col.to_arrow()["generation"].to_pylist() == ["echo: hello 0", "echo: hello 1"]
+    with RunStore(workspace) as store:
+        params = store.run(by_fn.run_id)["config"]["stages"][0]["params"]
+    assert params["prompt_fn"].endswith("shout")  # recorded by name
+    assert "api_key" not in params
+
+
+def test_tokens_per_minute_limit_spaces_requests(workspace: Path) -> None:
+    # each request is ~10 input + ~10 output tokens; 1,200 TPM = 20 tokens/s: the first
+    # second's burst admits about one request, then about one per second
+    with FakeOpenAI(responder=lambda b: "x" * 36) as server:
+        Pipeline([gen(server, tpm=1200, max_tokens=10)]).run(
+            rows(4), workspace=workspace, progress="quiet"
+        )
+    arrivals = sorted(server.arrivals)
+    assert arrivals[-1] - arrivals[0] >= 1.5
+
+
+def test_tool_calls_flow_from_generate_to_parse_tool_calls(workspace: Path) -> None:
+    from assay.operators.parse import ParseToolCalls
+
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    with FakeOpenAI(responder=lambda b: {"content": None, "tool_calls": [call]}) as server:
+        result = Pipeline([gen(server, tools=tools), ParseToolCalls()]).run(
+            rows(1), workspace=workspace, progress="quiet"
+        )
+        assert server.bodies[0]["tools"] == tools
+    out = result.to_arrow()
+    assert out["generation_finish_reason"].to_pylist() == ["tool_calls"]
+    assert out["tool_calls"].to_pylist() == [[{"name": "add", "arguments": '{"a": 1}'}]]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -104,8 +105,15 @@ class LLMSettings(BaseModel):
         return (*fields, hash(self.secret()))
 
 
+# prefixes whose backend registers itself on first use (module:function)
+_LAZY_BACKENDS = {"local": "assay.curate.llm.local:register_local_backend"}
+
+
 def make_backend(settings: LLMSettings) -> Backend:
     prefix = settings.model.split("/", 1)[0] if "/" in settings.model else ""
+    if prefix not in _BACKENDS and prefix in _LAZY_BACKENDS:
+        module, function = _LAZY_BACKENDS[prefix].split(":")
+        getattr(importlib.import_module(module), function)()
     factory = _BACKENDS.get(prefix)
     if factory is not None:
         return factory(settings)

@@ -50,6 +50,9 @@ class LiteLLMBackend:
             kwargs["response_format"] = response_format(request.response_format)
         if request.tools:
             kwargs["tools"] = list(request.tools)
+            # litellm 1.106 routes any call with tools through its MCP bridge, which
+            # imports the optional `mcp` package; plain function tools don't need it
+            kwargs["_skip_mcp_handler"] = True
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if self._api_key:
