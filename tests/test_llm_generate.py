@@ -294,13 +294,15 @@ def test_prompt_from_a_function_or_a_messages_column(workspace: Path) -> None:
 
 
 def test_tokens_per_minute_limit_spaces_requests(workspace: Path) -> None:
-    # each request is ~10 input + ~10 output tokens; 1,200 TPM = 20 tokens/s: the first
-    # second's burst admits about one request, then about one per second
+    # 1,200 TPM = 20 tokens/s with a 20-token burst. Each request reserves at least
+    # ~7 input tokens (13 prompt chars / 4 + 4 per message) + 2.5 output (max_tokens / 4
+    # before any usage is seen), so 6 requests need >= (6 x 9.75 - 20) / 20 = 1.9 s
     with FakeOpenAI(responder=lambda b: "x" * 36) as server:
         Pipeline([gen(server, tpm=1200, max_tokens=10)]).run(
-            rows(4), workspace=workspace, progress="quiet"
+            rows(6), workspace=workspace, progress="quiet"
         )
     arrivals = sorted(server.arrivals)
+    assert len(arrivals) == 6
     assert arrivals[-1] - arrivals[0] >= 1.5
 
 
