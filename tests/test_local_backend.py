@@ -36,26 +36,47 @@ def tiny(tmp_path_factory):
     backend.close()
 
 
-def request(content: str, model: str = "local/tiny", **params) -> ChatRequest:
+def request(content: str, model: str = "local/tiny", system: str | None = None, **params):
     params.setdefault("temperature", 0)
     params.setdefault("max_tokens", 12)
-    return ChatRequest(model=model, messages=({"role": "user", "content": content},), params=params)
+    messages = [{"role": "user", "content": content}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return ChatRequest(model=model, messages=tuple(messages), params=params)
 
 
-def test_batched_greedy_matches_one_prompt_at_a_time_generate(tiny):
-    """Left padding, positions and the KV cache must not change what greedy decoding picks."""
-    responses = tiny.complete_many([request(p) for p in PROMPTS])
+@pytest.mark.parametrize(
+    "system",
+    [None, "You are a terse assistant. Answer the weather question in plain words."],
+    ids=["no-shared-prefix", "shared-system-prompt"],
+)
+def test_batched_greedy_matches_one_prompt_at_a_time_generate(tiny, system):
+    """Left padding, the shared-prefix cache and the KV cache must not change greedy picks."""
+    responses = tiny.complete_many([request(p, system=system) for p in PROMPTS])
     model, tokenizer = tiny.model, tiny.tokenizer
     for prompt, response in zip(PROMPTS, responses, strict=True):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        messages = [{"role": "user", "content": prompt}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
             out = model.generate(**ids, max_new_tokens=12, do_sample=False)
         expected = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         assert response.text == expected
         assert response.input_tokens == ids["input_ids"].shape[1]
+
+
+def test_shared_prefix_is_found_only_where_it_is_safe():
+    from assay.curate.llm.batch_generate import GenerationItem, _shared_prefix_len
+
+    common = list(range(10, 30))
+    items = [GenerationItem(common + [1, 2]), GenerationItem(common + [3])]
+    assert _shared_prefix_len(items) == 20
+    assert _shared_prefix_len([GenerationItem(common), GenerationItem(common)]) == 19
+    mixed = [GenerationItem(common + [1], adapter="a"), GenerationItem(common + [1])]
+    assert _shared_prefix_len(mixed) == 0
+    assert _shared_prefix_len([GenerationItem([1, 2, 3, 4]), GenerationItem([1, 2, 3, 5])]) == 0
 
 
 def test_concurrent_calls_share_a_batch(tiny):

@@ -3,7 +3,10 @@
 Each row brings its own prompt, sampling parameters, seed, stop strings, token budget,
 LoRA adapter and (optionally) grammar. Prompts are left-padded into one tensor, the prompt is
 run once (prefill, keeping only the last position's logits), then every step feeds one token
-per row through the KV cache. Rows that finish are dropped from the batch (and from the KV
+per row through the KV cache. A prefix that every prompt shares (the system prompt and chat
+template of a pipeline's prompts) is run once for one row and its KV cache copied to all
+rows, so the batch's prefill only pays for what differs; the padding sits between the
+shared prefix and each row's own tokens, masked out. Rows that finish are dropped from the batch (and from the KV
 cache), so long tails do not pay for finished rows. Rows naming different LoRA adapters share
 each forward pass through peft's mixed-adapter batches (`adapter_names=`).
 """
@@ -74,20 +77,37 @@ def generate_batch(
     device = next(model.parameters()).device
     rows = [_Row(item, device) for item in items]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(item.prompt_ids) for item in items)
+    shared = _shared_prefix_len(items)
+    width = max(len(item.prompt_ids) for item in items) - shared
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(items), width), dtype=torch.long)
+    attention = torch.zeros((len(items), shared + width), dtype=torch.long)
+    attention[:, :shared] = 1
     for i, item in enumerate(items):
-        input_ids[i, width - len(item.prompt_ids) :] = torch.tensor(item.prompt_ids)
-        attention[i, width - len(item.prompt_ids) :] = 1
+        own = item.prompt_ids[shared:]
+        input_ids[i, width - len(own) :] = torch.tensor(own)
+        attention[i, shared + width - len(own) :] = 1
     input_ids, attention = input_ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     active = list(range(len(items)))
 
     from transformers import DynamicCache
 
     cache = DynamicCache()
     with torch.inference_mode():
+        if shared:
+            # the common prefix (system prompt, chat template) runs once, for one row
+            prefix = torch.tensor([items[0].prompt_ids[:shared]], device=device)
+            _forward(
+                model,
+                rows,
+                active[:1],
+                prefix,
+                attention[:1, :shared],
+                positions.new_tensor([list(range(shared))]),
+                cache,
+                use_adapters,
+            )
+            cache.batch_repeat_interleave(len(items))
         logits = _forward(model, rows, active, input_ids, attention, positions, cache, use_adapters)
         while True:
             tokens = _pick_tokens(logits, [rows[i] for i in active])
@@ -110,6 +130,26 @@ def generate_batch(
     for row in rows:
         row.result.text = _final_text(row, tokenizer)
     return [row.result for row in rows]
+
+
+MIN_SHARED_PREFIX = 8  # tokens; below this one more forward pass costs more than it saves
+
+
+def _shared_prefix_len(items: list[GenerationItem]) -> int:
+    """Tokens every prompt starts with (0 if too few, or if rows use different adapters).
+
+    At least one token of each prompt stays out of the prefix, so every row has a last
+    position to read its first logits from. Rows with different LoRA adapters cannot share
+    the prefix's keys and values.
+    """
+    if len(items) < 2 or len({item.adapter for item in items}) > 1:
+        return 0
+    first = items[0].prompt_ids
+    limit = min(len(item.prompt_ids) for item in items) - 1
+    length = 0
+    while length < limit and all(item.prompt_ids[length] == first[length] for item in items):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 def _forward(
