@@ -220,3 +220,21 @@ def test_required_tool_choice_returns_openai_tool_calls(tiny):
     call = response.tool_calls[0]
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"])["city"] in {"Paris", "Rome"}
+
+
+def test_llm_client_routes_local_model_strings_to_the_shared_backend(tmp_path, monkeypatch):
+    from assay.curate.llm.client import LLMClient, LLMSettings
+    from assay.curate.llm.local import get_local_backend, register_local_backend
+    from assay.curate.llm.models import register_model
+
+    monkeypatch.setenv("ASSAY_MODEL_CACHE", str(tmp_path / "cache"))
+    register_model("tiny-client", build_tiny_model(tmp_path / "model"))
+    register_local_backend()
+    client = LLMClient(LLMSettings(model="local/tiny-client"))
+    reqs = [request(p, model="local/tiny-client", max_tokens=6) for p in PROMPTS]
+    responses = asyncio.run(client.complete_many(reqs))
+    backend = get_local_backend("local/tiny-client")
+    assert client.backend is backend
+    assert [r.output_tokens for r in responses] == [6, 6, 6, 6]
+    assert backend.batches_run >= 1
+    backend.close()
