@@ -203,6 +203,8 @@ def build_scale_corpus(n_rows: int, seed: int = 0) -> Path:
     )
     tmp = folder.with_suffix(".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
+    truth = pa.table({"variant": np.flatnonzero(is_dup), "source": sources})
+    pq.write_table(truth, folder.with_suffix(".truth.parquet"))
     shard = 100_000
     for s in range(0, n_rows, shard):
         e = min(s + shard, n_rows)
@@ -498,6 +500,12 @@ def scale(n_rows: int) -> None:
 
         lab = pl.read_parquet(work / "labels.parquet")
         r["removed"] = int((~lab["kept"]).sum())
+        # planted pairs (ids are row positions) whose two rows share a cluster
+        cluster = lab.with_columns(pl.col("id").cast(pl.Int64)).sort("id")["cluster"].to_numpy()
+        truth = pl.read_parquet(folder.with_suffix(".truth.parquet"))
+        same = cluster[truth["variant"].to_numpy()] == cluster[truth["source"].to_numpy()]
+        r["planted_pairs"] = len(truth)
+        r["recall"] = float(same.mean())
         r["docs_per_s_per_core"] = n_rows / r["cpu_s"]
     print(json.dumps(r))
     (OUT / f"scale-{n_rows}.json").write_text(json.dumps(r, indent=1))
