@@ -59,7 +59,9 @@ class FakeOpenAI:
         hang_s: float = 3600.0,
         seed: int = 0,
         port: int = 0,
+        quote_key_in_errors: bool = False,
     ) -> None:
+        self.quote_key_in_errors = quote_key_in_errors
         self.responder = responder
         self.latency_s = latency_s
         self.jitter_s = jitter_s
@@ -182,7 +184,10 @@ class FakeOpenAI:
             error = {"error": {"message": "rate limited", "type": "rate_limit", "code": 429}}
             return web.json_response(error, status=429, headers=headers)
         if fault and fault.isdigit():
-            error = {"error": {"message": f"injected {fault}", "type": "server_error"}}
+            message = f"injected {fault}"
+            if self.quote_key_in_errors:  # as some providers do: "invalid key sk-..."
+                message += f" for key {request.headers.get('Authorization', '')[7:]}"
+            error = {"error": {"message": message, "type": "server_error"}}
             return web.json_response(error, status=int(fault))
         answer = self.responder(body)
         message = {"role": "assistant", "content": answer} if isinstance(answer, str) else answer

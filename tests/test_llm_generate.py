@@ -319,3 +319,12 @@ def test_tool_calls_flow_from_generate_to_parse_tool_calls(workspace: Path) -> N
     out = result.to_arrow()
     assert out["generation_finish_reason"].to_pylist() == ["tool_calls"]
     assert out["tool_calls"].to_pylist() == [[{"name": "add", "arguments": '{"a": 1}'}]]
+
+
+def test_a_provider_error_quoting_the_key_is_scrubbed(workspace: Path) -> None:
+    with FakeOpenAI(script=lambda key, attempt: "401", quote_key_in_errors=True) as server:
+        result = Pipeline([gen(server)]).run(rows(1), workspace=workspace, progress="quiet")
+    (reason,) = result.rejects()["_reason"].to_pylist()
+    assert "injected 401" in reason and "***" in reason
+    assert SECRET not in reason
+    assert SECRET.encode() not in (workspace / "assay.duckdb").read_bytes()

@@ -48,9 +48,10 @@ class Generate(AsyncStage, LLMSettings):
     Output columns (with `output_column="generation"`): `generation` (answer text),
     `generation_reasoning` (reasoning_content or `<think>` blocks), `generation_tool_calls`
     (JSON), `generation_finish_reason`, `generation_input_tokens`,
-    `generation_output_tokens`, `generation_cost`, `generation_messages` (the prompt as
-    JSON, for re-asks and lineage); with `n > 1` also `sample_index` and `parent_id`, and
-    each row's id becomes `"<id>/s<k>"`.
+    `generation_output_tokens`, `generation_cost` (what the answer cost when it was made,
+    also when it now comes from the cache), `generation_latency_s`, `generation_messages`
+    (the prompt as JSON, for re-asks and lineage); with `n > 1` also `sample_index` and
+    `parent_id`, and each row's id becomes `"<id>/s<k>"`.
     Rejects: rows whose request failed after every retry ("llm request failed: ...");
     with `require_all=True` the run stops instead, naming how many rows failed.
 
@@ -230,6 +231,7 @@ class Generate(AsyncStage, LLMSettings):
             f"{o}_input_tokens": pa.array([r.input_tokens for r in responses], pa.int64()),
             f"{o}_output_tokens": pa.array([r.output_tokens for r in responses], pa.int64()),
             f"{o}_cost": pa.array([r.cost for r in responses], pa.float64()),
+            f"{o}_latency_s": pa.array([r.latency_s for r in responses], pa.float64()),
             f"{o}_messages": pa.array(
                 [json.dumps(list(r.messages), ensure_ascii=False) for r in requests], pa.string()
             ),

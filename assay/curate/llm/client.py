@@ -250,9 +250,12 @@ class LLMClient:
             try:
                 response = await self._call(once)
             except Exception as exc:
-                response = ChatResponse(
-                    text=None, error=f"failed after {attempts} tries: {describe_error(exc)}"
-                )
+                error = f"failed after {attempts} tries: {describe_error(exc)}"
+                secret = self.settings.secret()
+                if secret:
+                    # provider errors sometimes quote the key; it must not reach a log
+                    error = error.replace(secret, "***")
+                response = ChatResponse(text=None, error=error)
             response.headers = {}
             if cache is not None:
                 log = (
