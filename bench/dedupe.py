@@ -231,7 +231,7 @@ def method_assay(corpus: str, folder: Path) -> None:
     from assay.operators.dedupe import MinhashDedupe
 
     stage = MinhashDedupe(column="text", threshold=THRESHOLD, ngram=5, num_perm=128)
-    result = Pipeline([stage]).run(corpus, workspace=folder / "ws", progress="off")
+    result = Pipeline([stage]).run(corpus, workspace=folder / "ws", progress="quiet")
     kept = result.to_arrow().select(["id", "cluster_id"])
     rejects = result.rejects()
     rejected = rejects.select(["id", "cluster_id"])

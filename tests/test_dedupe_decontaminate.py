@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from assay.curate.pipeline import Pipeline
+from assay.curate.recipes import parse_recipe
 from assay.curate.stage import Outcome
 from assay.operators.dedupe import Decontaminate
 
@@ -71,7 +74,9 @@ def test_eval_sets_from_files_and_columns_in_a_pipeline(tmp_path: Path, workspac
             "other": {"path": str(jsonl), "columns": ["q"]},
         }
     )
-    result = Pipeline([stage]).run(pa.Table.from_pylist(rows), workspace=workspace, progress="off")
+    result = Pipeline([stage]).run(
+        pa.Table.from_pylist(rows), workspace=workspace, progress="quiet"
+    )
     assert result.to_arrow()["id"].to_pylist() == ["1", "2"]
     reasons = dict(
         zip(
@@ -95,3 +100,38 @@ def test_several_training_columns() -> None:
     assert isinstance(out, Outcome)
     assert out.rejected["id"].to_pylist() == ["1"]
     assert out.reason_array().to_pylist() == ['2-gram overlap with eval set "e": "beta gamma"']
+
+
+def test_named_in_a_recipe_with_inline_and_file_eval_sets(tmp_path: Path, workspace: Path) -> None:
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text('{"prompt": "one two three four five"}\n')
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        '{"text": "zero one two three four five six"}\n'
+        '{"text": "alpha beta gamma delta"}\n'
+        '{"text": "x alpha beta gamma y"}\n'
+    )
+    recipe = f"""
+source: {data}
+stages:
+  - Decontaminate:
+      ngram: 3
+      eval_sets:
+        heldout: {{path: {heldout}, columns: [prompt]}}
+        inline: ["alpha beta gamma"]
+"""
+    result = parse_recipe(recipe).run(workspace=workspace, progress="quiet")
+    assert result.to_arrow()["id"].to_pylist() == []
+    reasons = sorted(result.rejects()["_reason"].to_pylist())
+    assert reasons == [
+        '3-gram overlap with eval set "heldout": "one two three"',
+        '3-gram overlap with eval set "inline": "alpha beta gamma"',
+        '3-gram overlap with eval set "inline": "alpha beta gamma"',
+    ]
+
+
+def test_an_eval_set_needs_exactly_one_origin() -> None:
+    with pytest.raises(ValidationError):
+        Decontaminate(eval_sets={"e": {"columns": ["text"]}})
+    with pytest.raises(ValidationError):
+        Decontaminate(eval_sets={"e": {"texts": ["a"], "path": "x.parquet"}})

@@ -16,7 +16,7 @@ from assay.operators.dedupe import ExactDedupe
 
 def run_stage(stage, rows: list[dict], workspace: Path, batch_size: int = 3):
     result = Pipeline([stage], batch_size=batch_size).run(
-        pa.Table.from_pylist(rows), workspace=workspace, progress="off"
+        pa.Table.from_pylist(rows), workspace=workspace, progress="quiet"
     )
     return result.to_arrow(), result.rejects()
 
@@ -82,5 +82,5 @@ def test_named_in_a_recipe(workspace: Path, tmp_path: Path) -> None:
     pipeline = parse_recipe(
         f"source: {data}\nstages:\n  - ExactDedupe: {{columns: [text]}}\n  - MinhashDedupe: {{column: text, threshold: 0.8}}\n"
     )
-    result = pipeline.run(workspace=workspace, progress="off")
+    result = pipeline.run(workspace=workspace, progress="quiet")
     assert result.to_arrow()["id"].to_pylist() == ["0", "2"]

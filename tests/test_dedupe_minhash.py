@@ -60,7 +60,7 @@ def test_near_duplicates_cluster_with_the_first_and_far_ones_stay(workspace: Pat
         " ".join(substitute(base, 12, "y")),  # r4: 17 edits, Jaccard ~0.4
     ]
     result = Pipeline([MinhashDedupe(threshold=0.8)], batch_size=2).run(
-        with_ids(texts), workspace=workspace, progress="off"
+        with_ids(texts), workspace=workspace, progress="quiet"
     )
     assert result.to_arrow()["id"].to_pylist() == ["r0", "r1", "r4"]
     rejects = result.rejects()

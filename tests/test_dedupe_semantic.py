@@ -54,7 +54,7 @@ def test_real_minilm_catches_paraphrases(workspace: Path) -> None:
         "how do i reset my password",
     ]
     result = Pipeline([SemanticDedupe(threshold=0.9)]).run(
-        pa.table({"text": texts}), workspace=workspace, progress="off"
+        pa.table({"text": texts}), workspace=workspace, progress="quiet"
     )
     assert result.to_arrow()["id"].to_pylist() == ["0", "1", "3"]
     rejects = result.rejects()
