@@ -50,10 +50,6 @@ class ClusterAssignment:
         nothing = pa.array([], pa.string())
         return cls(nothing, nothing, reason)
 
-    @property
-    def n_removed(self) -> int:
-        return int((self.frame["_row"] != self.frame["_keeper"]).sum())
-
     def apply(self, stage: str, table: pa.Table, cluster_column: str) -> pa.Table | Outcome:
         """Add `cluster_column` (keeper id) to `table`; reject rows that are not keepers."""
         ids = pl.DataFrame({"_row": pl.Series(table[ID]).cast(pl.String)})

@@ -28,13 +28,14 @@ REASON = "near duplicate of {match} (jaccard {score})"
 class MinhashDedupe(Stage):
     """Keep one row per cluster of near-duplicate texts (Jaccard of n-gram shingle sets).
 
-    fit, pass 1: shingles (word or character n-grams) -> MinHash signatures -> LSH band
-    keys, spilled to Parquet per batch. Then, band by band, rows sharing a key become
-    candidate pairs. Pass 2 re-reads only the candidate rows' shingle sets and computes each
-    pair's exact Jaccard; with `verify` pairs below `threshold` are dropped. Connected
-    components (union-find) of the remaining pairs are the clusters; each keeps its first
-    row in input order. Memory holds one batch, one band column and the candidate rows'
-    shingle sets, never all signatures.
+    fit, one pass over the input: shingles (word or character n-grams) -> MinHash
+    signatures -> LSH band keys, spilled per batch to Parquet (with the 32-bit shingle
+    hashes to .npy). Then, band by band, rows sharing a key become candidate pairs; the
+    candidate rows' shingle sets are read back from the spill and each pair's exact Jaccard
+    computed; with `verify` pairs below `threshold` are dropped. Connected components
+    (union-find) of the remaining pairs are the clusters; each keeps its first row in input
+    order. Memory holds one batch, one band column and the candidate rows' shingle sets,
+    never all signatures.
 
     Bands: `bands` x `rows` defaults to `choose_bands(threshold, num_perm)`, the largest r
     with P(candidate | Jaccard = threshold) >= 0.97 (b=18, r=7 for 0.8 and 128 permutations;
