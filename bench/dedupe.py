@@ -4,6 +4,11 @@ datatrove's MinHash pipeline, on real text with planted duplicates of known Jacc
     nice .venv/bin/python bench/dedupe.py                    # the comparison table
     nice .venv/bin/python bench/dedupe.py --scale 1000000    # assay alone, 1M rows, peak RSS
 
+datatrove runs in its own venv (never an assay dependency); create it once with
+    python3.11 -m venv bench/out/venv-datatrove
+    bench/out/venv-datatrove/bin/pip install "datatrove[processing]" pyarrow xxhash orjson
+Without it the datatrove row reads "failed" and the others still run.
+
 Corpus: Python docstrings (standard library and the venv's site-packages, read with `ast`,
 nothing imported) and Debian man pages (roff markup stripped, cut into 150-400 word
 chunks), exact-deduplicated. Planted variants of sources with >= 200 words: an exact copy,
