@@ -276,3 +276,20 @@ def test_connection_errors_are_retried_then_the_row_is_marked_failed(transport: 
     (response,) = run(LLMClient(base), [req("nobody home")])
     assert response.error is not None and "after 3 tries" in response.error
     assert SECRET not in response.error
+
+
+def test_a_configuration_error_from_a_backend_stops_instead_of_failing_rows() -> None:
+    from assay.curate.errors import AssayError
+
+    class Misconfigured:
+        async def complete(self, request: ChatRequest) -> ChatResponse:
+            raise AssayError("no such adapter")
+
+    register_backend("testbroken", lambda settings: Misconfigured())
+    client = LLMClient(LLMSettings(model="testbroken/x"))
+    with pytest.raises(AssayError, match="no such adapter"):
+        asyncio.run(
+            client.complete_many(
+                [ChatRequest(model="testbroken/x", messages=({"role": "user", "content": "a"},))]
+            )
+        )

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from assay.curate.context import current_stage
+from assay.curate.errors import AssayError
 from assay.curate.llm.cache import LogRow, RequestCache, cache_for
 from assay.curate.llm.limits import Limiter, RateLimits
 from assay.curate.llm.retry import (
@@ -249,6 +250,8 @@ class LLMClient:
         async with limiter.concurrency:
             try:
                 response = await self._call(once)
+            except AssayError:
+                raise  # a configuration error (unknown local model...) stops the run
             except Exception as exc:
                 error = f"failed after {attempts} tries: {describe_error(exc)}"
                 secret = self.settings.secret()
