@@ -138,6 +138,8 @@ class RichProgress(Progress):
 
 def make_progress(mode: str = "auto") -> Progress:
     """`auto` (Rich on a terminal, lines otherwise), `rich`, `lines` or `quiet`."""
+    if mode not in ("auto", "rich", "lines", "quiet"):
+        raise ValueError(f"unknown progress mode {mode!r}: use auto, rich, lines or quiet")
     if mode == "quiet":
         return QuietProgress()
     if mode == "rich" or (mode == "auto" and sys.stderr.isatty()):

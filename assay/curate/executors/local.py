@@ -145,16 +145,10 @@ class _SegmentRun:
                     self.progress.skip(table.num_rows)
                     continue
                 while len(pending) >= self.in_flight:
-                    finished, pending = await asyncio.wait(
-                        pending, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in finished:
-                        task.result()
+                    pending = await _reap(pending)
                 pending.add(asyncio.create_task(self._batch(b, table)))
             while pending:
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    task.result()
+                pending = await _reap(pending)
         finally:
             for task in pending:
                 task.cancel()
@@ -235,6 +229,19 @@ class _SegmentRun:
                 "reason": rejected["_reason"],
             }
         )
+
+
+async def _reap(pending: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+    """Wait for at least one batch; raise the first failure (after retrieving them all)."""
+    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    errors = [task.exception() for task in finished if not task.cancelled()]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise first
+    return pending
 
 
 class _stage_context:
