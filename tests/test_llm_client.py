@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from openai_server import FakeOpenAI
 
 from assay.curate.llm.client import LLMClient, LLMSettings, register_backend
 from assay.curate.llm.limits import Limiter, RateLimits
 from assay.curate.llm.types import ChatRequest, ChatResponse
-from tests.openai_server import FakeOpenAI
 
 MODEL = "openai/fake"
 SECRET = "sk-test-SECRET-4242"

@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from openai_server import FakeOpenAI
 from pydantic import BaseModel
 
 from assay.curate.errors import StageError
@@ -18,7 +19,6 @@ from assay.curate.pipeline import Pipeline
 from assay.curate.store import RunStore
 from assay.operators.generate import Generate
 from assay.operators.parse import ParseReasoning, ParseRegex, ParseStructured
-from tests.openai_server import FakeOpenAI
 
 MODEL = "openai/fake"
 SECRET = "sk-test-SECRET-7777"

@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from openai_server import FakeOpenAI
+
 from assay.curate.pipeline import Pipeline
 from assay.curate.store import RunStore
 from assay.operators.generate import Generate
-from tests.openai_server import FakeOpenAI
 
 CONCURRENCY = 4
 N_ROWS = 120
