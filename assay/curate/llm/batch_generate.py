@@ -4,8 +4,8 @@ Each row brings its own prompt, sampling parameters, seed, stop strings, token b
 LoRA adapter and (optionally) grammar. Prompts are left-padded into one tensor, the prompt is
 run once (prefill, keeping only the last position's logits), then every step feeds one token
 per row through the KV cache. A prefix that every prompt shares (the system prompt and chat
-template of a pipeline's prompts) is run once for one row and its KV cache copied to all
-rows, so the batch's prefill only pays for what differs; the padding sits between the
+template of a pipeline's prompts) is run once per LoRA adapter in the batch and its KV cache
+copied to the rows, so the batch's prefill only pays for what differs; the padding sits between the
 shared prefix and each row's own tokens, masked out. Rows that finish are dropped from the batch (and from the KV
 cache), so long tails do not pay for finished rows. Rows naming different LoRA adapters share
 each forward pass through peft's mixed-adapter batches (`adapter_names=`).
@@ -95,19 +95,25 @@ def generate_batch(
     cache = DynamicCache()
     with torch.inference_mode():
         if shared:
-            # the common prefix (system prompt, chat template) runs once, for one row
-            prefix = torch.tensor([items[0].prompt_ids[:shared]], device=device)
+            # the common prefix (system prompt, chat template) runs once per adapter in the
+            # batch (LoRA changes its keys and values), then each row gets its adapter's copy
+            firsts: dict[str | None, int] = {}
+            for i, item in enumerate(items):
+                firsts.setdefault(item.adapter, i)
+            reps = list(firsts.values())
+            prefix = torch.tensor([items[0].prompt_ids[:shared]] * len(reps), device=device)
             _forward(
                 model,
                 rows,
-                active[:1],
+                reps,
                 prefix,
-                attention[:1, :shared],
-                positions.new_tensor([list(range(shared))]),
+                attention[: len(reps), :shared],
+                positions.new_tensor([list(range(shared))] * len(reps)),
                 cache,
                 use_adapters,
             )
-            cache.batch_repeat_interleave(len(items))
+            group = [reps.index(firsts[item.adapter]) for item in items]
+            cache.batch_select_indices(torch.tensor(group, device=device))
         logits = _forward(model, rows, active, input_ids, attention, positions, cache, use_adapters)
         while True:
             tokens = _pick_tokens(logits, [rows[i] for i in active])
@@ -136,13 +142,12 @@ MIN_SHARED_PREFIX = 8  # tokens; below this one more forward pass costs more tha
 
 
 def _shared_prefix_len(items: list[GenerationItem]) -> int:
-    """Tokens every prompt starts with (0 if too few, or if rows use different adapters).
+    """Tokens every prompt starts with (0 if fewer than MIN_SHARED_PREFIX).
 
     At least one token of each prompt stays out of the prefix, so every row has a last
-    position to read its first logits from. Rows with different LoRA adapters cannot share
-    the prefix's keys and values.
+    position to read its first logits from.
     """
-    if len(items) < 2 or len({item.adapter for item in items}) > 1:
+    if len(items) < 2:
         return 0
     first = items[0].prompt_ids
     limit = min(len(item.prompt_ids) for item in items) - 1
@@ -162,18 +167,26 @@ def _forward(
     cache: Any,
     use_adapters: bool,
 ) -> torch.Tensor:
-    kwargs: dict[str, Any] = {}
-    if use_adapters:
-        kwargs["adapter_names"] = [rows[i].item.adapter or BASE_ADAPTER for i in active]
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-        **kwargs,
-    )
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "position_ids": positions,
+        "past_key_values": cache,
+        "use_cache": True,
+        "logits_to_keep": 1,
+    }
+    if not use_adapters:
+        out = model(**inputs)
+    else:
+        names = [rows[i].item.adapter or BASE_ADAPTER for i in active]
+        if len(set(names)) > 1:  # mixed batch: peft routes each row through its adapter
+            out = model(**inputs, adapter_names=names)
+        elif names[0] == BASE_ADAPTER:  # all base rows: skip the LoRA layers entirely
+            with model.disable_adapter():
+                out = model(**inputs)
+        else:  # one adapter for every row: peft's plain (non-indexed) LoRA path
+            model.set_adapter(names[0])
+            out = model(**inputs)
     return out.logits[:, -1, :].float()
 
 
