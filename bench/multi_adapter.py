@@ -1,7 +1,8 @@
 """Multi-adapter serving: requests/s and mean latency vs concurrency, for 0/1/2/3/10 adapters.
 
 A real `assay serve` app (uvicorn on 127.0.0.1, in this process) over the embedded
-SmolLM2-135M with 10 random LoRA adapters (r=8 on q/k/v/o). For each adapter count, closed-loop
+SmolLM2-135M with 10 random LoRA adapters (r=8 on q/k/v/o, applied per row by
+`assay.curate.llm.multi_lora`). For each adapter count, closed-loop
 clients (concurrency 1, 4, 16, 32) send chat completions whose `model` cycles through the
 adapters, so a batch mixes adapters; "0 adapters" is the plain base model before any adapter
 is attached (the single-model curve). Every request generates exactly `--max-tokens` tokens
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import socket
 import tempfile
 import threading
@@ -154,6 +156,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     server.should_exit = True
     backend.close()
+    shutil.rmtree(workdir, ignore_errors=True)
 
     out = HERE / "results" / "multi_adapter.json"
     out.parent.mkdir(exist_ok=True)

@@ -138,6 +138,32 @@ def test_mixed_adapter_batch_matches_each_adapter_alone(tiny):
     assert max(before, tiny.most_adapters_in_batch) == 3
 
 
+def test_adapter_rows_match_peft_as_reference(tiny):
+    """Each row's adapter output equals peft's own LoRA model, greedy, token for token."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    for name in ("a", "b"):
+        spec = tiny.registry.resolve(f"tiny+{name}")
+        reference = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(spec.source), spec.adapter
+        ).eval()
+        mixed = [request(p, model=f"local/tiny+{name}") for p in PROMPTS[:2]]
+        mixed.append(request(PROMPTS[2]))  # a base row in the same batch
+        responses = tiny.complete_many(mixed)
+        for prompt, response in zip(PROMPTS[:2], responses, strict=False):
+            text = tiny.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            ids = tiny.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            with torch.inference_mode():
+                out = reference.generate(**ids, max_new_tokens=12, do_sample=False)
+            expected = tiny.tokenizer.decode(
+                out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            assert response.text == expected
+
+
 def test_unknown_adapter_is_refused(tiny):
     with pytest.raises(ValueError, match="unknown adapter"):
         tiny.submit(request("Hi", model="local/tiny+nope"))

@@ -8,7 +8,7 @@ template of a pipeline's prompts) is run once per LoRA adapter in the batch and 
 copied to the rows, so the batch's prefill only pays for what differs; the padding sits between the
 shared prefix and each row's own tokens, masked out. Rows that finish are dropped from the batch (and from the KV
 cache), so long tails do not pay for finished rows. Rows naming different LoRA adapters share
-each forward pass through peft's mixed-adapter batches (`adapter_names=`).
+each forward pass (`multi_lora.MultiLora` routes each row through its adapter).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from typing import Any
 import torch
 
 from assay.curate.llm.constrained import GrammarState, mask_logits
-
-BASE_ADAPTER = "__base__"
-"""peft's name for "no adapter" in a mixed-adapter batch."""
+from assay.curate.llm.multi_lora import MultiLora
 
 
 @dataclass
@@ -69,7 +67,7 @@ def generate_batch(
     tokenizer: Any,
     items: list[GenerationItem],
     eos_token_ids: set[int],
-    use_adapters: bool = False,
+    adapters: MultiLora | None = None,
 ) -> list[GenerationResult]:
     """Generate every item in one padded batch; results in the order of `items`."""
     if not items:
@@ -110,11 +108,11 @@ def generate_batch(
                 attention[: len(reps), :shared],
                 positions.new_tensor([list(range(shared))] * len(reps)),
                 cache,
-                use_adapters,
+                adapters,
             )
             group = [reps.index(firsts[item.adapter]) for item in items]
             cache.batch_select_indices(torch.tensor(group, device=device))
-        logits = _forward(model, rows, active, input_ids, attention, positions, cache, use_adapters)
+        logits = _forward(model, rows, active, input_ids, attention, positions, cache, adapters)
         while True:
             tokens = _pick_tokens(logits, [rows[i] for i in active])
             still: list[int] = []
@@ -131,7 +129,7 @@ def generate_batch(
             attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
             positions = attention.sum(-1, keepdim=True) - 1
             logits = _forward(
-                model, rows, active, tokens[:, None], attention, positions, cache, use_adapters
+                model, rows, active, tokens[:, None], attention, positions, cache, adapters
             )
     for row in rows:
         row.result.text = _final_text(row, tokenizer)
@@ -165,7 +163,7 @@ def _forward(
     attention: torch.Tensor,
     positions: torch.Tensor,
     cache: Any,
-    use_adapters: bool,
+    adapters: MultiLora | None,
 ) -> torch.Tensor:
     inputs = {
         "input_ids": input_ids,
@@ -175,17 +173,10 @@ def _forward(
         "use_cache": True,
         "logits_to_keep": 1,
     }
-    if not use_adapters:
+    if adapters is None:
         out = model(**inputs)
     else:
-        names = [rows[i].item.adapter or BASE_ADAPTER for i in active]
-        if len(set(names)) > 1:  # mixed batch: peft routes each row through its adapter
-            out = model(**inputs, adapter_names=names)
-        elif names[0] == BASE_ADAPTER:  # all base rows: skip the LoRA layers entirely
-            with model.disable_adapter():
-                out = model(**inputs)
-        else:  # one adapter for every row: peft's plain (non-indexed) LoRA path
-            model.set_adapter(names[0])
+        with adapters.routing([rows[i].item.adapter for i in active], input_ids.device):
             out = model(**inputs)
     return out.logits[:, -1, :].float()
 

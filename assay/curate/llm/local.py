@@ -7,7 +7,7 @@ waiting a few milliseconds for stragglers), runs them through one decode loop
 loop keeps queueing, so the next batch is ready when the CPU frees up.
 
 Requests may name a LoRA adapter (`local/smollm2-135m+sql-intern`); adapters are loaded on
-first use and rows for different adapters share a batch. `response_format` turns on
+first use and rows for different adapters share a batch (`multi_lora.py`). `response_format` turns on
 constrained decoding (JSON schema, xgrammar); `tools` go through the chat template and the
 model's `<tool_call>` output is parsed into OpenAI-style `tool_calls`.
 
@@ -82,7 +82,7 @@ class LocalBackend:
         self.gather_s = gather_s
         self.threads = threads
         self.adapter_dirs: dict[str, Path] = {k: Path(v) for k, v in (adapters or {}).items()}
-        self._loaded_adapters: set[str] = set()
+        self._lora: Any = None  # multi_lora.MultiLora, created with the first adapter
         self._model: Any = None
         self._tokenizer: Any = None
         self._grammars: Any = None
@@ -219,7 +219,7 @@ class LocalBackend:
                 self._tokenizer,
                 items,
                 self._eos,
-                use_adapters=bool(self._loaded_adapters),
+                adapters=self._lora,
             )
         except BaseException as exc:  # answer every waiter, then keep serving
             for job in jobs:
@@ -254,17 +254,13 @@ class LocalBackend:
             self._model = model
 
     def _ensure_adapter(self, adapter: str) -> None:
-        if adapter in self._loaded_adapters:
+        if self._lora is not None and adapter in self._lora:
             return
-        from peft import PeftModel
+        from assay.curate.llm.multi_lora import MultiLora
 
-        path = self.adapter_dirs[adapter]
-        if isinstance(self._model, PeftModel):
-            self._model.load_adapter(str(path), adapter_name=adapter)
-        else:
-            self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=adapter)
-        self._model.eval()
-        self._loaded_adapters.add(adapter)
+        if self._lora is None:
+            self._lora = MultiLora(self._model)
+        self._lora.load(adapter, self.adapter_dirs[adapter])
 
     def _grammar_compiler(self) -> Any:
         if self._grammars is None:
