@@ -164,6 +164,21 @@ def test_adapter_rows_match_peft_as_reference(tiny):
             assert response.text == expected
 
 
+def test_a_bad_request_fails_alone_not_its_batch(tiny):
+    bad = ChatRequest(
+        model="local/tiny",
+        messages=({"role": "user", "content": "Hi"},),
+        params={"max_tokens": 4},
+        response_format={"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}},
+    )
+    good = request("Hi", max_tokens=4)
+    futures = [tiny.submit(r) for r in (good, bad, good)]
+    assert futures[0].result().output_tokens == 4
+    assert futures[2].result().output_tokens == 4
+    with pytest.raises(Exception):  # noqa: B017 - xgrammar's own error type for bad schemas
+        futures[1].result()
+
+
 def test_unknown_adapter_is_refused(tiny):
     with pytest.raises(ValueError, match="unknown adapter"):
         tiny.submit(request("Hi", model="local/tiny+nope"))

@@ -209,28 +209,36 @@ class LocalBackend:
             from assay.curate.llm.batch_generate import generate_batch
 
             self._ensure_loaded()
-            items, prompts = [], []
-            for job in jobs:
-                item, prompt_len = self._item_for(job.request)
-                items.append(item)
-                prompts.append(prompt_len)
-            results = generate_batch(
-                self._model,
-                self._tokenizer,
-                items,
-                self._eos,
-                adapters=self._lora,
-            )
         except BaseException as exc:  # answer every waiter, then keep serving
             for job in jobs:
                 job.future.set_exception(exc)
             return
+        ready, items, prompts = [], [], []
+        for job in jobs:
+            try:  # a bad request (schema, adapter, template) fails alone, not its batch
+                item, prompt_len = self._item_for(job.request)
+            except Exception as exc:
+                job.future.set_exception(exc)
+                continue
+            ready.append(job)
+            items.append(item)
+            prompts.append(prompt_len)
+        if not ready:
+            return
+        try:
+            results = generate_batch(
+                self._model, self._tokenizer, items, self._eos, adapters=self._lora
+            )
+        except BaseException as exc:
+            for job in ready:
+                job.future.set_exception(exc)
+            return
         self.batches_run += 1
-        self.largest_batch = max(self.largest_batch, len(jobs))
+        self.largest_batch = max(self.largest_batch, len(ready))
         adapters_here = {item.adapter for item in items}
         self.most_adapters_in_batch = max(self.most_adapters_in_batch, len(adapters_here))
         finished = time.perf_counter()
-        for job, result, prompt_len in zip(jobs, results, prompts, strict=True):
+        for job, result, prompt_len in zip(ready, results, prompts, strict=True):
             job.future.set_result(self._response(job, result, prompt_len, finished))
 
     # -- model and requests -------------------------------------------------------------
