@@ -103,3 +103,41 @@ class RejectAll(Stage):
 
     def process(self, table: pa.Table) -> Outcome:
         return Outcome(kept=table.slice(0, 0), rejected=table, reasons="all gone")
+
+
+class Duplicates(Stage):
+    """A broken stage: repeats its first row in place of its last."""
+
+    def process(self, table: pa.Table) -> pa.Table:
+        return pa.concat_tables([table.slice(0, 1), table.slice(0, table.num_rows - 1)])
+
+
+class HalfChildren(Stage):
+    """A broken creating stage: makes children for the first half of its rows only."""
+
+    creates_rows = True
+
+    def process(self, table: pa.Table) -> pa.Table:
+        ids = table["id"].to_pylist()[: table.num_rows // 2]
+        return pa.table({"id": [f"{i}/c" for i in ids], PARENT_ID: ids})
+
+
+class OwnParent(Stage):
+    """A broken creating stage: gives rows their own id as parent_id."""
+
+    creates_rows = True
+
+    def process(self, table: pa.Table) -> pa.Table:
+        return table.append_column(PARENT_ID, table["id"])
+
+
+class RejectOddUntilFixed(Filter):
+    """Rejects rows with an odd `n` until the file `fixed` exists."""
+
+    fixed: str
+    reason = "odd, not yet fixed"
+
+    def keep(self, table: pa.Table) -> pa.Array:
+        if Path(self.fixed).exists():
+            return pa.array([True] * table.num_rows)
+        return pc.equal(pc.bit_wise_and(table["n"], 1), 0)

@@ -58,7 +58,7 @@ def test_kill_9_then_resume_yields_every_row_once(tmp_path: Path) -> None:
 
     run_id = output.parent.name
     with RunStore(workspace) as store:
-        committed = store.done_batches(run_id, 0)
+        committed = set(store.done_batches(run_id, 0))
         assert store.run(run_id)["status"] == "running"  # killed: nobody marked it
     # the 10th shard may be on disk before its commit: that batch is simply redone
     assert 9 <= len(committed) < n_rows // 5

@@ -50,11 +50,11 @@ class Pipeline:
         self.batch_size = batch_size
         self.recipe = recipe
 
-    def config(self, source: Source) -> dict[str, Any]:
+    def config(self, source: Source, batch_size: int | None = None) -> dict[str, Any]:
         """What the run store records, and what a resume must match."""
         return {
             "stages": [s.describe() for s in self.stages],
-            "batch_size": self.batch_size,
+            "batch_size": batch_size or self.batch_size,
             "source": source.describe(),
         }
 
@@ -69,12 +69,13 @@ class Pipeline:
         no_cache: bool = False,
     ) -> RunResult:
         """Run the pipeline (or continue run `resume`) and return its result."""
-        src = as_source(source if source is not None else self.source)
-        if src is None:
+        if source is None and self.source is None:
             raise AssayError("no source: pass one to run() or bind one in the recipe")
+        src = as_source(source if source is not None else self.source)
         executor = executor or LocalExecutor(batch_size=self.batch_size)
         reporter = make_progress(progress) if isinstance(progress, str) else progress
-        config = self.config(src)
+        # batches are cut by the executor: its batch size is what a resume must match
+        config = self.config(src, batch_size=executor.batch_size)
         with RunStore(workspace) as store:
             if resume:
                 run = store.run(resume)
@@ -95,7 +96,7 @@ class Pipeline:
 
 
 def _check_same_config(run_id: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
-    for key in ("stages", "batch_size"):
+    for key in ("stages", "batch_size", "source"):
         if json.dumps(stored.get(key), sort_keys=True) != json.dumps(current[key], sort_keys=True):
             raise AssayError(
                 f"cannot resume run {run_id}: its {key} differ from this pipeline's "

@@ -63,6 +63,10 @@ class LineProgress(Progress):
 
     def start_segment(self, stages: list[tuple[int, str]], total: int | None) -> None:
         self.tallies = {i: _Tally(name) for i, name in stages}
+        self.skipped = 0
+
+    def skip(self, rows: int) -> None:
+        self.skipped += rows
 
     def advance(
         self, index: int, batch_rows: int, rows_in: int, rows_out: int, rejected: int
@@ -73,6 +77,12 @@ class LineProgress(Progress):
         tally.rejected += rejected
 
     def end_segment(self) -> None:
+        if self.skipped:
+            print(
+                f"[assay] {self.skipped:,} rows were done by an earlier attempt",
+                file=self.stream,
+                flush=True,
+            )
         for index, t in self.tallies.items():
             seconds = time.perf_counter() - t.started
             rate = t.rows_in / seconds if seconds > 0 else 0.0

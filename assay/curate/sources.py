@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -166,13 +167,40 @@ def as_source(obj: Any) -> Source:
     raise SourceError(f"cannot read rows from a {type(obj).__name__}")
 
 
-def read_batches(source: Source, batch_size: int) -> Iterator[pa.Table]:
-    """The source's rows in batches of `batch_size`, each row with its stable `id`."""
+def read_batches(source: Source, batch_size: int, unique_ids: bool = False) -> Iterator[pa.Table]:
+    """The source's rows in batches of `batch_size`, each row with its stable `id`.
+
+    With `unique_ids`, an `id` the source gives itself is also refused when an earlier batch
+    had it (ids are unique within a batch either way; positional ids always are).
+    """
     offset = 0
+    seen = _SeenIds() if unique_ids else None
     for table in rebatch(source.record_batches(), batch_size):
         _check_utf8(table, offset, source)
-        yield with_ids(table, offset, source)
+        own_ids = ID in table.column_names
+        table = with_ids(table, offset, source)
+        if seen is not None and own_ids:
+            seen.add(table[ID], source)
+        yield table
         offset += table.num_rows
+
+
+class _SeenIds:
+    """The 64-bit hashes of every id read so far (about 60 MB per million ids)."""
+
+    def __init__(self) -> None:
+        self.hashes: set[int] = set()
+
+    def add(self, ids: pa.ChunkedArray, source: Source) -> None:
+        hashes = pl.Series(ids.combine_chunks()).hash(seed=0).to_list()
+        # a repeat of an earlier batch's id (or, about once in 1e8 at a million ids, a
+        # 64-bit hash collision, which is reported as a repeat too)
+        repeat = next((i for i, h in enumerate(hashes) if h in self.hashes), None)
+        if repeat is not None:
+            raise SourceError(
+                f"{_where(source)}{ID!r} {ids[repeat].as_py()!r} appears more than once"
+            )
+        self.hashes.update(hashes)
 
 
 def _check_utf8(table: pa.Table, offset: int, source: Source) -> None:

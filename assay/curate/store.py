@@ -24,7 +24,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -41,7 +41,8 @@ create table if not exists stages (
     run_id varchar, stage_index integer, name varchar, params json,
     primary key (run_id, stage_index));
 create table if not exists batches (
-    run_id varchar, segment integer, batch integer, rows_out bigint, committed_at timestamp,
+    run_id varchar, segment integer, batch integer, rows_in bigint, first_id varchar,
+    last_id varchar, checksum varchar, rows_out bigint, committed_at timestamp,
     primary key (run_id, segment, batch));
 create table if not exists segments (
     run_id varchar, segment integer, batches integer, completed_at timestamp,
@@ -63,7 +64,8 @@ with recursive chain(run_id, id, ancestor, depth) as (
     select run_id, id, parent_id, 1 from lineage
     union all
     select c.run_id, c.id, l.parent_id, c.depth + 1
-    from chain c join lineage l on l.run_id = c.run_id and l.id = c.ancestor)
+    from chain c join lineage l on l.run_id = c.run_id and l.id = c.ancestor
+    where c.depth < 64)  -- a guard: the executor refuses cycles, a hand-edited store may not
 select run_id, id, arg_max(ancestor, depth) as source_id from chain group by run_id, id;
 """
 
@@ -77,6 +79,15 @@ class StageCount:
     rows_out: int
     rows_rejected: int
     seconds: float
+
+
+class BatchFingerprint(NamedTuple):
+    """What a batch's input looked like: a resume checks the source still cuts the same."""
+
+    rows_in: int
+    first_id: str | None
+    last_id: str | None
+    checksum: str | None  # of the batch's content, so an edited row is noticed too
 
 
 class UnknownRunError(AssayError):
@@ -157,17 +168,21 @@ class RunStore:
 
     # batches --------------------------------------------------------------------------
 
-    def done_batches(self, run_id: str, segment: int) -> set[int]:
+    def done_batches(self, run_id: str, segment: int) -> dict[int, BatchFingerprint]:
+        """Committed batches of a segment, each with the fingerprint of its input."""
         rows = self.con.execute(
-            "select batch from batches where run_id = ? and segment = ?", [run_id, segment]
+            "select batch, rows_in, first_id, last_id, checksum from batches "
+            "where run_id = ? and segment = ?",
+            [run_id, segment],
         ).fetchall()
-        return {r[0] for r in rows}
+        return {r[0]: BatchFingerprint(*r[1:]) for r in rows}
 
     def commit_batch(
         self,
         run_id: str,
         segment: int,
         batch: int,
+        fingerprint: BatchFingerprint,
         rows_out: int,
         counts: list[StageCount],
         rejects: pa.Table | None = None,
@@ -213,8 +228,8 @@ class RunStore:
                 )
                 con.unregister("_lineage")
             con.execute(
-                "insert into batches values (?, ?, ?, ?, ?)",
-                [run_id, segment, batch, rows_out, _now()],
+                "insert into batches values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, segment, batch, *fingerprint, rows_out, _now()],
             )
             con.commit()
         except BaseException:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -28,7 +29,7 @@ from assay.curate.errors import AssayError, StageError
 from assay.curate.progress import Progress, QuietProgress
 from assay.curate.sources import ParquetSource, Source, read_batches
 from assay.curate.stage import ID, PARENT_ID, Outcome, Stage
-from assay.curate.store import RunStore, StageCount
+from assay.curate.store import BatchFingerprint, RunStore, StageCount
 
 # 10,000 rows keeps a batch of long documents in the tens of MB while amortising the
 # per-batch commit (one DuckDB transaction and one Parquet file) to well under 1% of runtime.
@@ -139,9 +140,11 @@ class _SegmentRun:
         pending: set[asyncio.Task[None]] = set()
         n_batches = 0
         try:
-            for b, table in enumerate(read_batches(self.source, self.batch_size)):
+            batches = read_batches(self.source, self.batch_size, unique_ids=seg.index == 0)
+            for b, table in enumerate(batches):
                 n_batches = b + 1
                 if b in done:
+                    _check_unchanged(b, table, done[b])
                     self.progress.skip(table.num_rows)
                     continue
                 while len(pending) >= self.in_flight:
@@ -163,6 +166,11 @@ class _SegmentRun:
         rejects: list[pa.Table] = []
         lineage: list[pa.Table] = []
         rows_at_start = table.num_rows
+        fingerprint = _fingerprint(table)
+        # a failed earlier attempt at this batch may have left reject shards: they must not
+        # outlive it (this attempt writes its own, under the same names)
+        for stale in (self.run_dir / "rejects").glob(f"*/seg{seg.index}-{b:06d}.parquet"):
+            stale.unlink()
         for j, stage in enumerate(seg.stages):
             index = seg.offset + j
             started = time.perf_counter()
@@ -190,6 +198,7 @@ class _SegmentRun:
             self.run_id,
             seg.index,
             b,
+            fingerprint,
             table.num_rows,
             counts,
             rejects=pa.concat_tables(rejects) if rejects else None,
@@ -255,6 +264,31 @@ class _stage_context:
         current_stage.reset(self.token)
 
 
+def _fingerprint(table: pa.Table) -> BatchFingerprint:
+    ids = table[ID]
+    if not len(ids):
+        return BatchFingerprint(0, None, None, None)
+    try:
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        checksum = str(frame.hash_rows(seed=0).sum())
+    except (pl.exceptions.PolarsError, TypeError, ValueError):  # a type polars cannot hash
+        checksum = None
+    return BatchFingerprint(table.num_rows, ids[0].as_py(), ids[-1].as_py(), checksum)
+
+
+def _check_unchanged(b: int, table: pa.Table, committed: BatchFingerprint) -> None:
+    now = _fingerprint(table)
+    if now != committed:
+        raise AssayError(
+            f"cannot resume: the source changed since the run started (batch {b}, ids "
+            f"{committed.first_id}..{committed.last_id}, {committed.rows_in} rows, is now ids "
+            f"{now.first_id}..{now.last_id}, {now.rows_in} rows, with content checksum "
+            f"{'equal' if now.checksum == committed.checksum else 'different'}); "
+            "start a new run"
+        )
+
+
 def _check_result(
     stage: Stage, table: pa.Table, result: object, b: int
 ) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
@@ -278,6 +312,9 @@ def _check_result(
     for part, what in ((kept, "output"), (rejected, "rejected rows")):
         if part is not None and ID not in part.column_names:
             raise StageError(stage.name, f"batch {b}: its {what} lost the {ID!r} column", column=ID)
+    in_ids = table[ID]
+    rejected_ids = rejected[ID] if rejected is not None else pa.chunked_array([], pa.string())
+    _require_known(stage, b, rejected_ids, in_ids, "rejected a row whose id is not in its input")
     created = None
     if stage.creates_rows:
         if PARENT_ID not in kept.column_names:
@@ -286,38 +323,72 @@ def _check_result(
                 f"batch {b}: a stage that creates rows must give each a {PARENT_ID!r} column",
                 column=PARENT_ID,
             )
+        parents = kept[PARENT_ID]
+        _require_known(stage, b, parents, in_ids, f"gave a {PARENT_ID} that is not in its input")
+        own_parent = pc.fill_null(pc.equal(kept[ID], parents), False)
+        if pc.any(own_parent).as_py():
+            raise StageError(
+                stage.name,
+                f"batch {b}: a created row needs an id of its own, not its {PARENT_ID}'s",
+                row_id=kept[ID].filter(own_parent)[0].as_py(),
+            )
+        accounted = pa.chunked_array(parents.chunks + rejected_ids.chunks, pa.string())
+        _require_all_accounted(
+            stage,
+            b,
+            in_ids,
+            accounted,
+            "neither the parent of a new row nor rejected; rows must never be dropped silently",
+        )
         created = kept.select([ID, PARENT_ID])
     else:
-        n_out = kept.num_rows + (rejected.num_rows if rejected is not None else 0)
-        out_ids = (
-            kept[ID]
-            if rejected is None
-            else pa.chunked_array(kept[ID].chunks + rejected[ID].chunks, pa.string())
+        out_ids = pa.chunked_array(kept[ID].chunks + rejected_ids.chunks, pa.string())
+        _require_known(
+            stage,
+            b,
+            out_ids,
+            in_ids,
+            "returned a row whose id is not in its input (a stage that creates rows sets "
+            "creates_rows = True)",
         )
-        unknown = pc.invert(pc.is_in(out_ids, value_set=table[ID]))
-        if pc.any(unknown).as_py():
-            bad = out_ids.filter(unknown)[0].as_py()
-            raise StageError(
-                stage.name,
-                f"batch {b}: returned a row whose id is not in its "
-                "input (a stage that creates rows sets creates_rows = True)",
-                row_id=bad,
+        if len(out_ids) != table.num_rows or pc.count_distinct(out_ids).as_py() != len(out_ids):
+            _require_all_accounted(
+                stage,
+                b,
+                in_ids,
+                out_ids,
+                "neither kept nor rejected; rows must never be dropped silently",
             )
-        if n_out != table.num_rows:
-            missing = pc.invert(pc.is_in(table[ID], value_set=out_ids))
-            first = table[ID].filter(missing)[0].as_py() if pc.any(missing).as_py() else None
             raise StageError(
                 stage.name,
-                f"batch {b}: got {table.num_rows} rows but returned "
-                f"{kept.num_rows} kept + {n_out - kept.num_rows} rejected; rows "
-                "must be kept or rejected with a reason, never dropped",
-                row_id=first,
+                f"batch {b}: got {table.num_rows} rows but returned {kept.num_rows} kept + "
+                f"{len(rejected_ids)} rejected; each row must be kept or rejected exactly once",
             )
     if rejected is not None:
         if "_reason" in rejected.column_names:
             rejected = rejected.drop_columns(["_reason"])
         rejected = rejected.append_column("_reason", reasons)
     return kept, rejected, created
+
+
+def _require_known(
+    stage: Stage, b: int, ids: pa.ChunkedArray, known: pa.ChunkedArray, problem: str
+) -> None:
+    unknown = pc.invert(pc.is_in(ids, value_set=known))
+    if pc.any(unknown).as_py():
+        raise StageError(stage.name, f"batch {b}: {problem}", row_id=ids.filter(unknown)[0].as_py())
+
+
+def _require_all_accounted(
+    stage: Stage, b: int, in_ids: pa.ChunkedArray, out_ids: pa.ChunkedArray, problem: str
+) -> None:
+    missing = pc.invert(pc.is_in(in_ids, value_set=out_ids))
+    if pc.any(missing).as_py():
+        raise StageError(
+            stage.name,
+            f"batch {b}: input row is {problem}",
+            row_id=in_ids.filter(missing)[0].as_py(),
+        )
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
