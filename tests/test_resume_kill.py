@@ -46,12 +46,12 @@ def test_kill_9_then_resume_yields_every_row_once(tmp_path: Path) -> None:
     output = None
     while time.monotonic() < deadline:
         runs = list((workspace / "runs").glob("*/output")) if workspace.exists() else []
-        if runs and len(list(runs[0].glob("part-*.parquet"))) >= 10:
+        if runs and len(list(runs[0].glob("part-*.parquet"))) >= 20:
             output = runs[0]
             break
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.02)
-    assert output is not None, "the run never committed 10 batches"
+    assert output is not None, "the run never finished 20 batches"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -60,8 +60,9 @@ def test_kill_9_then_resume_yields_every_row_once(tmp_path: Path) -> None:
     with RunStore(workspace) as store:
         committed = set(store.done_batches(run_id, 0))
         assert store.run(run_id)["status"] == "running"  # killed: nobody marked it
-    # the 10th shard may be on disk before its commit: that batch is simply redone
-    assert 9 <= len(committed) < n_rows // 5
+    # shards land before their commit (batches finishing within 0.2 s share one): the
+    # uncommitted ones are simply redone
+    assert 1 <= len(committed) <= 20
 
     before = len(log.read_text().split())
     resumed = _start(tmp_path, source, workspace, log, resume=run_id)

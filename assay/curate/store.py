@@ -90,6 +90,30 @@ class BatchFingerprint(NamedTuple):
     checksum: str | None  # of the batch's content, so an edited row is noticed too
 
 
+@dataclass
+class FinishedBatch:
+    """A batch that went through every stage of its segment, waiting to be committed.
+
+    `rejects` has columns row_id, stage_index, stage, reason; `lineage` has id, parent_id,
+    stage_index.
+    """
+
+    segment: int
+    batch: int
+    fingerprint: BatchFingerprint
+    rows_out: int
+    counts: list[StageCount]
+    rejects: pa.Table | None = None
+    lineage: pa.Table | None = None
+
+
+def _tag(rejects: pa.Table, segment: int, batch: int) -> pa.Table:
+    n = rejects.num_rows
+    return rejects.append_column(
+        "segment", pa.repeat(pa.scalar(segment, pa.int32()), n)
+    ).append_column("batch", pa.repeat(pa.scalar(batch, pa.int32()), n))
+
+
 class UnknownRunError(AssayError):
     pass
 
@@ -177,60 +201,51 @@ class RunStore:
         ).fetchall()
         return {r[0]: BatchFingerprint(*r[1:]) for r in rows}
 
-    def commit_batch(
-        self,
-        run_id: str,
-        segment: int,
-        batch: int,
-        fingerprint: BatchFingerprint,
-        rows_out: int,
-        counts: list[StageCount],
-        rejects: pa.Table | None = None,
-        lineage: pa.Table | None = None,
-    ) -> None:
-        """Record a finished batch atomically: its counts, rejects, lineage and done marker.
+    def commit_batches(self, run_id: str, batches: list[FinishedBatch]) -> None:
+        """Record finished batches atomically: counts, rejects, lineage and done markers.
 
-        `rejects` has columns row_id, stage_index, stage, reason; `lineage` has id,
-        parent_id, stage_index.
+        One transaction for several batches: a commit costs an fsync (~10 ms here), so the
+        executor groups the batches that finish close together.
         """
+        if not batches:
+            return
+        counts = [
+            [
+                run_id,
+                c.stage_index,
+                f.segment,
+                f.batch,
+                c.rows_in,
+                c.rows_out,
+                c.rows_rejected,
+                c.seconds,
+            ]
+            for f in batches
+            for c in f.counts
+        ]
+        rejects = [_tag(f.rejects, f.segment, f.batch) for f in batches if f.rejects is not None]
+        lineage = [f.lineage for f in batches if f.lineage is not None]
+        done = [[run_id, f.segment, f.batch, *f.fingerprint, f.rows_out, _now()] for f in batches]
         con = self.con
         con.begin()
         try:
-            con.executemany(
-                "insert into stage_batches values (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    [
-                        run_id,
-                        c.stage_index,
-                        segment,
-                        batch,
-                        c.rows_in,
-                        c.rows_out,
-                        c.rows_rejected,
-                        c.seconds,
-                    ]
-                    for c in counts
-                ],
-            )
-            if rejects is not None and rejects.num_rows:
-                con.register("_rejects", rejects)
+            con.executemany("insert into stage_batches values (?, ?, ?, ?, ?, ?, ?, ?)", counts)
+            if rejects:
+                con.register("_rejects", pa.concat_tables(rejects))
                 con.execute(
-                    """insert into rejects select ?, row_id, stage_index, stage, reason, ?, ?
-                       from _rejects""",
-                    [run_id, segment, batch],
+                    """insert into rejects select ?, row_id, stage_index, stage, reason,
+                       segment, batch from _rejects""",
+                    [run_id],
                 )
                 con.unregister("_rejects")
-            if lineage is not None and lineage.num_rows:
-                con.register("_lineage", lineage)
+            if lineage:
+                con.register("_lineage", pa.concat_tables(lineage))
                 con.execute(
                     "insert into lineage select ?, id, parent_id, stage_index from _lineage",
                     [run_id],
                 )
                 con.unregister("_lineage")
-            con.execute(
-                "insert into batches values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, segment, batch, *fingerprint, rows_out, _now()],
-            )
+            con.executemany("insert into batches values (?, ?, ?, ?, ?, ?, ?, ?, ?)", done)
             con.commit()
         except BaseException:
             con.rollback()
