@@ -9,7 +9,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from assay.operators.dedupe.components import connected_components
+from assay.operators.dedupe.components import connected_components, join
 from assay.operators.dedupe.jaccard import ShingleSets
 from assay.operators.dedupe.lsh import candidate_probability, choose_bands
 from assay.operators.dedupe.shingles import shingle_hashes
@@ -75,6 +75,33 @@ def test_components_match_a_reference_union_find(n: int, edges: list[tuple[int, 
     assert labels.tolist() == [
         min(j for j in range(n) if expected[j] == expected[i]) for i in range(n)
     ]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.lists(st.tuples(st.integers(0, 39), st.integers(0, 39)), max_size=80),
+    st.integers(1, 30),
+)
+def test_join_in_chunks_keeps_a_spanning_forest(
+    n: int, edges: list[tuple[int, int]], chunk: int
+) -> None:
+    left = np.array([a % n for a, _ in edges], np.int64)
+    right = np.array([b % n for _, b in edges], np.int64)
+    labels = np.arange(n, dtype=np.int64)
+    kept_left, kept_right = [], []
+    for start in range(0, len(edges), chunk):
+        part = slice(start, start + chunk)
+        kept = join(labels, left[part], right[part])
+        kept_left.append(left[part][kept])
+        kept_right.append(right[part][kept])
+    expected = connected_components(n, left, right)
+    assert labels.tolist() == expected.tolist()
+    kept_l = np.concatenate(kept_left) if edges else left
+    kept_r = np.concatenate(kept_right) if edges else right
+    # the kept edges alone connect the same components, with no edge to spare
+    assert connected_components(n, kept_l, kept_r).tolist() == expected.tolist()
+    assert len(kept_l) == n - len(np.unique(expected))
 
 
 def test_choose_bands_for_0_8_and_its_s_curve() -> None:
