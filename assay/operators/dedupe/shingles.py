@@ -37,7 +37,7 @@ class Shingles:
 
     hashes: np.ndarray  # uint64
     offsets: np.ndarray  # int64, one more than the number of documents
-    tokens: pa.ListArray
+    tokens: pa.LargeListArray
 
     @property
     def n_docs(self) -> int:
@@ -51,16 +51,16 @@ class Shingles:
         return np.repeat(np.arange(self.n_docs, dtype=np.int64), self.counts())
 
 
-def tokenize(column: pa.Array | pa.ChunkedArray, unit: Unit = "word") -> pa.ListArray:
+def tokenize(column: pa.Array | pa.ChunkedArray, unit: Unit = "word") -> pa.LargeListArray:
     """Lower-cased tokens of each text: `\\w+` words, or characters (nulls give no tokens)."""
-    text = pl.Series(_as_array(column)).cast(pl.String).fill_null("").str.to_lowercase()
+    text = pl.Series(column).cast(pl.String).fill_null("").str.to_lowercase()
     if unit == "word":
         tokens = text.str.extract_all(r"\w+")
     elif unit == "char":
         tokens = text.str.replace_all(r"\s+", " ").str.strip_chars().str.split("")
     else:
         raise ValueError(f"unit must be 'word' or 'char', not {unit!r}")
-    return _as_array(tokens.to_arrow())
+    return tokens.to_arrow()  # one chunk: polars rechunks before converting
 
 
 def shingle_hashes(
@@ -133,9 +133,3 @@ def _mix(x: np.ndarray) -> np.ndarray:
         x *= _M2
         x ^= x >> np.uint64(31)
     return x
-
-
-def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        return values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    return values
