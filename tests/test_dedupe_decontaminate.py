@@ -135,3 +135,20 @@ def test_an_eval_set_needs_exactly_one_origin() -> None:
         Decontaminate(eval_sets={"e": {"columns": ["text"]}})
     with pytest.raises(ValidationError):
         Decontaminate(eval_sets={"e": {"texts": ["a"], "path": "x.parquet"}})
+
+
+def test_eval_sets_are_a_snapshot_until_reloaded(tmp_path: Path) -> None:
+    heldout = tmp_path / "heldout.parquet"
+    pq.write_table(pa.table({"text": ["one two three"]}), heldout)
+    train = pa.table({"id": ["0", "1"], "text": ["one two three", "four five six"]})
+    stage = Decontaminate(eval_sets={"h": {"path": str(heldout)}}, ngram=3)
+
+    def removed() -> list[str]:
+        out = stage.process(train)
+        return out.rejected["id"].to_pylist() if isinstance(out, Outcome) else []
+
+    assert removed() == ["0"]
+    pq.write_table(pa.table({"text": ["four five six"]}), heldout)
+    assert removed() == ["0"]  # the first batch's snapshot holds for this stage object
+    stage.reload_eval_sets()
+    assert removed() == ["1"]

@@ -62,8 +62,13 @@ class Decontaminate(Stage):
     Texts are lower-cased and split into `\\w+` words on both sides; a row is removed when
     any n-gram of any of its `columns` occurs in any eval set (64-bit n-gram hashes, so a
     false match needs a hash collision: ~1e-19 per pair). Texts shorter than `ngram` words
-    have no n-gram and never match. Eval sets are loaded and hashed once, on the first batch
-    (no pass over the training data is needed, so the stage streams).
+    have no n-gram and never match. No pass over the training data is needed, so the stage
+    streams.
+
+    Eval sets are a snapshot: a stage object reads and hashes them the first time it
+    processes a batch and keeps those hashes for every later batch and every later run of
+    the same object (a pipeline run twice, or resumed in the same process), even if the
+    files change. Call `reload_eval_sets()` (or build a new stage) to read them again.
 
     Input columns: `columns` (strings). Output columns: unchanged.
     Rejects: '13-gram overlap with eval set "gsm8k": "<the matched n-gram>"'.
@@ -94,8 +99,12 @@ class Decontaminate(Stage):
     def input_columns(self) -> list[str]:
         return list(self.columns)
 
+    def reload_eval_sets(self) -> None:
+        """Forget the eval-set snapshot: the next batch reads and hashes them again."""
+        self._eval_hashes = None
+
     def eval_ngrams(self) -> dict[str, np.ndarray]:
-        """Sorted unique n-gram hashes of each eval set (loaded once)."""
+        """Sorted unique n-gram hashes of each eval set (read on first use, then kept)."""
         if self._eval_hashes is None:
             loaded = {}
             for name, spec in self.eval_sets.items():
