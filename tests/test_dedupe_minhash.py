@@ -149,3 +149,28 @@ def test_parameters_are_validated() -> None:
     with pytest.raises(ValidationError):
         MinhashDedupe(bands=10)
     assert MinhashDedupe().band_shape() == (18, 7)
+
+
+def test_many_spill_batches_are_read_back_in_write_order() -> None:
+    """Row positions come from the order spill files are read; 25 one-row batches (names
+    `bands-9` and `bands-10` sort the wrong way as text) must give each pair its own Jaccard."""
+    rng = np.random.default_rng(21)
+    texts = [" ".join(random_doc(rng, 100)) for _ in range(25)]
+    base = texts[3].split()
+    texts[12] = " ".join(substitute(base, 50, "e"))  # 2 edits: 8 of 100 shingles differ
+    texts[21] = " ".join(substitute(base, 25, "f"))  # 4 edits
+    table = with_ids(texts)
+    _, rejected = fit_process(MinhashDedupe(threshold=0.7), table, batch=1)
+
+    def jaccard(a: str, b: str) -> float:
+        sa = {tuple(a.split()[i : i + 5]) for i in range(len(a.split()) - 4)}
+        sb = {tuple(b.split()[i : i + 5]) for i in range(len(b.split()) - 4)}
+        return len(sa & sb) / len(sa | sb)
+
+    reasons = dict(zip(rejected["id"].to_pylist(), rejected["_reason"].to_pylist(), strict=True))
+    assert set(reasons) == {"r12", "r21"}
+    for row in ("r12", "r21"):
+        match = reasons[row].split(" ")[3]
+        other = texts[int(match[1:])]
+        expected = f"near duplicate of {match} (jaccard {jaccard(texts[int(row[1:])], other):.2f})"
+        assert reasons[row] == expected

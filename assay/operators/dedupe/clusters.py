@@ -6,9 +6,15 @@ are connected components, a row can be linked to the keeper through others) and 
 similarity of that match. Rows without a duplicate are not stored: they keep themselves.
 `apply` adds the cluster column to a batch and sends every non-keeper to the rejects with a
 reason naming the row it duplicates.
+
+A stage's fit describes its clusters by row position (`ClusterFit`); `from_fit` turns the
+positions into ids. Ids must be unique: an id given to two rows could not say which of
+them a cluster means, so both constructors refuse a repeated id, naming it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -43,12 +49,21 @@ class ClusterAssignment:
             np.full(n, np.nan) if scores is None else np.asarray(scores, np.float64)
         )
         self.frame = pl.DataFrame(columns)
+        check_unique(self.frame["_row"])
         self.reason = reason
 
     @classmethod
-    def empty(cls, reason: str) -> ClusterAssignment:
-        nothing = pa.array([], pa.string())
-        return cls(nothing, nothing, reason)
+    def from_fit(cls, fit: ClusterFit, reason: str) -> ClusterAssignment:
+        """The assignment of a fit's positions, after checking every input id is unique."""
+        check_unique(pl.Series(fit.ids).cast(pl.String))
+        take = fit.ids.take
+        return cls(
+            take(fit.members),
+            take(fit.keepers),
+            reason,
+            fit.scores,
+            None if fit.matches is None else take(fit.matches),
+        )
 
     def apply(self, stage: str, table: pa.Table, cluster_column: str) -> pa.Table | Outcome:
         """Add `cluster_column` (keeper id) to `table`; reject rows that are not keepers."""
@@ -80,6 +95,46 @@ class ClusterAssignment:
         return pl.concat_str(parts).alias("_reason")
 
 
+@dataclass
+class ClusterFit:
+    """What a dedupe fit found, by row position (0 = the first row of its input).
+
+    `ids`: every input row's id, in input order. `members`: positions of the rows in
+    clusters of two or more; `keepers[i]`: the position of `members[i]`'s kept row.
+    `matches[i]` / `scores[i]`: the row `members[i]` matched best and that similarity (for
+    the reason; None when the reason names only the keeper). `pairs`: similar pairs the fit
+    found; `edges`: how many of them it kept to build the clusters.
+    """
+
+    ids: pa.ChunkedArray
+    members: np.ndarray
+    keepers: np.ndarray
+    matches: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    pairs: int = 0
+    edges: int = 0
+
+
+def check_unique(ids: pl.Series) -> None:
+    """Raise DuplicateIdError (a ValueError) naming the first id that occurs more than once."""
+    repeated = ids.filter(ids.is_duplicated())
+    if len(repeated):
+        first = repeated[0]
+        count = int((ids == first).sum())
+        raise DuplicateIdError(first, count)
+
+
+class DuplicateIdError(ValueError):
+    """A row id occurs more than once where ids must name one row each."""
+
+    def __init__(self, row_id: str, count: int) -> None:
+        self.row_id = row_id
+        super().__init__(
+            f"row id {row_id!r} occurs {count} times; deduplication needs one id per row "
+            "(give the source unique ids)"
+        )
+
+
 def cluster_members(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows in a cluster of two or more, their keeper) from component labels."""
     in_cluster = labels != np.arange(len(labels))
@@ -93,6 +148,8 @@ def best_matches(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each of `members`: its neighbour with the highest score (ties: the earlier row)
     among the edges `left[i] - right[i]`, and that score. Every member must have an edge."""
+    if len(members) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
     rows = np.concatenate([left, right])
     other = np.concatenate([right, left])
     both = np.concatenate([score, score])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from assay.curate.registry import register
-from assay.curate.stage import ID, BatchReader, Outcome, Stage
-from assay.operators.dedupe.clusters import ClusterAssignment
+from assay.curate.stage import ID, BatchReader
+from assay.operators.dedupe.base import ClusterDedupe
+from assay.operators.dedupe.clusters import ClusterFit
 from assay.operators.text import WHITESPACE_RUNS
 
 _SEPARATOR = "\x1f"  # unit separator: cannot be confused with text joined from two columns
@@ -40,7 +43,7 @@ def normalized_text(
 
 
 @register
-class ExactDedupe(Stage):
+class ExactDedupe(ClusterDedupe):
     """Keep the first row of each group whose normalised `columns` are equal.
 
     Each row's columns are normalised (Unicode NFKC, lower case, whitespace runs to one
@@ -57,16 +60,13 @@ class ExactDedupe(Stage):
     `{ExactDedupe: {columns: [text]}}`.
     """
 
-    needs_fit = True
+    reason: ClassVar[str] = REASON
 
     columns: list[str] = ["text"]
     lowercase: bool = True
     whitespace: bool = True
     punctuation: bool = False
     unicode_form: str | None = "NFKC"
-    cluster_column: str = "cluster_id"
-
-    _assignment: ClusterAssignment | None = None
 
     def input_columns(self) -> list[str]:
         return list(self.columns)
@@ -84,23 +84,15 @@ class ExactDedupe(Stage):
         assert isinstance(frame, pl.DataFrame)
         return frame.select(expr.hash(seed=0)).to_series().to_numpy()
 
-    def fit(self, read_input: BatchReader) -> None:
-        hashes, ids = [], []
+    def find_clusters(self, read_input: BatchReader) -> ClusterFit:
+        hashes: list[np.ndarray] = []
+        ids: list[pa.Array] = []
         for batch in read_input():
             hashes.append(self.hashes(batch))
             ids.extend(batch[ID].cast(pa.string()).chunks)
-        if not hashes:
-            self._assignment = ClusterAssignment.empty(REASON)
-            return
-        all_hashes = np.concatenate(hashes)
+        all_hashes = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
         _, first, group, counts = np.unique(
             all_hashes, return_index=True, return_inverse=True, return_counts=True
         )
         members = np.flatnonzero(counts[group] > 1)  # rows of groups with a duplicate
-        keepers = first[group[members]]
-        all_ids = pa.chunked_array(ids, pa.string())
-        self._assignment = ClusterAssignment(all_ids.take(members), all_ids.take(keepers), REASON)
-
-    def process(self, table: pa.Table) -> pa.Table | Outcome:
-        assignment = self._assignment or ClusterAssignment.empty(REASON)
-        return assignment.apply(self.name, table, self.cluster_column)
+        return ClusterFit(pa.chunked_array(ids, pa.string()), members, first[group[members]])

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
 from assay.curate.registry import register
-from assay.curate.stage import ID, BatchReader, Outcome, Stage
+from assay.curate.stage import ID, BatchReader
+from assay.operators.dedupe.base import ClusterDedupe
 from assay.operators.dedupe.buckets import candidate_pairs, unpack, write_band_keys
-from assay.operators.dedupe.clusters import ClusterAssignment, best_matches, cluster_members
+from assay.operators.dedupe.clusters import ClusterFit, best_matches, cluster_members
 from assay.operators.dedupe.components import connected_components
 from assay.operators.dedupe.jaccard import ShingleSets
 from assay.operators.dedupe.lsh import choose_bands
@@ -24,8 +25,19 @@ from assay.operators.dedupe.signatures import Permutations, band_keys, minhash_s
 REASON = "near duplicate of {match} (jaccard {score})"
 
 
+@dataclass
+class _Spill:
+    """The files pass 1 wrote, in write order (which is row order: never sort the names)."""
+
+    folder: Path
+    ids: list[pa.Array] = field(default_factory=list)
+    rows: int = 0
+    band_files: list[Path] = field(default_factory=list)
+    shingle_files: list[tuple[Path, Path]] = field(default_factory=list)  # (hashes, offsets)
+
+
 @register
-class MinhashDedupe(Stage):
+class MinhashDedupe(ClusterDedupe):
     """Keep one row per cluster of near-duplicate texts (Jaccard of n-gram shingle sets).
 
     fit, one pass over the input: shingles (word or character n-grams) -> MinHash
@@ -34,8 +46,10 @@ class MinhashDedupe(Stage):
     candidate rows' shingle sets are read back from the spill and each pair's exact Jaccard
     computed; with `verify` pairs below `threshold` are dropped. Connected components
     (union-find) of the remaining pairs are the clusters; each keeps its first row in input
-    order. Memory holds one batch, one band column and the candidate rows' shingle sets,
-    never all signatures.
+    order. Memory holds every row id (an Arrow string array, about 4 bytes plus the id's
+    length a row) and a label per row (8 bytes), one batch, one band column (12 bytes a
+    row), the candidate pairs and the candidate rows' shingle sets; never all signatures.
+    `fit_stats` counts the candidate pairs and the edges kept.
 
     Bands: `bands` x `rows` defaults to `choose_bands(threshold, num_perm)`, the largest r
     with P(candidate | Jaccard = threshold) >= 0.97 (b=18, r=7 for 0.8 and 128 permutations;
@@ -51,7 +65,7 @@ class MinhashDedupe(Stage):
     `{MinhashDedupe: {column: text, threshold: 0.8}}`.
     """
 
-    needs_fit = True
+    reason: ClassVar[str] = REASON
 
     column: str = "text"
     threshold: float = Field(0.8, gt=0.0, lt=1.0)
@@ -63,10 +77,6 @@ class MinhashDedupe(Stage):
     verify: bool = True  # exact Jaccard on candidates: precision ~1 at small extra cost
     seed: int = 42
     spill_dir: str | None = None  # where band keys are spilled (default: the system temp dir)
-    cluster_column: str = "cluster_id"
-
-    _assignment: ClusterAssignment | None = None
-    _stats: dict[str, int] = {}
 
     @model_validator(mode="after")
     def _check_bands(self) -> MinhashDedupe:
@@ -91,36 +101,26 @@ class MinhashDedupe(Stage):
             return self.bands, self.rows
         return choose_bands(self.threshold, self.num_perm)
 
-    def fit(self, read_input: BatchReader) -> None:
+    def find_clusters(self, read_input: BatchReader) -> ClusterFit:
         bands, rows = self.band_shape()
         perms = Permutations.make(bands * rows, self.seed)
-        spill = Path(tempfile.mkdtemp(prefix="assay-minhash-", dir=self.spill_dir))
-        try:
-            ids, n = self._spill(read_input, perms, bands, rows, spill)
-            star, window = candidate_pairs(sorted(spill.glob("bands-*.parquet")), bands)
-            self._stats = {"rows": n, "candidate_pairs": len(star) + len(window)}
+        with tempfile.TemporaryDirectory(
+            prefix="assay-minhash-", dir=self.spill_dir, ignore_cleanup_errors=True
+        ) as folder:
+            spill = self._spill(read_input, perms, bands, rows, Path(folder))
+            ids, n = pa.chunked_array(spill.ids, pa.string()), spill.rows
+            star, window = candidate_pairs(spill.band_files, bands)
+            pairs = len(star) + len(window)
             if len(star) == 0:  # every shared bucket has a first row: no star, no pairs
-                self._assignment = ClusterAssignment.empty(REASON)
-                return
-            touched = np.unique(np.concatenate(unpack(star)))
-            sets = self._shingle_sets(spill, touched)
-        finally:
-            shutil.rmtree(spill, ignore_errors=True)
+                return ClusterFit(ids, np.empty(0, np.int64), np.empty(0, np.int64))
+            sets = self._shingle_sets(spill, np.unique(np.concatenate(unpack(star))))
         edges, similarity = self._edges(n, sets, star, window)
-        self._stats["edges"] = len(edges)
-        if len(edges) == 0:
-            self._assignment = ClusterAssignment.empty(REASON)
-            return
         left, right = unpack(edges)
         members, keepers = cluster_members(connected_components(n, left, right))
         if not self.verify:
             similarity = sets.jaccard(left, right)
         matches, scores = best_matches(members, left, right, similarity)
-        all_ids = pa.chunked_array(ids, pa.string())
-        self._assignment = ClusterAssignment(
-            all_ids.take(members), all_ids.take(keepers), REASON, scores, all_ids.take(matches)
-        )
-        self._stats["removed"] = int((members != keepers).sum())
+        return ClusterFit(ids, members, keepers, matches, scores, pairs=pairs, edges=len(edges))
 
     def _edges(
         self, n: int, sets: ShingleSets, star: np.ndarray, window: np.ndarray
@@ -144,40 +144,38 @@ class MinhashDedupe(Stage):
         similarity = np.concatenate([star_j[keep], window_j[window_j >= self.threshold]])
         return edges, similarity
 
-    def process(self, table: pa.Table) -> pa.Table | Outcome:
-        assignment = self._assignment or ClusterAssignment.empty(REASON)
-        return assignment.apply(self.name, table, self.cluster_column)
-
     def _spill(
-        self, read_input: BatchReader, perms: Permutations, bands: int, rows: int, spill: Path
-    ) -> tuple[list[pa.Array], int]:
+        self, read_input: BatchReader, perms: Permutations, bands: int, rows: int, folder: Path
+    ) -> _Spill:
         """Pass 1: per batch, spill band keys (Parquet) and 32-bit shingle hashes (.npy)."""
-        ids: list[pa.Array] = []
-        n = 0
+        spill = _Spill(folder)
         for b, batch in enumerate(read_input()):
             shingles = shingle_hashes(batch[self.column], self.ngram, self.unit)
             keys = band_keys(minhash_signatures(shingles, perms), bands, rows)
             has_shingles = shingles.counts() > 0  # empty texts are left to ExactDedupe
-            positions = np.arange(n, n + batch.num_rows)[has_shingles]
-            write_band_keys(spill / f"bands-{b:06d}.parquet", positions, keys[has_shingles])
-            np.save(spill / f"shingles-{b:06d}.npy", shingles.hashes.astype(np.uint32))
-            np.save(spill / f"offsets-{b:06d}.npy", shingles.offsets)
-            ids.extend(batch[ID].cast(pa.string()).chunks)
-            n += batch.num_rows
-        if n >= 2**32:
+            positions = np.arange(spill.rows, spill.rows + batch.num_rows)[has_shingles]
+            bands_file = folder / f"bands-{b}.parquet"
+            hashes_file, offsets_file = folder / f"shingles-{b}.npy", folder / f"offsets-{b}.npy"
+            write_band_keys(bands_file, positions, keys[has_shingles])
+            np.save(hashes_file, shingles.hashes.astype(np.uint32))
+            np.save(offsets_file, shingles.offsets)
+            spill.band_files.append(bands_file)
+            spill.shingle_files.append((hashes_file, offsets_file))
+            spill.ids.extend(batch[ID].cast(pa.string()).chunks)
+            spill.rows += batch.num_rows
+        if spill.rows >= 2**32:
             raise ValueError("MinhashDedupe packs row positions in 32 bits: at most 4.29e9 rows")
-        return ids, n
+        return spill
 
-    def _shingle_sets(self, spill: Path, rows: np.ndarray) -> ShingleSets:
-        """Pass 2, over the spilled shingles: the sets of the candidate rows only."""
+    def _shingle_sets(self, spill: _Spill, rows: np.ndarray) -> ShingleSets:
+        """Pass 2, over the spilled shingles in write order: the candidate rows' sets only."""
         sets = ShingleSets(rows)
         first = 0
-        for path in sorted(spill.glob("offsets-*.npy")):
-            offsets = np.load(path)
+        for hashes_file, offsets_file in spill.shingle_files:
+            offsets = np.load(offsets_file)
             lo, hi = np.searchsorted(rows, [first, first + len(offsets) - 1])
             if hi > lo:
-                hashes = np.load(path.with_name(path.name.replace("offsets", "shingles")))
-                sets.add_batch(first, hashes, offsets)
+                sets.add_batch(first, np.load(hashes_file), offsets)
             first += len(offsets) - 1
         sets.finish()
         return sets
