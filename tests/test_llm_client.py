@@ -281,8 +281,11 @@ def test_connection_errors_are_retried_then_the_row_is_marked_failed(transport: 
 def test_a_configuration_error_from_a_backend_stops_instead_of_failing_rows() -> None:
     from assay.curate.errors import AssayError
 
+    calls = []
+
     class Misconfigured:
         async def complete(self, request: ChatRequest) -> ChatResponse:
+            calls.append(request)
             raise AssayError("no such adapter")
 
     register_backend("testbroken", lambda settings: Misconfigured())
@@ -293,3 +296,4 @@ def test_a_configuration_error_from_a_backend_stops_instead_of_failing_rows() ->
                 [ChatRequest(model="testbroken/x", messages=({"role": "user", "content": "a"},))]
             )
         )
+    assert len(calls) == 1  # a configuration error is never retried

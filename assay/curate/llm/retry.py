@@ -15,6 +15,8 @@ from email.utils import parsedate_to_datetime
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from assay.curate.errors import AssayError
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -45,8 +47,8 @@ def status_of(exc: BaseException) -> int | None:
 
 def is_retryable(exc: BaseException) -> bool:
     """429/408/5xx and failures without a status (timeouts, connections, bad bodies)."""
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
-        return False
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | AssayError):
+        return False  # an AssayError is a configuration error: trying again cannot help
     if isinstance(exc, TimeoutError | json.JSONDecodeError | ResponseError):
         return True
     code = status_of(exc)
