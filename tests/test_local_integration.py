@@ -55,7 +55,7 @@ def test_generate_stage_runs_on_the_local_model_in_a_pipeline(backend, workspace
         temperature=0.0,
         max_tokens=12,
     )
-    result = Pipeline([stage]).run(rows, workspace=workspace, progress="off")
+    result = Pipeline([stage]).run(rows, workspace=workspace, progress="quiet")
     out = result.to_polars().sort("id")
     assert out["generation"].null_count() == 0
     assert all(len(text) > 0 for text in out["generation"])

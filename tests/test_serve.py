@@ -188,3 +188,37 @@ def test_n_samples_come_back_as_choices(server):
     choices = r.json()["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2]
     assert len({c["message"]["content"] for c in choices}) > 1
+
+
+def test_serve_entry_point_binds_loopback_and_answers(tmp_path):
+    """`serve()` (what `assay serve` calls) in its own process, stopped with SIGTERM."""
+    import subprocess
+    import sys
+
+    model_dir = build_tiny_model(tmp_path / "model")
+    adapter = build_lora_adapter(model_dir, tmp_path / "lora", seed=3)
+    port = free_port()
+    code = (
+        "from assay.curate.llm.serve import serve; "
+        f"serve({str(model_dir)!r}, adapters={{'x': {str(adapter)!r}}}, port={port}, "
+        "api_key='k', threads=1)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        headers = {"Authorization": "Bearer k"}
+        models = httpx.get(f"{base}/v1/models", headers=headers).json()
+        assert [m["id"] for m in models["data"]] == [str(model_dir), "x"]
+        body = {"model": "x", "messages": QUESTION, "max_tokens": 3, "temperature": 0}
+        reply = httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=60)
+        assert reply.json()["usage"]["completion_tokens"] == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
