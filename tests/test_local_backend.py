@@ -121,6 +121,12 @@ def test_seeds_make_sampling_reproducible_and_samples_differ(tiny):
     assert len({sample(None, 0) for _ in range(3)} | {greedy}) > 1
 
 
+def test_tiny_top_p_is_greedy(tiny):
+    greedy = tiny.complete_many([request(PROMPTS[3], max_tokens=10)])[0].text
+    nucleus = tiny.complete_many([request(PROMPTS[3], max_tokens=10, temperature=1.0, top_p=1e-6)])
+    assert nucleus[0].text == greedy
+
+
 def test_top_k_one_is_greedy(tiny):
     greedy = tiny.complete_many([request(PROMPTS[2], max_tokens=10)])[0].text
     top1 = tiny.complete_many([request(PROMPTS[2], max_tokens=10, temperature=1.5, top_k=1)])

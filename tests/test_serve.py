@@ -222,3 +222,19 @@ def test_serve_entry_point_binds_loopback_and_answers(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_stream_true_answers_as_one_event_stream_chunk(server):
+    _, api_base = server
+    body = {"model": "sql-intern", "messages": QUESTION, "max_tokens": 5, "stream": True}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.stream(
+        "POST", f"{api_base}/chat/completions", json=body, headers=headers, timeout=60
+    ) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in r.iter_lines() if line]
+    assert events[-1] == "[DONE]"
+    chunk = json.loads(events[0])
+    assert chunk["object"] == "chat.completion.chunk"
+    assert chunk["choices"][0]["delta"]["role"] == "assistant"
+    assert chunk["usage"]["completion_tokens"] == 5
