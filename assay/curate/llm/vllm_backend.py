@@ -1,0 +1,149 @@
+"""Optional GPU backend: vLLM's offline engine behind the same queue as the local backend.
+
+`pip install 'assay[vllm]'` on a CUDA machine, then `VllmBackend("smollm2-135m")` (or any
+alias, model directory or `base+adapter` name from the registry). Requests queue exactly as
+in `LocalBackend`; each batch the scheduler forms goes to one `LLM.generate` call, where
+vLLM's own continuous batching and paged attention take over. Prompts are rendered with the
+same chat-format code as the local backend (so tools and tool-call parsing match), LoRA
+adapters become `LoRARequest`s, and `response_format` becomes vLLM's structured outputs.
+
+Not exercised by the CPU test suite: `tests/test_local_vllm.py` runs only where `vllm`
+imports and CUDA is present.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from assay.curate.llm.chat_format import render_prompt, tool_call_schema
+from assay.curate.llm.constrained import harden_schema, schema_of
+from assay.curate.llm.local import DEFAULT_MAX_TOKENS, LocalBackend, _Job
+from assay.curate.llm.models import materialize
+from assay.curate.llm.types import ChatRequest, ChatResponse
+
+
+class VllmBackend(LocalBackend):
+    """`LocalBackend`'s queue and adapters, with vLLM's engine doing the generation.
+
+    `engine_kwargs` go to `vllm.LLM` (e.g. `gpu_memory_utilization`, `max_model_len`).
+    """
+
+    def __init__(self, model: str, *, max_lora_rank: int = 64, **options: Any) -> None:
+        self.engine_kwargs = options.pop("engine_kwargs", {})
+        self.max_lora_rank = max_lora_rank
+        options.setdefault("max_batch_size", 256)
+        super().__init__(model, **options)
+        self._lora_ids: dict[str, int] = {}
+
+    def _ensure_loaded(self) -> None:
+        if self._model is not None:
+            return
+        with self._load_lock:
+            if self._model is not None:
+                return
+            from vllm import LLM
+
+            llm = LLM(
+                model=str(materialize(self.spec)),
+                enable_lora=True,
+                max_lora_rank=self.max_lora_rank,
+                **self.engine_kwargs,
+            )
+            self._tokenizer = llm.get_tokenizer()
+            self._model = llm
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
+        try:
+            self._ensure_loaded()
+            prompts, params, loras = [], [], []
+            for job in jobs:
+                prompt, sampling, lora = self._vllm_request(job.request)
+                prompts.append(prompt)
+                params.append(sampling)
+                loras.append(lora)
+            outputs = self._model.generate(prompts, params, lora_request=loras, use_tqdm=False)
+        except BaseException as exc:
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        self.batches_run += 1
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        finished = time.perf_counter()
+        for job, output in zip(jobs, outputs, strict=True):
+            job.future.set_result(self._vllm_response(job, output, finished))
+
+    def _vllm_request(self, request: ChatRequest) -> tuple[str, Any, Any]:
+        from vllm import SamplingParams
+
+        p = request.params
+        tools = list(request.tools) if request.tools else None
+        prompt = render_prompt(self._tokenizer, list(request.messages), tools)
+        stop = p.get("stop") or []
+        kwargs: dict[str, Any] = {
+            "max_tokens": int(
+                p.get("max_tokens") or p.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
+            ),
+            "temperature": 1.0 if p.get("temperature") is None else float(p["temperature"]),
+            "top_p": 1.0 if p.get("top_p") is None else float(p["top_p"]),
+            "stop": [stop] if isinstance(stop, str) else list(stop),
+            "ignore_eos": bool(p.get("ignore_eos", False)),
+        }
+        if p.get("top_k"):
+            kwargs["top_k"] = int(p["top_k"])
+        if p.get("seed") is not None:
+            kwargs["seed"] = int(p["seed"]) * 1_000_003 + request.sample_index
+        response_format = request.response_format
+        if tools and not response_format:
+            response_format = tool_call_schema(
+                tools, p.get("tool_choice"), p.get("parallel_tool_calls") is not False
+            )
+        if response_format and response_format.get("type") != "text":
+            kwargs.update(_structured(schema_of(response_format)))
+        adapter = self.adapter_of(request.model)
+        lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            lora_id = self._lora_ids.setdefault(adapter, len(self._lora_ids) + 1)
+            lora = LoRARequest(adapter, lora_id, str(self.adapter_dirs[adapter]))
+        return prompt, SamplingParams(**kwargs), lora
+
+    def _vllm_response(self, job: _Job, output: Any, finished: float) -> ChatResponse:
+        from assay.curate.llm.chat_format import parse_tool_calls
+
+        choice = output.outputs[0]
+        text: str | None = choice.text
+        tool_calls = None
+        finish = choice.finish_reason or "stop"
+        if job.request.tools:
+            text, tool_calls = parse_tool_calls(choice.text)
+            if tool_calls:
+                finish = "tool_calls"
+        return ChatResponse(
+            text=text,
+            tool_calls=tool_calls,
+            finish_reason=finish,
+            input_tokens=len(output.prompt_token_ids or []),
+            output_tokens=len(choice.token_ids),
+            latency_s=finished - job.queued_at,
+        )
+
+
+def _structured(schema: dict[str, Any] | None) -> dict[str, Any]:
+    """SamplingParams keywords for a JSON schema (vLLM >= 0.10 names, else the older ones)."""
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        if schema is None:
+            return {"structured_outputs": StructuredOutputsParams(json_object=True)}
+        return {"structured_outputs": StructuredOutputsParams(json=harden_schema(schema))}
+    except ImportError:
+        from vllm.sampling_params import GuidedDecodingParams
+
+        if schema is None:
+            return {"guided_decoding": GuidedDecodingParams(json_object=True)}
+        return {"guided_decoding": GuidedDecodingParams(json=harden_schema(schema))}
