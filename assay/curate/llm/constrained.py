@@ -68,7 +68,13 @@ class GrammarCompiler:
     """Compiles response formats for one tokenizer; compiled grammars are cached by schema."""
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> None:
-        import xgrammar as xgr
+        try:
+            import xgrammar as xgr
+        except ImportError as exc:
+            raise ImportError(
+                "constrained decoding (response_format / tool_choice on local models) needs "
+                "xgrammar: pip install --no-deps xgrammar apache-tvm-ffi"
+            ) from exc
 
         self._xgr = xgr
         info = xgr.TokenizerInfo.from_huggingface(
