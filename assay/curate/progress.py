@@ -53,6 +53,15 @@ class _Tally:
         self.rejected = 0
         self.started = time.perf_counter()
 
+    def add(self, rows_in: int, rows_out: int, rejected: int) -> None:
+        self.rows_in += rows_in
+        self.rows_out += rows_out
+        self.rejected += rejected
+
+    def rate(self) -> float:
+        seconds = time.perf_counter() - self.started
+        return self.rows_in / seconds if seconds > 0 else 0.0
+
 
 class LineProgress(Progress):
     """For logs and CI: one line per stage when its segment ends."""
@@ -71,10 +80,7 @@ class LineProgress(Progress):
     def advance(
         self, index: int, batch_rows: int, rows_in: int, rows_out: int, rejected: int
     ) -> None:
-        tally = self.tallies[index]
-        tally.rows_in += rows_in
-        tally.rows_out += rows_out
-        tally.rejected += rejected
+        self.tallies[index].add(rows_in, rows_out, rejected)
 
     def end_segment(self) -> None:
         if self.skipped:
@@ -85,10 +91,9 @@ class LineProgress(Progress):
             )
         for index, t in self.tallies.items():
             seconds = time.perf_counter() - t.started
-            rate = t.rows_in / seconds if seconds > 0 else 0.0
             print(
                 f"[assay] stage {index} {t.name}: {t.rows_in:,} in, {t.rows_out:,} out, "
-                f"{t.rejected:,} rejected, {seconds:.1f}s ({rate:,.0f} rows/s)",
+                f"{t.rejected:,} rejected, {seconds:.1f}s ({t.rate():,.0f} rows/s)",
                 file=self.stream,
                 flush=True,
             )
@@ -130,11 +135,8 @@ class RichProgress(Progress):
         self, index: int, batch_rows: int, rows_in: int, rows_out: int, rejected: int
     ) -> None:
         tally = self.tallies[index]
-        tally.rows_in += rows_in
-        tally.rows_out += rows_out
-        tally.rejected += rejected
-        seconds = time.perf_counter() - tally.started
-        rate = f"{tally.rows_in / seconds:,.0f} rows/s" if seconds > 0 else ""
+        tally.add(rows_in, rows_out, rejected)
+        rate = f"{tally.rate():,.0f} rows/s"
         if self.bar:
             self.bar.update(
                 self.tasks[index], advance=batch_rows, kept=f"kept {tally.rows_out:,}", rate=rate
