@@ -22,6 +22,10 @@ PromptFn = Annotated[
     PlainSerializer(lambda f: f"{f.__module__}.{f.__qualname__}", return_type=str),
 ]
 
+_TRANSPORT_KWARGS = frozenset(
+    {"api_key", "api_base", "base_url", "extra_headers", "headers", "timeout", "metadata", "user"}
+)
+
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
@@ -97,6 +101,14 @@ class Generate(AsyncStage, LLMSettings):
             raise ValueError("give exactly one of prompt, prompt_fn or messages_column")
         if self.n < 1:
             raise ValueError("n must be at least 1")
+        transport = sorted(set(self.generation_kwargs) & _TRANSPORT_KWARGS)
+        if transport:
+            # these carry credentials or routing, not generation: they would reach the
+            # cache key, the stored request and the run's recorded parameters
+            raise ValueError(
+                f"generation_kwargs may not set {', '.join(transport)}: put the key in an "
+                "environment variable named by api_key_env, the server in api_base"
+            )
         if self.prompt is not None:
             self._template = _JINJA.from_string(self.prompt)
         if self.system_prompt is not None:

@@ -34,6 +34,8 @@ def extract_json(text: str | None) -> Any:
                 return json.loads(attempt)
             except json.JSONDecodeError as exc:
                 errors.append(f"{exc.msg} at char {exc.pos}")
+            except RecursionError:
+                errors.append("nested too deeply")
     if not errors:
         raise ValueError("no JSON object or array in the answer")
     raise ValueError(f"invalid JSON: {errors[-1]}")

@@ -256,6 +256,8 @@ class ParseReasoning(Map):
 class ParseRegex(Stage):
     """Pull named groups of a regular expression out of a text column into columns.
 
+    The pattern is RE2 syntax (Arrow's engine: no look-around) and `.` matches newlines.
+
     Input columns: `column` (string). Output columns: one string column per named group.
     Rejects (with `reject_unmatched=True`): "no match for /pattern/".
 
@@ -275,7 +277,10 @@ class ParseRegex(Stage):
         names = list(regex.groupindex)
         if not names:
             raise ValueError(f"pattern {self.pattern!r} has no named group (?P<name>...)")
-        groups = pc.extract_regex(pc.fill_null(table[self.column], ""), pattern=self.pattern)
+        # Arrow runs RE2 (no look-around); (?s) makes `.` cross newlines as re.DOTALL does
+        groups = pc.extract_regex(
+            pc.fill_null(table[self.column], ""), pattern="(?s)" + self.pattern
+        )
         matched = pc.is_valid(groups)
         for name in names:
             table = _set(table, name, pc.struct_field(groups, name))

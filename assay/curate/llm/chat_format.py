@@ -66,7 +66,7 @@ def _loads(arguments: Any) -> Any:
     if isinstance(arguments, str):
         try:
             return json.loads(arguments)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return arguments
     return arguments
 
@@ -102,7 +102,7 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]] | None
 def _calls_in(block: str) -> list[dict[str, Any]]:
     try:
         value = json.loads(block)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return []
     items = value if isinstance(value, list) else [value]
     calls = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -102,8 +103,8 @@ class LLMSettings(BaseModel):
 
     def client_key(self) -> tuple[Any, ...]:
         """Stages with equal settings share one client (and so one set of limits)."""
-        fields = sorted(self.model_dump(exclude={"prices"}).items(), key=lambda kv: kv[0])
-        return (*fields, hash(self.secret()))
+        settings = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return (settings, hash(self.secret()))
 
 
 # prefixes whose backend registers itself on first use (module:function)
@@ -239,9 +240,12 @@ class LLMClient:
             except BaseException:
                 # a failed try used a request but no output tokens; the retry-after wait
                 # applies to this request only: a random 429 should not stop every request
-                limiter.settle(est_in, est_out, None, 0)
+                limiter.settle(est_in, est_out, None, 0, sample=False)
                 raise
-            limiter.settle(est_in, est_out, response.input_tokens, response.output_tokens)
+            if response.input_tokens or response.output_tokens:
+                limiter.settle(est_in, est_out, response.input_tokens, response.output_tokens)
+            else:  # no usage reported: keep the reservation rather than refund it all
+                limiter.settle(est_in, est_out, None, None)
             limiter.observe_headers(response.headers)
             return response
 

@@ -116,9 +116,14 @@ class Limiter:
         reserved_out: float,
         input_tokens: int | None,
         output_tokens: int | None,
+        sample: bool = True,
     ) -> None:
-        """Return (or charge) the difference between reserved and reported tokens."""
-        if output_tokens is not None:
+        """Return (or charge) the difference between reserved and reported tokens.
+
+        None means "not reported" (the reservation stands); `sample=False` (a failed try)
+        keeps the output count out of the running estimate of output sizes.
+        """
+        if output_tokens is not None and sample:
             self._out_seen += 1
             self._out_total += output_tokens
         used_in = reserved_in if input_tokens is None else input_tokens

@@ -35,7 +35,7 @@ from assay.curate.llm.models import (
     ModelSpec,
     load_model,
 )
-from assay.curate.llm.types import ChatRequest, ChatResponse
+from assay.curate.llm.types import ChatRequest, ChatResponse, InvalidRequestError
 
 if TYPE_CHECKING:  # torch is imported only when a batch runs, so registering stays cheap
     from assay.curate.llm.batch_generate import GenerationItem, GenerationResult
@@ -197,7 +197,12 @@ class LocalBackend:
                     stop = True
                     break
                 batch.append(job)
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except BaseException as exc:  # the worker must outlive any batch
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
             if stop:
                 return
 
@@ -218,7 +223,8 @@ class LocalBackend:
             try:  # a bad request (schema, adapter, template) fails alone, not its batch
                 item, prompt_len = self._item_for(job.request)
             except Exception as exc:
-                job.future.set_exception(exc)
+                # never retried: the same request fails the same way every time
+                job.future.set_exception(InvalidRequestError(f"{type(exc).__name__}: {exc}"))
                 continue
             ready.append(job)
             items.append(item)
@@ -239,7 +245,10 @@ class LocalBackend:
         self.most_adapters_in_batch = max(self.most_adapters_in_batch, len(adapters_here))
         finished = time.perf_counter()
         for job, result, prompt_len in zip(ready, results, prompts, strict=True):
-            job.future.set_result(self._response(job, result, prompt_len, finished))
+            try:  # a response that cannot be built (e.g. unparseable tool call) fails alone
+                job.future.set_result(self._response(job, result, prompt_len, finished))
+            except Exception as exc:
+                job.future.set_exception(InvalidRequestError(f"{type(exc).__name__}: {exc}"))
 
     # -- model and requests -------------------------------------------------------------
 

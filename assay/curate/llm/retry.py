@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from assay.curate.errors import AssayError
+from assay.curate.llm.types import InvalidRequestError
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,9 @@ def status_of(exc: BaseException) -> int | None:
 
 def is_retryable(exc: BaseException) -> bool:
     """429/408/5xx and failures without a status (timeouts, connections, bad bodies)."""
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | AssayError):
+    if isinstance(
+        exc, asyncio.CancelledError | KeyboardInterrupt | AssayError | InvalidRequestError
+    ):
         return False  # an AssayError is a configuration error: trying again cannot help
     if isinstance(exc, TimeoutError | json.JSONDecodeError | ResponseError):
         return True

@@ -46,6 +46,9 @@ PARAM_FIELDS = (
 )
 
 
+MAX_N = 64  # samples per request: more would queue unbounded work for one call
+
+
 def create_app(backend: LocalBackend, api_key: str | None = None) -> Any:
     """The FastAPI app answering OpenAI chat completions from `backend`."""
     app = FastAPI(title="assay serve", docs_url=None, redoc_url=None)
@@ -83,7 +86,12 @@ def create_app(backend: LocalBackend, api_key: str | None = None) -> Any:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         check_key(request)
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail="the body is not JSON") from exc
+        if not isinstance(body, dict):
+            raise HTTPException(status_code=400, detail="the body must be a JSON object")
         model = body.get("model") or backend.name
         try:
             local_model = _local_model_name(backend, model)
@@ -92,8 +100,12 @@ def create_app(backend: LocalBackend, api_key: str | None = None) -> Any:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise HTTPException(status_code=400, detail="messages must be a non-empty list")
+        if not all(isinstance(m, dict) for m in messages):
+            raise HTTPException(status_code=400, detail="each message must be an object")
         params = {k: body[k] for k in PARAM_FIELDS if body.get(k) is not None}
-        n = int(body.get("n") or 1)
+        n = body.get("n") or 1
+        if not isinstance(n, int) or not 1 <= n <= MAX_N:
+            raise HTTPException(status_code=400, detail=f"n must be an integer in 1..{MAX_N}")
         requests = [
             ChatRequest(
                 model=local_model,

@@ -64,6 +64,11 @@ class ChatResponse:
     error: str | None = None
 
 
+class InvalidRequestError(ValueError):
+    """A request that can never succeed as written (a bad schema, an unknown tool, a prompt
+    the chat template refuses): its row fails at once, without retries."""
+
+
 class Backend(Protocol):
     """Anything that can answer a ChatRequest (litellm, the local model, vLLM)."""
 
