@@ -24,7 +24,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# logs and `make demo` output are not terminals: Rich would squeeze tables into 80 columns
+console = Console() if sys.stdout.isatty() else Console(width=160)
 err = Console(stderr=True)
 
 Workspace = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace directory.")]
