@@ -141,6 +141,17 @@ def test_n_samples_make_one_row_per_sample_in_input_order(workspace: Path) -> No
         assert store.source_of(result.run_id, "r3/s2") == "r3"
 
 
+def test_seeded_samples_of_one_prompt_get_distinct_seeds(workspace: Path) -> None:
+    with FakeOpenAI() as server:
+        Pipeline([gen(server, n=3, temperature=1.0, seed=7)]).run(
+            rows(2), workspace=workspace, progress="quiet"
+        )
+        seeds = sorted(body["seed"] for body in server.bodies)
+    assert len(seeds) == 6
+    assert seeds.count(7) == 2  # sample 0 keeps the user's seed
+    assert len(set(seeds)) == 3  # samples 1 and 2 get their own, the same for both prompts
+
+
 def test_failed_rows_are_rejected_or_fail_the_run_with_require_all(workspace: Path) -> None:
     def script(key: str, attempt: int) -> str | None:
         return "400" if server.bodies[-1]["messages"][-1]["content"].endswith(("1", "4")) else None

@@ -83,7 +83,7 @@ class OpenAIHTTPBackend:
     async def _complete(self, request: ChatRequest) -> ChatResponse:
         body: dict[str, Any] = {"model": _served_name(request.model)}
         body["messages"] = list(request.messages)
-        body.update(request.params)
+        body.update(request.provider_params())
         if request.response_format is not None:
             body["response_format"] = response_format(request.response_format)
         if request.tools:

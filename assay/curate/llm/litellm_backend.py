@@ -45,7 +45,7 @@ class LiteLLMBackend:
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         kwargs: dict[str, Any] = dict(self.extra)
-        kwargs.update(request.params)
+        kwargs.update(request.provider_params())
         if request.response_format is not None:
             kwargs["response_format"] = response_format(request.response_format)
         if request.tools:

@@ -35,7 +35,7 @@ from assay.curate.llm.models import (
     ModelSpec,
     load_model,
 )
-from assay.curate.llm.types import ChatRequest, ChatResponse, InvalidRequestError
+from assay.curate.llm.types import ChatRequest, ChatResponse, InvalidRequestError, sample_seed
 
 if TYPE_CHECKING:  # torch is imported only when a batch runs, so registering stays cheap
     from assay.curate.llm.batch_generate import GenerationItem, GenerationResult
@@ -301,7 +301,7 @@ class LocalBackend:
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
         seed = params.get("seed")
         if seed is not None:
-            seed = int(seed) * 1_000_003 + request.sample_index
+            seed = sample_seed(int(seed), request.sample_index)
         response_format = request.response_format
         if response_format and response_format.get("type") == "text":
             response_format = None

@@ -156,6 +156,13 @@ def _check_supported(config: dict[str, Any], directory: Path) -> None:
         problems.append("per-module rank/alpha patterns")
     if config.get("fan_in_fan_out"):
         problems.append("fan_in_fan_out")
+    if config.get("lora_bias"):
+        problems.append("lora_bias")
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    if any("embed" in t for t in targets):
+        problems.append("LoRA on embeddings")
     if problems:
         raise ValueError(
             f"adapter {directory} uses {', '.join(problems)}, which multi-adapter serving does "

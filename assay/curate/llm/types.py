@@ -29,6 +29,14 @@ class ChatRequest:
     tools: tuple[dict[str, Any], ...] | None = None
     sample_index: int = 0
 
+    def provider_params(self) -> dict[str, Any]:
+        """`params` as sent to a provider: sample k > 0 of a seeded prompt gets its own seed
+        (otherwise the n samples of a seeded prompt would all be the same answer)."""
+        seed = self.params.get("seed")
+        if seed is None or self.sample_index == 0:
+            return dict(self.params)
+        return {**self.params, "seed": sample_seed(int(seed), self.sample_index)}
+
     def cache_key(self) -> str:
         """A hash of everything that changes the answer (never of API keys or parsing)."""
         payload = {
@@ -41,6 +49,11 @@ class ChatRequest:
         }
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def sample_seed(seed: int, sample_index: int) -> int:
+    """The seed of sample `sample_index` of a prompt seeded with `seed` (sample 0 keeps it)."""
+    return seed if sample_index == 0 else (seed * 1_000_003 + sample_index) % 2**31
 
 
 @dataclass
