@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,12 @@ from assay.curate.stage import ID
 _READ_BLOCK = 1 << 22  # 4 MiB blocks: small enough to stream, large enough to parse fast
 
 
-class Source:
+class Source(ABC):
     """A stream of raw Arrow batches (without ids); subclasses implement `record_batches`."""
 
+    @abstractmethod
     def record_batches(self) -> Iterator[pa.RecordBatch | pa.Table]:
-        raise NotImplementedError
+        """The raw rows, in source order, in batches of any size."""
 
     def count_rows(self) -> int | None:
         """The number of rows when it is cheap to know (for progress), else None."""

@@ -18,6 +18,7 @@ builds them, and `model_dump()` is what the run store records.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -79,8 +80,9 @@ class Stage(BaseModel):
     def fit(self, read_input: BatchReader) -> None:
         """Global pass over the whole input (only called when `needs_fit`)."""
 
+    @abstractmethod
     def process(self, table: pa.Table) -> pa.Table | Outcome:
-        raise NotImplementedError(f"{self.name} must implement process()")
+        """Turn a batch into the kept rows, or an Outcome with the rejected ones."""
 
     def check_columns(self, table: pa.Table) -> None:
         for column in self.input_columns():
@@ -98,8 +100,9 @@ class Map(Stage):
     Subclasses implement `map(table) -> table` with the same rows in the same order.
     """
 
+    @abstractmethod
     def map(self, table: pa.Table) -> pa.Table:
-        raise NotImplementedError(f"{self.name} must implement map()")
+        """The same rows in the same order, with columns added or changed."""
 
     def process(self, table: pa.Table) -> pa.Table:
         out = self.map(table)
@@ -121,8 +124,9 @@ class Filter(Stage):
 
     reason: ClassVar[str] = ""
 
+    @abstractmethod
     def keep(self, table: pa.Table) -> pa.Array | tuple[pa.Array, pa.Array]:
-        raise NotImplementedError(f"{self.name} must implement keep()")
+        """A boolean mask over the rows, or (mask, one reason per row)."""
 
     def reject_reason(self) -> str:
         template = self.reason or f"dropped by {self.name}"
@@ -143,8 +147,9 @@ class AsyncStage(Stage):
 
     is_async: ClassVar[bool] = True
 
+    @abstractmethod
     async def aprocess(self, table: pa.Table) -> pa.Table | Outcome:
-        raise NotImplementedError(f"{self.name} must implement aprocess()")
+        """Like `process`, awaited by the executor."""
 
     def process(self, table: pa.Table) -> pa.Table | Outcome:
         raise StageError(self.name, "an AsyncStage runs through aprocess(); use an executor")
