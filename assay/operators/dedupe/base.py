@@ -8,6 +8,7 @@ batch and sends every row that is not its cluster's keeper to the rejects.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -61,9 +62,9 @@ class ClusterDedupe(Stage):
     _assignment: ClusterAssignment | None = None
     _fit_stats: FitStats | None = None
 
+    @abstractmethod
     def find_clusters(self, read_input: BatchReader) -> ClusterFit:
         """One fit's clusters, by row position (see `ClusterFit`)."""
-        raise NotImplementedError(f"{self.name} must implement find_clusters()")
 
     def fit(self, read_input: BatchReader) -> None:
         self._assignment = self._fit_stats = None
