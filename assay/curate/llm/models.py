@@ -218,9 +218,13 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing, _ = plain.load_state_dict(loaded.state_dict(), strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied:  # weights left at their random initialisation
+        raise ValueError(f"converting {gguf}: no weights for {sorted(set(missing) - tied)[:5]}")
     plain.generation_config = loaded.generation_config
-    tmp = target.with_name(target.name + ".partial")
+    # per process: two processes converting at once must not write into one folder
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -228,8 +232,14 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     data: dict[str, Any] = json.loads(config_path.read_text())
     data.pop("quantization_config", None)
     config_path.write_text(json.dumps(data, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
+    if target.exists() and not (target / "config.json").exists():
+        shutil.rmtree(target, ignore_errors=True)  # an unfinished copy from older code
+    try:
+        tmp.replace(target)
+    except OSError:  # another process finished first: its copy is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
 
 
 def load_model(
