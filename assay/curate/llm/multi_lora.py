@@ -111,8 +111,11 @@ class MultiLora:
             pairs[path] = (a.t().contiguous(), (b.t() * scale).contiguous())
         if not pairs:
             raise ValueError(f"{directory}: no LoRA weights found in {weights_file.name}")
+        # resolve every target first: a failure half-way must not leave this adapter's
+        # weights in some layers under an index the next adapter will reuse
+        layers = {path: self._layer(path) for path in pairs}
         for path, (a_t, b_t) in pairs.items():
-            self._layer(path).add(index, a_t, b_t)
+            layers[path].add(index, a_t, b_t)
         self.names.append(name)
         self.version += 1
 
