@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -219,9 +220,24 @@ def test_serve_entry_point_binds_loopback_and_answers(tmp_path):
         body = {"model": "x", "messages": QUESTION, "max_tokens": 3, "temperature": 0}
         reply = httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=60)
         assert reply.json()["usage"]["completion_tokens"] == 3
+        assert _listening_addresses(port) == {"127.0.0.1"}  # loopback only, by default
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a socket listening on `port`, read from /proc/net/tcp."""
+    import socket
+    import struct
+
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:  # 0A = LISTEN
+            found.add(socket.inet_ntoa(struct.pack("<I", int(address, 16))))
+    return found
 
 
 def test_stream_true_answers_as_one_event_stream_chunk(server):
