@@ -48,3 +48,22 @@ def test_parse_regex_dot_matches_newlines() -> None:
 def test_deeply_nested_json_is_a_validation_error_not_a_crash() -> None:
     with pytest.raises(ValueError, match="nested too deeply"):
         extract_json("[" * 5000)
+
+
+def test_a_bug_in_a_backend_fails_its_row_once_instead_of_retrying() -> None:
+    from assay.curate.llm.client import LLMClient, LLMSettings, register_backend
+    from assay.curate.llm.types import ChatRequest, ChatResponse
+
+    calls = []
+
+    class Buggy:
+        async def complete(self, request: ChatRequest) -> ChatResponse:
+            calls.append(request)
+            return request.nonexistent  # type: ignore[attr-defined]
+
+    register_backend("testbuggy", lambda settings: Buggy())
+    client = LLMClient(LLMSettings(model="testbuggy/x", retry_initial_s=0.01))
+    message = ({"role": "user", "content": "a"},)
+    (response,) = asyncio.run(client.complete_many([ChatRequest("testbuggy/x", message)]))
+    assert len(calls) == 1
+    assert response.text is None and "AttributeError" in (response.error or "")

@@ -46,6 +46,18 @@ def status_of(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+_BUGS = (
+    AttributeError,
+    TypeError,
+    KeyError,
+    IndexError,
+    NameError,
+    AssertionError,
+    NotImplementedError,
+    RecursionError,
+)
+
+
 def is_retryable(exc: BaseException) -> bool:
     """429/408/5xx and failures without a status (timeouts, connections, bad bodies)."""
     if isinstance(
@@ -54,6 +66,8 @@ def is_retryable(exc: BaseException) -> bool:
         return False  # an AssayError is a configuration error: trying again cannot help
     if isinstance(exc, TimeoutError | json.JSONDecodeError | ResponseError):
         return True
+    if isinstance(exc, _BUGS):
+        return False  # a bug in a backend or a parser answers the same way every time
     code = status_of(exc)
     if code is None:
         return True
