@@ -206,18 +206,23 @@ class LocalBackend:
             if stop:
                 return
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _claim(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs still wanted, with the model loaded; [] (every waiter answered) if not."""
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
         if not jobs:
-            return
+            return []
         try:
-            from assay.curate.llm.batch_generate import generate_batch
-
             self._ensure_loaded()
         except BaseException as exc:  # answer every waiter, then keep serving
             for job in jobs:
                 job.future.set_exception(exc)
-            return
+            return []
+        return jobs
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        from assay.curate.llm.batch_generate import generate_batch
+
+        jobs = self._claim(jobs)
         ready, items, prompts = [], [], []
         for job in jobs:
             try:  # a bad request (schema, adapter, template) fails alone, not its batch

@@ -20,7 +20,7 @@ from assay.curate.llm.chat_format import render_prompt, tool_call_schema
 from assay.curate.llm.constrained import harden_schema, schema_of
 from assay.curate.llm.local import DEFAULT_MAX_TOKENS, LocalBackend, _Job
 from assay.curate.llm.models import materialize
-from assay.curate.llm.types import ChatRequest, ChatResponse
+from assay.curate.llm.types import ChatRequest, ChatResponse, sample_seed
 
 
 class VllmBackend(LocalBackend):
@@ -54,11 +54,10 @@ class VllmBackend(LocalBackend):
             self._model = llm
 
     def _run_batch(self, jobs: list[_Job]) -> None:
-        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        jobs = self._claim(jobs)
         if not jobs:
             return
         try:
-            self._ensure_loaded()
             prompts, params, loras = [], [], []
             for job in jobs:
                 prompt, sampling, lora = self._vllm_request(job.request)
@@ -95,7 +94,7 @@ class VllmBackend(LocalBackend):
         if p.get("top_k"):
             kwargs["top_k"] = int(p["top_k"])
         if p.get("seed") is not None:
-            kwargs["seed"] = int(p["seed"]) * 1_000_003 + request.sample_index
+            kwargs["seed"] = sample_seed(int(p["seed"]), request.sample_index)
         response_format = request.response_format
         if tools and not response_format:
             response_format = tool_call_schema(
