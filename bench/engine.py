@@ -22,11 +22,44 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = (
-    "data model train judge curate prompt answer reason token batch filter dedupe score "
-    "assay engine small large teacher student verify tool call query table column row "
-    "Arrow Parquet DuckDB polars cluster keeper threshold signature shard stream"
-).split()
+WORDS = [
+    "data",
+    "model",
+    "train",
+    "judge",
+    "curate",
+    "prompt",
+    "answer",
+    "reason",
+    "token",
+    "batch",
+    "filter",
+    "dedupe",
+    "score",
+    "assay",
+    "engine",
+    "small",
+    "large",
+    "teacher",
+    "student",
+    "verify",
+    "tool",
+    "call",
+    "query",
+    "table",
+    "column",
+    "row",
+    "Arrow",
+    "Parquet",
+    "DuckDB",
+    "polars",
+    "cluster",
+    "keeper",
+    "threshold",
+    "signature",
+    "shard",
+    "stream",
+]
 
 
 def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
@@ -124,7 +157,9 @@ def main() -> None:
             ws.mkdir()
             out = subprocess.run(
                 [sys.executable, __file__, "--child", engine, str(source), str(ws)],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             results[engine] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"rows: {args.rows:,}")

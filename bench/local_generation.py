@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from assay.curate.llm.local import LocalBackend
 from assay.curate.llm.types import ChatRequest
+from assay.models.local_backend import LocalBackend
 
 TOPICS = [
     "the moon",

@@ -2,7 +2,7 @@
 
 A real `assay serve` app (uvicorn on 127.0.0.1, in this process) over the embedded
 SmolLM2-135M with 10 random LoRA adapters (r=8 on q/k/v/o, applied per row by
-`assay.curate.llm.multi_lora`). For each adapter count, closed-loop
+`assay.models.multi_lora`). For each adapter count, closed-loop
 clients (concurrency 1, 4, 16, 32) send chat completions whose `model` cycles through the
 adapters, so a batch mixes adapters; "0 adapters" is the plain base model before any adapter
 is attached (the single-model curve). Every request generates exactly `--max-tokens` tokens
@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from assay.curate.llm.serve import build_backend, create_app
+from assay.models.serve import build_backend, create_app
 
 HERE = Path(__file__).parent
 ADAPTER_COUNTS = [0, 1, 2, 3, 10]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from local_tiny_model import build_lora_adapter, build_tiny_model
 
-from assay.curate.llm.local import LocalBackend
-from assay.curate.llm.models import ModelRegistry
 from assay.curate.llm.types import ChatRequest, InvalidRequestError
+from assay.models.local_backend import LocalBackend
+from assay.models.registry import ModelRegistry
 
 PROMPTS = [
     "Hi",
@@ -68,7 +68,7 @@ def test_batched_greedy_matches_one_prompt_at_a_time_generate(tiny, system):
 
 
 def test_shared_prefix_is_found_only_where_it_is_safe():
-    from assay.curate.llm.batch_generate import GenerationItem, _shared_prefix_len
+    from assay.models.batch_generate import GenerationItem, _shared_prefix_len
 
     common = list(range(10, 30))
     items = [GenerationItem(common + [1, 2]), GenerationItem(common + [3])]
@@ -271,8 +271,8 @@ def test_required_tool_choice_returns_openai_tool_calls(tiny):
 
 def test_llm_client_routes_local_model_strings_to_the_shared_backend(tmp_path, monkeypatch):
     from assay.curate.llm.client import LLMClient, LLMSettings
-    from assay.curate.llm.local import get_local_backend, register_local_backend
-    from assay.curate.llm.models import register_model
+    from assay.models.local_backend import get_local_backend, register_local_backend
+    from assay.models.registry import register_model
 
     monkeypatch.setenv("ASSAY_MODEL_CACHE", str(tmp_path / "cache"))
     register_model("tiny-client", build_tiny_model(tmp_path / "model"))

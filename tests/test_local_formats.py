@@ -7,9 +7,9 @@ import json
 import pytest
 from local_tiny_model import build_tiny_model, build_tokenizer
 
-from assay.curate.llm.chat_format import parse_tool_calls, render_prompt, tool_call_schema
-from assay.curate.llm.constrained import schema_of
-from assay.curate.llm.models import (
+from assay.models.chat_format import parse_tool_calls, render_prompt, tool_call_schema
+from assay.models.constrained import schema_of
+from assay.models.registry import (
     EMBEDDED_ALIAS,
     INSTALL_HINT,
     ModelNotFoundError,

@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
     pytest.skip("the vLLM backend needs a CUDA GPU", allow_module_level=True)
 
 from assay.curate.llm.types import ChatRequest  # noqa: E402
-from assay.curate.llm.vllm_backend import VllmBackend  # noqa: E402
+from assay.models.vllm_backend import VllmBackend  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

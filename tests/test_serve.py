@@ -14,10 +14,10 @@ import httpx
 import pytest
 from local_tiny_model import build_lora_adapter, build_tiny_model
 
-from assay.curate.llm.local import LocalBackend
-from assay.curate.llm.models import ModelRegistry
-from assay.curate.llm.serve import create_app
 from assay.curate.llm.types import ChatRequest
+from assay.models.local_backend import LocalBackend
+from assay.models.registry import ModelRegistry
+from assay.models.serve import create_app
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no price-map download at import
 API_KEY = "test-key"
@@ -117,9 +117,16 @@ def test_models_endpoint_and_api_key(server):
 
     with pytest.raises(litellm.AuthenticationError):
         asyncio.run(litellm_call(api_base, "tiny", api_key="wrong"))
-    # litellm maps the 404 to BadRequestError; the server's message comes through
-    with pytest.raises(litellm.BadRequestError, match="unknown adapter 'no-such-adapter'"):
+    # an unknown model is a 404 on the wire, which litellm maps to NotFoundError
+    unknown = httpx.post(
+        f"{api_base}/chat/completions",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": "no-such-adapter", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert unknown.status_code == 404
+    with pytest.raises(litellm.NotFoundError, match="unknown adapter 'no-such-adapter'") as err:
         asyncio.run(litellm_call(api_base, "no-such-adapter"))
+    assert err.value.status_code == 404
 
 
 def test_json_schema_and_tool_calls_through_litellm(server):
@@ -200,7 +207,7 @@ def test_serve_entry_point_binds_loopback_and_answers(tmp_path):
     adapter = build_lora_adapter(model_dir, tmp_path / "lora", seed=3)
     port = free_port()
     code = (
-        "from assay.curate.llm.serve import serve; "
+        "from assay.models.serve import serve; "
         f"serve({str(model_dir)!r}, adapters={{'x': {str(adapter)!r}}}, port={port}, "
         "api_key='k', threads=1)"
     )

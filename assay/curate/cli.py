@@ -166,7 +166,7 @@ def serve(
     """Serve a local model and its LoRA adapters over an OpenAI-compatible HTTP API."""
     import os
 
-    from assay.curate.llm.serve import serve as run_server
+    from assay.models.serve import serve as run_server
 
     adapters = {}
     for spec in adapter or []:

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from assay.curate.llm.constrained import GrammarState, mask_logits
-from assay.curate.llm.multi_lora import MultiLora
+from assay.models.constrained import GrammarState, mask_logits
+from assay.models.multi_lora import MultiLora
 
 
 @dataclass

@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from assay.curate.llm.chat_format import render_prompt, tool_call_schema
-from assay.curate.llm.constrained import harden_schema, schema_of
-from assay.curate.llm.local import DEFAULT_MAX_TOKENS, LocalBackend, _Job
-from assay.curate.llm.models import materialize
 from assay.curate.llm.types import ChatRequest, ChatResponse, sample_seed
+from assay.models.chat_format import render_prompt, tool_call_schema
+from assay.models.constrained import harden_schema, schema_of
+from assay.models.local_backend import DEFAULT_MAX_TOKENS, LocalBackend, _Job
+from assay.models.registry import materialize
 
 
 class VllmBackend(LocalBackend):
@@ -112,7 +112,7 @@ class VllmBackend(LocalBackend):
         return prompt, SamplingParams(**kwargs), lora
 
     def _vllm_response(self, job: _Job, output: Any, finished: float) -> ChatResponse:
-        from assay.curate.llm.chat_format import parse_tool_calls
+        from assay.models.chat_format import parse_tool_calls
 
         choice = output.outputs[0]
         text: str | None = choice.text

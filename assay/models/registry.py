@@ -133,7 +133,7 @@ class ModelRegistry:
                 known = ", ".join(sorted(self.adapters)) or "none"
                 raise ModelNotFoundError(
                     f"no adapter {name!r} is registered (known: {known}); register one with "
-                    "assay.curate.llm.models.register_adapter(name, adapter_dir, base=...)"
+                    "assay.models.registry.register_adapter(name, adapter_dir, base=...)"
                 )
             base_spec = self.resolve(base)
             return ModelSpec(

@@ -8,7 +8,7 @@ Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (non-streaming; `stream
 answered as a single-chunk event stream), `GET /health`. Bound to 127.0.0.1 by default; with
 `api_key` set, every `/v1` request needs `Authorization: Bearer <api_key>`.
 
-    from assay.curate.llm.serve import serve
+    from assay.models.serve import serve
     serve("smollm2-135m", adapters={"sql-intern": "out/sql-intern"}, port=8000)
 
 Then, from anywhere: `litellm.completion(model="openai/sql-intern",
@@ -28,9 +28,9 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from assay.curate.llm.local import LocalBackend
-from assay.curate.llm.models import ADAPTER_SEPARATOR
 from assay.curate.llm.types import ChatRequest, ChatResponse
+from assay.models.local_backend import LocalBackend
+from assay.models.registry import ADAPTER_SEPARATOR
 
 PARAM_FIELDS = (
     "temperature",

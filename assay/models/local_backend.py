@@ -28,17 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assay.curate.llm.chat_format import parse_tool_calls, render_prompt, tool_call_schema
-from assay.curate.llm.models import (
+from assay.curate.llm.types import ChatRequest, ChatResponse, InvalidRequestError, sample_seed
+from assay.models.chat_format import parse_tool_calls, render_prompt, tool_call_schema
+from assay.models.registry import (
     ADAPTER_SEPARATOR,
     ModelRegistry,
     ModelSpec,
     load_model,
 )
-from assay.curate.llm.types import ChatRequest, ChatResponse, InvalidRequestError, sample_seed
 
 if TYPE_CHECKING:  # torch is imported only when a batch runs, so registering stays cheap
-    from assay.curate.llm.batch_generate import GenerationItem, GenerationResult
+    from assay.models.batch_generate import GenerationItem, GenerationResult
 
 LOCAL_PREFIX = "local/"
 DEFAULT_MAX_TOKENS = 256  # a bound for requests that set none; the small models ramble
@@ -220,7 +220,7 @@ class LocalBackend:
         return jobs
 
     def _run_batch(self, jobs: list[_Job]) -> None:
-        from assay.curate.llm.batch_generate import generate_batch
+        from assay.models.batch_generate import generate_batch
 
         jobs = self._claim(jobs)
         ready, items, prompts = [], [], []
@@ -278,7 +278,7 @@ class LocalBackend:
     def _ensure_adapter(self, adapter: str) -> None:
         if self._lora is not None and adapter in self._lora:
             return
-        from assay.curate.llm.multi_lora import MultiLora
+        from assay.models.multi_lora import MultiLora
 
         if self._lora is None:
             self._lora = MultiLora(self._model)
@@ -286,14 +286,14 @@ class LocalBackend:
 
     def _grammar_compiler(self) -> Any:
         if self._grammars is None:
-            from assay.curate.llm.constrained import GrammarCompiler
+            from assay.models.constrained import GrammarCompiler
 
             vocab = self._model.get_output_embeddings().weight.shape[0]
             self._grammars = GrammarCompiler(self._tokenizer, vocab, sorted(self._eos))
         return self._grammars
 
     def _item_for(self, request: ChatRequest) -> tuple[GenerationItem, int]:
-        from assay.curate.llm.batch_generate import GenerationItem
+        from assay.models.batch_generate import GenerationItem
 
         params = request.params
         adapter = self.adapter_of(request.model)
