@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -185,6 +187,25 @@ def serve(
         api_key=api_key,
         max_batch_size=max_batch_size,
     )
+
+
+# Verbs that live beside the parts they drive (judges, trainers, viewer): each module defines
+# `register(app)` and keeps heavy imports (torch, trl) inside its commands, so `assay --help`
+# stays fast. A module that is not there (an optional part) adds no verbs.
+COMMAND_MODULES = ("assay.judges.cli", "assay.train.cli", "assay.viewer.cli")
+
+
+def _register_plugins() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None:
+            importlib.import_module(name).register(app)
+
+
+_register_plugins()
 
 
 def main() -> None:

@@ -24,12 +24,17 @@ _loaded = False
 def register(cls: S) -> S:
     """Class decorator: make a stage available to recipes under its class name."""
     existing = _STAGES.get(cls.__name__)
-    if existing is not None and existing is not cls:
+    # the same class defined again (a re-run notebook cell, a reloaded module) replaces itself
+    if existing is not None and _qualified(existing) != _qualified(cls):
         raise ValueError(
             f"stage name {cls.__name__!r} is taken by {existing.__module__}.{existing.__qualname__}"
         )
     _STAGES[cls.__name__] = cls
     return cls
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _load_builtins() -> None:
