@@ -1,3 +1,3 @@
 """Stages that score rows: LLM judges, grounding checks, verifiers, step-level judges."""
 
-from assay.judges import answer_match  # noqa: F401  (registers the stages)
+from assay.judges import answer  # noqa: F401  (registers the stages)
