@@ -20,6 +20,7 @@ from engine_stages import (
 )
 
 from assay.curate.errors import AssayError, MissingColumnError, StageError
+from assay.curate.executors.local import LocalExecutor
 from assay.curate.pipeline import Pipeline
 from assay.curate.store import RunStore
 from assay.operators.text import MinLength
@@ -109,14 +110,18 @@ def test_a_failure_keeps_completed_batches_and_resume_finishes(workspace, tmp_pa
     pipeline = Pipeline(
         [SlowLog(log=str(log), seconds=0), FailOn(bad_id="13", fixed=str(fixed))], batch_size=5
     )
+    # one batch at a time, so the batches after the failing one have not started
+    sequential = LocalExecutor(batch_size=5, cpu_workers=1)
     with pytest.raises(StageError, match=r"stage 'FailOn'.*batch 2.*boom"):
-        pipeline.run(ROWS, workspace=workspace, progress="quiet")
+        pipeline.run(ROWS, workspace=workspace, progress="quiet", executor=sequential)
     with RunStore(workspace) as store:
         (run,) = store.runs()
         assert run["status"] == "failed"
         assert set(store.done_batches(run["run_id"], 0)) == {0, 1}
     fixed.touch()
-    result = pipeline.run(ROWS, workspace=workspace, resume=run["run_id"], progress="quiet")
+    result = pipeline.run(
+        ROWS, workspace=workspace, resume=run["run_id"], progress="quiet", executor=sequential
+    )
     assert result.to_arrow()["n"].to_pylist() == list(range(25))
     # batches 0 and 1 ran once; batch 2 ran twice (failed, then resumed); 3 and 4 once
     assert log.read_text().split() == ["0", "5", "10", "10", "15", "20"]

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from assay.curate.errors import AssayError
@@ -112,10 +113,11 @@ def show(
             run_id = all_runs[0]["run_id"]
         info = store.run(run_id)
         console.print(
-            f"[bold]{info['name']}[/] {run_id} [{info['status']}] code {info['code_version']}"
+            f"[bold]{escape(info['name'])}[/] {run_id} {escape('[' + info['status'] + ']')} "
+            f"code {info['code_version']}"
         )
         if info["error"]:
-            console.print(f"[red]error:[/] {info['error']}")
+            console.print(f"[red]error:[/] {escape(str(info['error']))}")
         console.print(funnel_table(store, run_id))
         usage = usage_line(store, run_id)
         if usage:
@@ -128,7 +130,7 @@ def list_stages() -> None:
     """List the registered stages with their docstrings."""
     for name, cls in registered_stages().items():
         doc = inspect.cleandoc(cls.__doc__ or "").strip()
-        console.print(f"[bold]{name}[/] ({cls.__module__})")
+        console.print(f"[bold]{escape(name)}[/] ({escape(cls.__module__)})")
         params = ", ".join(f"{k}={v.default!r}" for k, v in cls.model_fields.items())
         console.print(f"  parameters: {params or 'none'}")
         for line in doc.splitlines():
@@ -212,7 +214,8 @@ def main() -> None:
     try:
         app()
     except AssayError as exc:
-        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        # exception text quotes user input and model output: never read it as Rich markup
+        err.print(f"[red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         sys.exit(2)
 
 

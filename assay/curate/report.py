@@ -7,6 +7,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from rich.table import Table
+from rich.text import Text
 
 from assay.curate.store import RunStore
 
@@ -16,7 +17,7 @@ def funnel_table(store: RunStore, run_id: str) -> Table:
     funnel = store.funnel(run_id)
     reasons = _reasons_by_stage(store, run_id)
     llm = any(row["requests"] for row in funnel)
-    table = Table(title=f"run {run_id}")
+    table = Table(title=Text(f"run {run_id}"))
     for header in ("#", "stage", "rows in", "rows out", "rejected", "top reasons", "seconds"):
         table.add_column(header, justify="right" if header.startswith("rows") else "left")
     if llm:
@@ -25,11 +26,12 @@ def funnel_table(store: RunStore, run_id: str) -> Table:
     for row in funnel:
         cells = [
             str(row["stage_index"]),
-            row["name"],
+            Text(row["name"]),
             f"{row['rows_in']:,}",
             f"{row['rows_out']:,}",
             f"{row['rows_rejected']:,}",
-            "\n".join(reasons.get(row["stage_index"], [])),
+            # reasons quote row content (model output): plain text, never Rich markup
+            Text("\n".join(reasons.get(row["stage_index"], []))),
             f"{row['seconds']:.2f}",
         ]
         if llm:

@@ -10,15 +10,24 @@ input and memory stays bounded by the batches in flight.
 
 Resume skips every committed batch; a batch that was in flight when the process died is
 redone from its input (its LLM requests come back from the request cache).
+
+Several batches are in flight at once: up to `max_batches_in_flight` when a segment waits on
+an LLM, up to `cpu_workers` (one per core by default) when it only computes. CPU stages run in
+worker threads (pyarrow and polars release the GIL), so a stage's `process` must not mutate
+state shared between batches. Shards are named by batch index, so output order does not depend
+on which batch finishes first, and memory stays bounded by the batches in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +47,8 @@ COMMIT_INTERVAL_S = 0.2
 # 10,000 rows keeps a batch of long documents in the tens of MB while amortising the
 # per-batch commit (one DuckDB transaction and one Parquet file) to well under 1% of runtime.
 DEFAULT_BATCH_SIZE = 10_000
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -66,16 +77,21 @@ class LocalExecutor:
 
     `max_batches_in_flight` applies when a segment has an async (LLM) stage: several batches
     wait on the model at once while CPU stages run in worker threads. CPU-only segments run
-    one batch at a time, which bounds memory to about one batch per stage.
+    `cpu_workers` batches at once (default: one per core; 1 runs them one after another),
+    which bounds memory to about that many batches per stage.
     """
 
     def __init__(
-        self, batch_size: int = DEFAULT_BATCH_SIZE, max_batches_in_flight: int = 4
+        self,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batches_in_flight: int = 4,
+        cpu_workers: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
         self.max_batches_in_flight = max_batches_in_flight
+        self.cpu_workers = max(1, cpu_workers or os.cpu_count() or 1)
 
     def run(
         self,
@@ -99,7 +115,7 @@ class LocalExecutor:
                 runner = _SegmentRun(
                     self, segment, current, store, run_id, run_dir, out_dir, progress, no_cache
                 )
-                n_batches = asyncio.run(runner.run())
+                n_batches = run_coroutine(runner.run())
                 store.complete_segment(run_id, segment.index, n_batches)
             current = ParquetSource(out_dir)
         return run_dir / "output"
@@ -128,7 +144,9 @@ class _SegmentRun:
         self.no_cache = no_cache
         self.batch_size = executor.batch_size
         self.concurrent = any(s.is_async for s in segment.stages)
-        self.in_flight = executor.max_batches_in_flight if self.concurrent else 1
+        self.in_flight = executor.max_batches_in_flight if self.concurrent else executor.cpu_workers
+        self.threaded = self.concurrent or self.in_flight > 1
+        self.unsynced_dirs: set[Path] = set()
         self.finished: list[FinishedBatch] = []
         self.last_commit = time.monotonic()
 
@@ -190,7 +208,9 @@ class _SegmentRun:
                 table, rejected, created = check_result(stage, table, result, b)
                 if rejected is not None and rejected.num_rows:
                     n_rejected = rejected.num_rows
-                    rejects.append(self._write_rejects(index, stage, b, rejected))
+                    rejects.append(
+                        await self._off_loop(self._write_rejects, index, stage, b, rejected)
+                    )
                 if created is not None:
                     stage_col = pa.array([index] * created.num_rows, pa.int32())
                     lineage.append(created.append_column("stage_index", stage_col))
@@ -200,7 +220,7 @@ class _SegmentRun:
                 )
             )
             self.progress.advance(index, rows_at_start, rows_in, table.num_rows, n_rejected)
-        _write_atomic(table, self.out_dir / f"part-{b:06d}.parquet")
+        await self._off_loop(self._write_shard, table, self.out_dir / f"part-{b:06d}.parquet")
         self.finished.append(
             FinishedBatch(
                 seg.index,
@@ -216,7 +236,16 @@ class _SegmentRun:
             self.commit()
 
     def commit(self) -> None:
-        """Commit the finished batches not yet recorded (their shards are on disk already)."""
+        """Commit the finished batches not yet recorded (their shards are on disk already).
+
+        The shards' folders are fsynced first: a batch the store calls done survives a power
+        loss with its shard (the files themselves were fsynced before their rename).
+        """
+        if not self.finished:
+            return
+        for folder in sorted(self.unsynced_dirs):
+            _fsync_dir(folder)
+        self.unsynced_dirs.clear()
         self.store.commit_batches(self.run_id, self.finished)
         self.finished = []
         self.last_commit = time.monotonic()
@@ -225,15 +254,23 @@ class _SegmentRun:
         try:
             if stage.is_async:
                 return await stage.aprocess(table)  # type: ignore[attr-defined]
-            if self.concurrent:
-                return await asyncio.to_thread(stage.process, table)
-            return stage.process(table)
+            return await self._off_loop(stage.process, table)
         except AssayError:
             raise
         except Exception as exc:
             raise StageError(
                 stage.name, f"failed on batch {b}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    async def _off_loop(self, fn: Any, *args: Any) -> Any:
+        """Call `fn` in a worker thread when batches overlap, else inline."""
+        if self.threaded:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    def _write_shard(self, table: pa.Table, path: Path) -> None:
+        _write_atomic(table, path)
+        self.unsynced_dirs.add(path.parent)
 
     def _write_rejects(self, index: int, stage: Stage, b: int, rejected: pa.Table) -> pa.Table:
         """Keep the removed rows as Parquet; return (row_id, stage_index, stage, reason)."""
@@ -244,7 +281,7 @@ class _SegmentRun:
             / f"seg{self.segment.index}-{b:06d}.parquet"
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(rejected, path)
+        self._write_shard(rejected, path)
         n = rejected.num_rows
         return pa.table(
             {
@@ -280,7 +317,34 @@ class _stage_context:
         current_stage.reset(self.token)
 
 
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(coro)`, also from inside a running event loop (Jupyter, async apps).
+
+    There the loop's thread must not block on itself, so the run gets its own thread and loop.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="assay-run") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write under a temporary name, fsync, rename: a reader never sees a partial shard."""
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
