@@ -60,8 +60,11 @@ class FakeOpenAI:
         seed: int = 0,
         port: int = 0,
         quote_key_in_errors: bool = False,
+        error_detail: str | None = None,
     ) -> None:
         self.quote_key_in_errors = quote_key_in_errors
+        # appended to every injected error message (e.g. a provider echoing some other key)
+        self.error_detail = error_detail
         self.responder = responder
         self.latency_s = latency_s
         self.jitter_s = jitter_s
@@ -187,6 +190,8 @@ class FakeOpenAI:
             message = f"injected {fault}"
             if self.quote_key_in_errors:  # as some providers do: "invalid key sk-..."
                 message += f" for key {request.headers.get('Authorization', '')[7:]}"
+            if self.error_detail:
+                message += f" ({self.error_detail})"
             error = {"error": {"message": message, "type": "server_error"}}
             return web.json_response(error, status=int(fault))
         answer = self.responder(body)
@@ -219,6 +224,24 @@ class FakeOpenAI:
         return web.Response(text=text, content_type="application/json", headers=self.headers)
 
 
+def json_answers(violation_rate: float, seed: int = 0) -> Responder:
+    """A responder for JSON-mode benchmarks: `{"question": ..., "answer": <int>}` for the last
+    user message, except that a share `violation_rate` of answers (drawn per request, re-asks
+    included, from a seeded generator) breaks the schema (`"answer"` becomes a string)."""
+    rng = random.Random(seed)
+    lock = threading.Lock()
+
+    def respond(body: dict[str, Any]) -> str:
+        users = [m for m in body["messages"] if m.get("role") == "user"]
+        question = str(users[0]["content"]) if users else ""
+        with lock:
+            broken = rng.random() < violation_rate
+        value: Any = "many" if broken else len(question)
+        return json.dumps({"question": question, "answer": value})
+
+    return respond
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
@@ -228,9 +251,19 @@ def main() -> None:
     parser.add_argument("--retry-after", type=float, default=1.0)
     parser.add_argument("--hang", type=float, default=3600.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--json-violation",
+        type=float,
+        default=None,
+        help="answer JSON (see json_answers), this share of answers breaking the schema",
+    )
     args = parser.parse_args()
     mix = {k: float(v) for k, v in (p.split("=") for p in args.mix.split(",") if p)}
+    responder = (
+        echo if args.json_violation is None else json_answers(args.json_violation, args.seed)
+    )
     server = FakeOpenAI(
+        responder=responder,
         latency_s=args.latency,
         jitter_s=args.jitter,
         mix=mix,

@@ -1,7 +1,8 @@
 """Checks on what a stage returns and on what a resume reads, so no row is lost silently.
 
 - `check_result`: a stage's output keeps the table contract (every input row kept or
-  rejected exactly once, or, for a stage that creates rows, the parent of a new row).
+  rejected exactly once, or, for a stage that creates rows, the parent of a new row; such
+  a stage may also reject rows it created, whose `parent_id` is in its input).
 - `fingerprint` / `check_unchanged`: a committed batch's input, compared on resume.
 """
 
@@ -66,6 +67,10 @@ def check_result(
             raise StageError(stage.name, f"batch {b}: its {what} lost the {ID!r} column", column=ID)
     in_ids = table[ID]
     rejected_ids = rejected[ID] if rejected is not None else pa.chunked_array([], pa.string())
+    if stage.creates_rows and rejected is not None:
+        # a creating stage may reject rows it made itself (a sample whose request failed):
+        # such a row's parent is in the input, and the parent counts as accounted for
+        rejected_ids = _rejected_accounts(stage, b, rejected, in_ids)
     _require_known(stage, b, rejected_ids, in_ids, "rejected a row whose id is not in its input")
     created = None
     if stage.creates_rows:
@@ -121,6 +126,34 @@ def check_result(
             rejected = rejected.drop_columns(["_reason"])
         rejected = rejected.append_column("_reason", reasons)
     return kept, rejected, created
+
+
+def _rejected_accounts(
+    stage: Stage, b: int, rejected: pa.Table, in_ids: pa.ChunkedArray
+) -> pa.ChunkedArray:
+    """The input id each rejected row accounts for: its own id, or for a row the stage
+    created (its id is new), its `parent_id`."""
+    ids = rejected[ID]
+    new = pc.invert(pc.is_in(ids, value_set=in_ids))
+    if not pc.any(new).as_py():
+        return ids
+    if PARENT_ID not in rejected.column_names:
+        raise StageError(
+            stage.name,
+            f"batch {b}: rejected a row it created without a {PARENT_ID!r} column",
+            column=PARENT_ID,
+            row_id=ids.filter(new)[0].as_py(),
+        )
+    parents = rejected[PARENT_ID]
+    accounts = pc.if_else(new, parents, ids)
+    unknown = pc.invert(pc.fill_null(pc.is_in(accounts, value_set=in_ids), False))
+    if pc.any(unknown).as_py():
+        raise StageError(
+            stage.name,
+            f"batch {b}: rejected a new row whose {PARENT_ID} is not in its input",
+            row_id=ids.filter(unknown)[0].as_py(),
+        )
+    return pa.chunked_array([accounts.combine_chunks()] if len(accounts) else [], pa.string())
 
 
 def _require_known(
