@@ -3,6 +3,8 @@
 Runs the same work twice, each in its own subprocess so peak RSS is its own:
 - assay: `Pipeline([Normalize, MinLength, ExactDedupe])` from a Parquet file, with run-store
   bookkeeping, rejects kept and Parquet shards written;
+- assay-1-worker: the same, one batch at a time (`cpu_workers=1`, the engine before it used
+  every core);
 - polars: the same three steps as one lazy query, written to one Parquet file.
 
     python bench/engine.py --rows 1000000
@@ -93,7 +95,8 @@ def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
     writer.close()
 
 
-def run_assay(source: str, workspace: str) -> dict:
+def run_assay(source: str, workspace: str, cpu_workers: int | None = None) -> dict:
+    from assay.curate.executors.local import LocalExecutor
     from assay.curate.pipeline import Pipeline
     from assay.operators.dedupe.exact import ExactDedupe
     from assay.operators.text import MinLength, Normalize
@@ -107,7 +110,8 @@ def run_assay(source: str, workspace: str) -> dict:
         ],
         batch_size=10_000,
     )
-    result = pipeline.run(source, workspace=workspace, progress="quiet")
+    executor = LocalExecutor(batch_size=10_000, cpu_workers=cpu_workers)
+    result = pipeline.run(source, workspace=workspace, progress="quiet", executor=executor)
     import pyarrow.parquet as pq
 
     rows_out = sum(pq.read_metadata(p).num_rows for p in result.output_dir.glob("*.parquet"))
@@ -133,7 +137,12 @@ def run_polars(source: str, workspace: str) -> dict:
 def child(engine: str, source: str, workspace: str) -> None:
     started = time.perf_counter()
     cpu = time.process_time()
-    info = {"assay": run_assay, "polars": run_polars}[engine](source, workspace)
+    engines = {
+        "assay": run_assay,
+        "assay-1-worker": lambda s, w: run_assay(s, w, cpu_workers=1),
+        "polars": run_polars,
+    }
+    info = engines[engine](source, workspace)
     info["seconds"] = time.perf_counter() - started
     info["cpu_seconds"] = time.process_time() - cpu
     info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -152,7 +161,7 @@ def main() -> None:
         source = Path(tmp) / "corpus.parquet"
         make_corpus(source, args.rows)
         results = {}
-        for engine in ("polars", "assay"):
+        for engine in ("polars", "assay", "assay-1-worker"):
             ws = Path(tmp) / engine
             ws.mkdir()
             out = subprocess.run(
@@ -171,7 +180,8 @@ def main() -> None:
             f"{r['cpu_seconds']:.1f} | {r['peak_rss_mib']:,.0f} | {r['rows_out']:,} |"
         )
     ratio = results["assay"]["seconds"] / results["polars"]["seconds"]
-    print(f"assay / polars wall-time ratio: {ratio:.2f}")
+    cpu_ratio = results["assay"]["cpu_seconds"] / results["polars"]["cpu_seconds"]
+    print(f"assay / polars: wall time {ratio:.2f}x, CPU {cpu_ratio:.2f}x")
     if results["assay"]["rows_out"] != results["polars"]["rows_out"]:
         print("WARNING: the engines disagree on rows out")
 
