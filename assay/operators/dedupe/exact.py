@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from pydantic import model_validator
 
 from assay.curate.registry import register
 from assay.curate.stage import ID, BatchReader
 from assay.operators.dedupe.base import ClusterDedupe
 from assay.operators.dedupe.clusters import ClusterFit
-from assay.operators.text import WHITESPACE_RUNS
+from assay.operators.dedupe.normalize import Normalization, TextNormalization, normalized
 
 _SEPARATOR = "\x1f"  # unit separator: cannot be confused with text joined from two columns
 REASON = "exact duplicate of {keeper}"
+_LEGACY = ("lowercase", "whitespace", "punctuation", "unicode_form")
 
 
-def normalized_text(
-    columns: list[str],
-    *,
-    lowercase: bool = True,
-    whitespace: bool = True,
-    punctuation: bool = False,
-    unicode_form: str | None = "NFKC",
-) -> pl.Expr:
-    """A polars expression joining `columns` after the chosen normalisations (nulls as "")."""
+def normalized_text(columns: list[str], norm: Normalization, keep_spaces: bool) -> pl.Expr:
+    """A polars expression joining `columns` after normalising each (nulls as "")."""
     parts = []
     for column in columns:
-        expr = pl.col(column).cast(pl.String).fill_null("")
-        if unicode_form:
-            expr = expr.str.normalize(unicode_form)
-        if lowercase:
-            expr = expr.str.to_lowercase()
-        if punctuation:
-            expr = expr.str.replace_all(r"[\p{P}\p{S}]", "")
-        if whitespace:
-            expr = expr.str.replace_all(WHITESPACE_RUNS, " ").str.strip_chars()
+        expr = normalized(pl.col(column), norm)
+        if not keep_spaces:
+            expr = expr.str.replace_all(r"\s+", "")
         parts.append(expr)
     return parts[0] if len(parts) == 1 else pl.concat_str(parts, separator=_SEPARATOR)
 
@@ -46,40 +35,51 @@ def normalized_text(
 class ExactDedupe(ClusterDedupe):
     """Keep the first row of each group whose normalised `columns` are equal.
 
-    Each row's columns are normalised (Unicode NFKC, lower case, whitespace runs to one
-    space; punctuation and symbols removed when `punctuation`), joined, and hashed to 64
-    bits with polars' vectorised string hash (an xxh3-family hash; two distinct texts
-    collide with probability ~n^2 / 2^65, about 3e-8 for a million rows). "First" is input
-    order, so the keeper is deterministic.
+    Each row's columns are normalised (`normalize`; by default Unicode NFKC, lower case,
+    punctuation and symbols out: see `assay.operators.dedupe.normalize`), whitespace is
+    dropped unless `keep_spaces` (so a mark deleted, "it's" -> "its", and a mark turned
+    into a space, "it s", give the same key: what is compared is the letters and digits),
+    the columns are joined, and the result hashed to 64 bits with polars' vectorised
+    string hash (an xxh3-family hash; two distinct texts collide with probability
+    ~n^2 / 2^65, about 3e-8 for a million rows). "First" is input order, so the keeper is
+    deterministic. The older flags `lowercase`, `whitespace`, `punctuation` and
+    `unicode_form` are still accepted: given any of them, they build `normalize` as they
+    used to (punctuation kept unless asked) and `keep_spaces` is on.
 
     Input columns: `columns` (strings). Output columns: `cluster_column` (string: the id of
     the kept row of the row's group; its own id when it has no duplicate).
     Rejects: "exact duplicate of <id>".
 
-    Example: `ExactDedupe(columns=["prompt", "response"], punctuation=True)`; in a recipe
-    `{ExactDedupe: {columns: [text]}}`.
+    Example: `ExactDedupe(columns=["prompt", "response"])`; raw text:
+    `ExactDedupe(normalize="none", keep_spaces=True)`; in a recipe
+    `{ExactDedupe: {columns: [text], normalize: {digits: true}}}`.
     """
 
     reason: ClassVar[str] = REASON
 
     columns: list[str] = ["text"]
-    lowercase: bool = True
-    whitespace: bool = True
-    punctuation: bool = False
-    unicode_form: str | None = "NFKC"
+    normalize: Normalization = "default"  # a preset name or TextNormalization fields
+    keep_spaces: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_flags(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(k in data for k in _LEGACY):
+            return data
+        if "normalize" in data:
+            raise ValueError(f"give normalize or the older flags {_LEGACY}, not both")
+        data = dict(data)
+        flags = {k: data.pop(k) for k in _LEGACY if k in data}
+        data["normalize"] = TextNormalization(**{"punctuation": False, **flags})
+        data.setdefault("keep_spaces", True)
+        return data
 
     def input_columns(self) -> list[str]:
         return list(self.columns)
 
     def hashes(self, table: pa.Table) -> np.ndarray:
         """64-bit hash of each row's normalised text (uint64)."""
-        expr = normalized_text(
-            self.columns,
-            lowercase=self.lowercase,
-            whitespace=self.whitespace,
-            punctuation=self.punctuation,
-            unicode_form=self.unicode_form,
-        )
+        expr = normalized_text(self.columns, self.normalize, self.keep_spaces)
         frame = pl.from_arrow(table.select(self.columns))
         assert isinstance(frame, pl.DataFrame)
         return frame.select(expr.hash(seed=0)).to_series().to_numpy()

@@ -19,6 +19,7 @@ from assay.operators.dedupe.clusters import ClusterFit, best_matches, cluster_me
 from assay.operators.dedupe.components import connected_components
 from assay.operators.dedupe.jaccard import ShingleSets
 from assay.operators.dedupe.lsh import choose_bands
+from assay.operators.dedupe.normalize import Normalization
 from assay.operators.dedupe.shingles import shingle_hashes
 from assay.operators.dedupe.signatures import Permutations, band_keys, minhash_signatures
 
@@ -40,11 +41,14 @@ class _Spill:
 class MinhashDedupe(ClusterDedupe):
     """Keep one row per cluster of near-duplicate texts (Jaccard of n-gram shingle sets).
 
-    fit, one pass over the input: shingles (word or character n-grams) -> MinHash
+    fit, one pass over the input: the text is normalised (`normalize`, by default lower
+    case, NFKC, punctuation and symbols out: see `assay.operators.dedupe.normalize`), then
+    shingles (word or character n-grams of the normalised text) -> MinHash
     signatures -> LSH band keys, spilled per batch to Parquet (with the 32-bit shingle
     hashes to .npy). Then, band by band, rows sharing a key become candidate pairs; the
     candidate rows' shingle sets are read back from the spill and each pair's exact Jaccard
-    computed; with `verify` pairs below `threshold` are dropped. Connected components
+    computed on the same normalised shingles; with `verify` pairs below `threshold` are
+    dropped. Connected components
     (union-find) of the remaining pairs are the clusters; each keeps its first row in input
     order. Memory holds every row id (an Arrow string array, about 4 bytes plus the id's
     length a row) and a label per row (8 bytes), one batch, one band column (12 bytes a
@@ -61,8 +65,9 @@ class MinhashDedupe(ClusterDedupe):
     checked pair, so the Jaccard is >= `threshold` with `verify`); `cluster_id` names the
     kept row, which the removed row may reach only through other members of the cluster.
 
-    Example: `MinhashDedupe(column="text", threshold=0.8, ngram=5)`; in a recipe
-    `{MinhashDedupe: {column: text, threshold: 0.8}}`.
+    Example: `MinhashDedupe(column="text", threshold=0.8, ngram=5)`; with numbers folded,
+    `MinhashDedupe(normalize={"digits": True})`; in a recipe
+    `{MinhashDedupe: {column: text, threshold: 0.8, normalize: datatrove}}`.
     """
 
     reason: ClassVar[str] = REASON
@@ -71,6 +76,7 @@ class MinhashDedupe(ClusterDedupe):
     threshold: float = Field(0.8, gt=0.0, lt=1.0)
     ngram: int = Field(5, ge=1)  # word 5-grams: the common choice (datatrove, distilabel)
     unit: Literal["word", "char"] = "word"
+    normalize: Normalization = "default"  # a preset name or TextNormalization fields
     num_perm: int = Field(128, ge=1, le=1024)  # 128: datasketch's and distilabel's default
     bands: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
@@ -150,7 +156,9 @@ class MinhashDedupe(ClusterDedupe):
         """Pass 1: per batch, spill band keys (Parquet) and 32-bit shingle hashes (.npy)."""
         spill = _Spill(folder)
         for b, batch in enumerate(read_input()):
-            shingles = shingle_hashes(batch[self.column], self.ngram, self.unit)
+            shingles = shingle_hashes(
+                batch[self.column], self.ngram, self.unit, normalize=self.normalize
+            )
             keys = band_keys(minhash_signatures(shingles, perms), bands, rows)
             has_shingles = shingles.counts() > 0  # empty texts are left to ExactDedupe
             positions = np.arange(spill.rows, spill.rows + batch.num_rows)[has_shingles]

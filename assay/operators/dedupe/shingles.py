@@ -1,12 +1,14 @@
 """Shingling: every n-gram of a text column as a 64-bit hash, without a per-row loop.
 
-Tokens come from polars string kernels (words: `\\w+` runs; chars: every character after
-whitespace runs collapse to one space), token hashes from polars' vectorised hash, and
+Tokens come from polars string kernels: with a `normalize` setting (see `normalize.py`) the
+words of the normalised text, or its characters after whitespace runs collapse to one space;
+without one (`normalize=None`, Decontaminate's rule) lower-cased `\\w+` runs. Token hashes
+come from polars' vectorised hash, and
 n-gram hashes from a rolling polynomial over the token hashes in numpy: n array passes,
 whatever the number of documents. A document shorter than n tokens gives one shingle of all
 its tokens (so two short texts can still match); an empty document gives none.
 
-    sh = shingle_hashes(table["text"], n=5, unit="word")
+    sh = shingle_hashes(table["text"], n=5, unit="word", normalize="default")
     sh.hashes[sh.offsets[3] : sh.offsets[4]]  # the shingles of row 3
 """
 
@@ -19,6 +21,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from assay.operators.dedupe.normalize import Normalization, normalized, words
 
 Unit = Literal["word", "char"]
 
@@ -51,20 +55,35 @@ class Shingles:
         return np.repeat(np.arange(self.n_docs, dtype=np.int64), self.counts())
 
 
-def tokenize(column: pa.Array | pa.ChunkedArray, unit: Unit = "word") -> pa.LargeListArray:
-    """Lower-cased tokens of each text: `\\w+` words, or characters (nulls give no tokens)."""
-    text = pl.Series(column).cast(pl.String).fill_null("").str.to_lowercase()
-    if unit == "word":
-        tokens = text.str.extract_all(r"\w+")
-    elif unit == "char":
-        tokens = text.str.replace_all(r"\s+", " ").str.strip_chars().str.split("")
-    else:
+def tokenize(
+    column: pa.Array | pa.ChunkedArray, unit: Unit = "word", normalize: Normalization | None = None
+) -> pa.LargeListArray:
+    """Tokens of each text: words or characters of the `normalize`d text; with None,
+    lower-cased `\\w+` words or characters (nulls give no tokens)."""
+    if unit not in ("word", "char"):
         raise ValueError(f"unit must be 'word' or 'char', not {unit!r}")
+    text = pl.Series(column).cast(pl.String).fill_null("")
+    frame = text.to_frame("t")
+    if normalize is not None and unit == "word":
+        tokens = frame.select(words(pl.col("t"), normalize)).to_series()
+    else:
+        if normalize is None:
+            text = text.str.to_lowercase()
+        else:
+            text = frame.select(normalized(pl.col("t"), normalize)).to_series()
+        if unit == "word":
+            tokens = text.str.extract_all(r"\w+")
+        else:
+            tokens = text.str.replace_all(r"\s+", " ").str.strip_chars().str.split("")
     return tokens.to_arrow()  # one chunk: polars rechunks before converting
 
 
 def shingle_hashes(
-    column: pa.Array | pa.ChunkedArray, n: int, unit: Unit = "word", short_texts: bool = True
+    column: pa.Array | pa.ChunkedArray,
+    n: int,
+    unit: Unit = "word",
+    short_texts: bool = True,
+    normalize: Normalization | None = None,
 ) -> Shingles:
     """Hash every n-token window of every text in `column` (see the module docstring).
 
@@ -72,7 +91,7 @@ def shingle_hashes(
     """
     if n < 1:
         raise ValueError("n must be at least 1")
-    tokens = tokenize(column, unit)
+    tokens = tokenize(column, unit, normalize)
     lengths = pc.list_value_length(tokens).fill_null(0).to_numpy(zero_copy_only=False)
     lengths = lengths.astype(np.int64)
     flat = tokens.flatten()
