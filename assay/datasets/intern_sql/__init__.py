@@ -1,0 +1,79 @@
+"""The intern task: enterprise-style text-to-SQL over a racing results database.
+
+A small student should learn, from curated teacher answers, what an intern learns from the
+handbook: which columns mean what and which codes stand for which events. The teacher sees
+the handbook, the schema and worked examples (`full_prompt`); the student only the table
+name and the question (`short_prompt`).
+
+    >>> from assay.datasets.intern_sql import task_rows, default_database
+    >>> rows = task_rows("train", limit=64)      # id, question, gold_sql, template, split,
+    ...                                          # teacher_messages, student_messages
+    >>> db = default_database()                  # ~/.cache/assay/tasks/intern_sql-0.duckdb
+
+Splits (see `questions.py`): `train`, `heldout` (same templates, no shared instance) and
+`unseen` (templates never trained on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from assay.datasets.intern_sql.database import TABLE, build_database
+from assay.datasets.intern_sql.prompts import (
+    HANDBOOK,
+    SCHEMA,
+    extract_sql,
+    full_prompt,
+    short_prompt,
+)
+from assay.datasets.intern_sql.questions import questions
+
+__all__ = [
+    "HANDBOOK",
+    "SCHEMA",
+    "TABLE",
+    "build_database",
+    "default_database",
+    "extract_sql",
+    "full_prompt",
+    "short_prompt",
+    "task_rows",
+    "write_source",
+]
+
+
+def default_database(seed: int = 0) -> Path:
+    """The task database for `seed`, built once under the assay cache."""
+    root = Path(os.environ.get("ASSAY_CACHE", Path.home() / ".cache" / "assay")) / "tasks"
+    path = root / f"intern_sql-{seed}.duckdb"
+    if not path.exists():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        build_database(tmp, seed=seed)
+        os.replace(tmp, path)
+    return path
+
+
+def task_rows(split: str, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Questions of `split` with both prompts as chat messages.
+
+    Output columns: `id`, `question`, `gold_sql`, `template`, `split`, `teacher_messages`
+    and `student_messages` (lists of {role, content}).
+    """
+    rows = questions(split, limit=limit, seed=seed)
+    for row in rows:
+        row["teacher_messages"] = full_prompt(row["question"])
+        row["student_messages"] = short_prompt(row["question"])
+    return rows
+
+
+def write_source(path: str | Path, split: str, limit: int | None = None, seed: int = 0) -> Path:
+    """Write `task_rows(split, limit)` as JSON Lines (a pipeline source)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for row in task_rows(split, limit=limit, seed=seed):
+            out.write(json.dumps(row) + "\n")
+    return path
