@@ -1,3 +1,4 @@
 """Stages that score rows: LLM judges, grounding checks, verifiers, step-level judges."""
 
 from assay.judges import answer  # noqa: F401  (registers the stages)
+from assay.judges import sql, tool_calls  # noqa: F401  (SqlExecutionVerifier, ToolCallVerifier)

@@ -1,0 +1,264 @@
+"""BfclEnvironment: BFCL's multi-turn tasks on BFCL's own stateful APIs, scored by its checker.
+
+The APIs (file system, messaging, posting, ticketing, trading, travel booking, vehicle
+control, math) are BFCL's classes, run by BFCL's executor
+(`multi_turn_utils.execute_multi_turn_func_call`) from the task's `initial_config`; the tools
+offered are BFCL's function docs for the task's classes (converted the way BFCL's OpenAI
+handler converts them; in `miss_func` tasks the held-out functions appear at their turn with
+BFCL's "I have updated some more functions" message). Each user turn is one BFCL turn; the
+model's tool calls of one assistant message are one BFCL step.
+
+Scoring is BFCL's `multi_turn_checker` unchanged: it replays the model's calls and the ground
+truth from the initial state and, after every turn, compares the instances' state and checks
+that the ground truth's execution results appear among the model's. Per-turn checks come from
+running it on each prefix of the turns (turn k passes when turns 0..k do).
+
+Task rows: a BFCL id (`multi_turn_base_0`) is enough (the task is read from the wheel); rows
+from `assay.datasets.bfcl.multi_turn_tasks` carry every field.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import uuid
+from typing import Any
+
+from assay.datasets import bfcl
+from assay.operators.tools.environment import (
+    EpisodeScore,
+    ToolEnvironment,
+    ToolResult,
+    parse_arguments,
+)
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
+_TASK_FIELDS = ("question", "initial_config", "involved_classes", "ground_truth")
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def call_string(name: str, arguments: dict[str, Any]) -> str:
+    """A tool call in BFCL's executable form, `name(key=repr(value),...)` (as BFCL's
+    `convert_to_function_call` writes it). Names and keys must be identifiers: the executor
+    evaluates the string, and values are Python literals through repr."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a function name")
+    bad = [k for k in arguments if not _IDENTIFIER.match(str(k))]
+    if bad:
+        raise ValueError(f"argument names {bad!r} are not identifiers")
+    return f"{name}({','.join(f'{k}={v!r}' for k, v in arguments.items())})"
+
+
+def openai_call(call: str, docs: list[dict[str, Any]], index: int = 0) -> dict[str, Any]:
+    """A ground-truth call string (`mv(source='a', destination='b')`, positional arguments
+    named from the function doc) as an OpenAI tool call, for replaying BFCL's answers."""
+    node = ast.parse(call, mode="eval").body
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        raise ValueError(f"not a function call: {call!r}")
+    name = node.func.id
+    doc = next((d for d in docs if d["name"] == name), None)
+    order = list((doc or {}).get("parameters", {}).get("properties", {}))
+    if len(node.args) > len(order):
+        raise ValueError(f"{call!r}: more positional arguments than {name} has parameters")
+    arguments = {order[i]: ast.literal_eval(a) for i, a in enumerate(node.args)}
+    arguments.update({kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg})
+    return {
+        "id": f"call_gt_{index}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments)},
+    }
+
+
+class BfclEnvironment(ToolEnvironment):
+    """One BFCL multi-turn task per episode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        bfcl.bfcl_package()
+        from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
+
+        self._utils = multi_turn_utils
+        self.task: dict[str, Any] = {}
+        self._tag = ""
+
+    # --- episode -----------------------------------------------------------------------
+
+    def reset(self, row: dict[str, Any]) -> str:
+        super().__init__()
+        self._forget_instances()
+        if all(row.get(f) is not None for f in _TASK_FIELDS):
+            task = dict(row)
+        elif row.get("id") or row.get("task_id"):
+            task = bfcl.task_by_id(str(row.get("task_id") or row["id"]))
+        else:
+            raise ValueError("a BFCL task row needs an id (multi_turn_base_0) or every field")
+        self.task = {
+            "id": str(task.get("task_id") or task["id"]),
+            "questions": _json(task["question"]),
+            "initial_config": _json(task["initial_config"]),
+            "classes": list(task["involved_classes"]),
+            "ground_truth": _json(task["ground_truth"]),
+            "missed": _json(task.get("missed_function") or "{}") or {},
+        }
+        held_out = {n for names in self.task["missed"].values() for n in names}
+        self.docs = [
+            d
+            for c in self.task["classes"]
+            for d in bfcl.function_docs(c)
+            if d["name"] not in held_out
+        ]
+        self.turn = 0
+        self.steps: list[list[list[str]]] = [[]]  # turns -> steps -> BFCL call strings
+        # BFCL keys live instances by model name + task id: a fresh tag per episode keeps
+        # concurrent episodes of one task apart
+        self._tag = f"assay_{uuid.uuid4().hex[:12]}"
+        return self._user_message(0)
+
+    def _user_message(self, turn: int) -> str:
+        messages = self.task["questions"][turn]
+        text = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user")
+        if str(turn) in self.task["missed"]:
+            names = set(self.task["missed"][str(turn)])
+            for c in self.task["classes"]:
+                self.docs += [d for d in bfcl.function_docs(c) if d["name"] in names]
+            if not text:
+                from bfcl_eval.constants.default_prompts import (
+                    DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC,
+                )
+
+                text = DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC
+        return text
+
+    def end_turn(self, answer: str | None) -> str | None:
+        self.turn += 1
+        if self.turn >= len(self.task["questions"]):
+            self.done = True
+            return None
+        self.steps.append([])
+        return self._user_message(self.turn)
+
+    # --- tools -------------------------------------------------------------------------
+
+    def tools(self) -> dict[str, Any]:
+        return {d["name"]: d for d in self.docs}
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        return [bfcl.openai_tool(d) for d in self.docs]
+
+    def step_calls(self, tool_calls: list[dict[str, Any]]) -> list[ToolResult]:
+        """The tool calls of one assistant message: one BFCL step."""
+        self.steps[-1].append([])
+        return [self.step(c) for c in tool_calls]
+
+    def step(self, tool_call: dict[str, Any]) -> ToolResult:
+        if not self.steps[-1]:
+            self.steps[-1].append([])
+        function = tool_call.get("function", tool_call)
+        name = str(function.get("name", ""))
+        try:
+            arguments = parse_arguments(function.get("arguments"))
+            if name not in self.tools():
+                raise ValueError(f"no tool named {name!r}")
+            call = call_string(name, arguments)
+        except ValueError as exc:
+            return self._record(ToolResult(name, {}, f"Error: {exc}", True))
+        self.steps[-1][-1].append(call)
+        results, _ = self._execute([call], self._tag)
+        content = results[0]
+        return self._record(
+            ToolResult(name, arguments, content, content.startswith("Error during execution"))
+        )
+
+    def _execute(self, calls: list[str], tag: str) -> tuple[list[str], dict[str, Any]]:
+        return self._utils.execute_multi_turn_func_call(
+            func_call_list=calls,
+            initial_config=self.task["initial_config"],
+            involved_classes=self.task["classes"],
+            model_name=tag,
+            test_entry_id=self.task["id"],
+            long_context="long_context" in self.task["id"],
+        )
+
+    # --- state and score -----------------------------------------------------------------
+
+    def final_state(self) -> dict[str, Any]:
+        _, instances = self._execute([], self._tag)
+        return {
+            name: json.loads(
+                json.dumps(
+                    {k: v for k, v in vars(obj).items() if not k.startswith("_")}, default=str
+                )
+            )
+            for name, obj in instances.items()
+        }
+
+    def decoded_turns(self) -> list[list[list[str]]]:
+        """The model's calls per turn and step, as BFCL's checker reads them (empty steps
+        dropped, as BFCL's runner drops undecodable or empty ones)."""
+        return [[s for s in turn if s] for turn in self.steps]
+
+    def _check(self, turns: int) -> dict[str, Any]:
+        from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
+
+        tag = f"{self._tag}_check{turns}"
+        try:
+            return multi_turn_checker(
+                self.decoded_turns()[:turns],
+                self.task["ground_truth"][:turns],
+                {**self.task, "involved_classes": self.task["classes"]},
+                self.task["id"].rsplit("_", 1)[0],
+                tag,
+            )
+        finally:
+            self._forget_instances(tag)
+
+    def score(self) -> EpisodeScore:
+        expected = len(self.task["ground_truth"])
+        decoded = self.decoded_turns()
+        checks: list[dict[str, Any]] = []
+        if len(decoded) < expected or not self.done:
+            # BFCL fails a task whose inference stopped early ("force_terminated")
+            for k in range(expected):
+                checks.append(
+                    {
+                        "turn": k,
+                        "passed": False,
+                        "detail": f"episode ended after {len(decoded)} of {expected} turns",
+                    }
+                )
+            return EpisodeScore(0.0, False, checks)
+        failed = False
+        for k in range(expected):
+            if failed:
+                checks.append({"turn": k, "passed": False, "detail": "an earlier turn failed"})
+                continue
+            result = self._check(k + 1)
+            if result["valid"]:
+                checks.append({"turn": k, "passed": True, "detail": "state and results match"})
+            else:
+                failed = True
+                detail = f"{result.get('error_type')}: {result.get('error_message')}"
+                checks.append({"turn": k, "passed": False, "detail": detail})
+        passed = sum(c["passed"] for c in checks)
+        return EpisodeScore(passed / expected if expected else 0.0, not failed, checks)
+
+    def _forget_instances(self, tag: str | None = None) -> None:
+        """Drop the API instances BFCL's executor keeps in its module globals."""
+        tag = tag or self._tag
+        if not tag:
+            return
+        space = vars(self._utils)
+        for key in [k for k in space if isinstance(k, str) and k.startswith(tag)]:
+            del space[key]
+
+    def __del__(self) -> None:
+        try:
+            self._forget_instances()
+            for k in range(len(self.task.get("ground_truth", [])) + 1):
+                self._forget_instances(f"{self._tag}_check{k}")
+        except Exception:
+            pass

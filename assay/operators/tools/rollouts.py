@@ -1,0 +1,273 @@
+"""ToolRollouts: multi-turn tool-use episodes, verified and stored whole.
+
+For each task row and each of `n` samples, a fresh environment is reset with the row; the
+model is asked (OpenAI chat with `tools`), its `tool_calls` run in the environment and go back
+as `tool` messages, until it answers without a tool call and the task has no further user
+turn, or `max_turns` model calls have been made. Every model call goes through the shared LLM
+client (rate limits, retries, the request cache: a re-run or resumed run replays stored
+answers and re-executes the tools, so trajectories are reproduced without paying again).
+The local model's `<tool_call>` output is parsed into `tool_calls` by its backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+from typing import Any
+
+import pyarrow as pa
+from pydantic import PrivateAttr
+
+from assay.curate.errors import StageError
+from assay.curate.llm.client import LLMClient, LLMSettings, client_for
+from assay.curate.llm.types import ChatRequest
+from assay.curate.registry import register
+from assay.curate.stage import ID, PARENT_ID, AsyncStage
+from assay.operators.tools.environment import ToolEnvironment
+
+ENVIRONMENTS = {
+    "sql": "assay.operators.tools.sql_env:SqlEnvironment",
+    "bfcl": "assay.operators.tools.bfcl_env:BfclEnvironment",
+}
+
+TOOL_CALL = pa.struct(
+    [
+        ("id", pa.string()),
+        ("type", pa.string()),
+        ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())])),
+    ]
+)
+MESSAGE = pa.struct(
+    [
+        ("role", pa.string()),
+        ("content", pa.string()),
+        ("tool_calls", pa.list_(TOOL_CALL)),
+        ("tool_call_id", pa.string()),
+        ("name", pa.string()),
+    ]
+)
+OUTPUT_TYPES = {
+    "messages": pa.list_(MESSAGE),
+    "tools": pa.string(),
+    "episode": pa.string(),
+    "reward": pa.float64(),
+    "correct": pa.bool_(),
+    "turns": pa.int32(),
+    "finish": pa.string(),
+}
+
+
+def environment_class(name: str) -> type[ToolEnvironment]:
+    """`sql`, `bfcl`, or `package.module:Class` (a ToolEnvironment subclass)."""
+    target = ENVIRONMENTS.get(name, name)
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(
+            f"unknown environment {name!r}: use {', '.join(ENVIRONMENTS)} or 'module:Class' ({exc})"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, ToolEnvironment)):
+        raise ValueError(f"environment {name!r} is not a ToolEnvironment subclass")
+    return cls
+
+
+def _call(call: dict[str, Any], k: int) -> dict[str, Any]:
+    function = call.get("function") or {}
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+    return {
+        "id": str(call.get("id") or f"call_{k}"),
+        "type": "function",
+        "function": {"name": str(function.get("name", "")), "arguments": arguments},
+    }
+
+
+def message(role: str, content: str | None = "", **extra: Any) -> dict[str, Any]:
+    """A chat message in the trajectory schema (every field present)."""
+    return {
+        "role": role,
+        "content": content or "",
+        "tool_calls": extra.get("tool_calls"),
+        "tool_call_id": extra.get("tool_call_id"),
+        "name": extra.get("name"),
+    }
+
+
+def request_messages(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The trajectory as sent to a chat API (absent fields left out)."""
+    return tuple({k: v for k, v in m.items() if v is not None} for m in messages)
+
+
+@register
+class ToolRollouts(AsyncStage, LLMSettings):
+    """Run `n` multi-turn tool episodes per task row in a tool environment and score them.
+
+    `environment` is `sql` (SqlEnvironment), `bfcl` (BfclEnvironment) or `module:Class`;
+    `environment_kwargs` go to its constructor (e.g. `{database: shop.duckdb}`).
+
+    Input columns: what the environment reads (sql: `question`, `gold_sql`; bfcl: `id`).
+    Output columns: `id` (`<task id>/r<k>`), `parent_id` (the task id), `messages` (the
+    whole trajectory: system, user, assistant with `tool_calls`, `tool` results; arguments
+    as JSON strings), `tools` (JSON: the tool schemas offered), `episode` (JSON: per-call
+    timings and tool results, `checks` `[{"turn", "passed", "detail"}]`, the final state),
+    `reward` (float), `correct` (bool), `turns` (model calls), `finish` ("answer",
+    "turn_limit" or "error"); the task's other columns are kept.
+    Rejects: none (failed episodes are kept with `finish="error"`, `correct=false`: filter
+    with a verifier or on `correct`).
+
+    Example:
+
+        ToolRollouts(model="local/smollm2-135m", environment="sql", n=4, max_turns=6,
+                     temperature=0.7, max_tokens=128)
+        # {"id": "shop-0", "question": "How many customers live in Lyon?", "gold_sql": ...}
+        # -> rows shop-0/r0 .. shop-0/r3 with their messages, reward and correct
+    """
+
+    environment: str = "sql"
+    environment_kwargs: dict[str, Any] = {}
+    system_prompt: str | None = None
+    n: int = 1
+    # model calls per episode: a 135M model can loop on tool calls; BFCL allows 20 per turn
+    max_turns: int = 8
+    temperature: float | None = None
+    max_tokens: int | None = 256
+    seed: int | None = None
+    generation_kwargs: dict[str, Any] = {}
+
+    creates_rows = True
+    _client: LLMClient | None = PrivateAttr(default=None)
+    _env_cls: type[ToolEnvironment] | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any) -> None:
+        if self.n < 1 or self.max_turns < 1:
+            raise ValueError("n and max_turns must be at least 1")
+        self._env_cls = environment_class(self.environment)
+
+    def settings(self) -> LLMSettings:
+        return LLMSettings(**{k: getattr(self, k) for k in LLMSettings.model_fields})
+
+    @property
+    def client(self) -> LLMClient:
+        if self._client is None:
+            self._client = client_for(self.settings())
+        return self._client
+
+    def use_client(self, client: LLMClient) -> ToolRollouts:
+        self._client = client
+        return self
+
+    def params(self) -> dict[str, Any]:
+        params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+        params.update(self.generation_kwargs)
+        return {k: v for k, v in params.items() if v is not None}
+
+    def new_environment(self) -> ToolEnvironment:
+        assert self._env_cls is not None
+        return self._env_cls(**self.environment_kwargs)
+
+    async def episode(self, row: dict[str, Any], k: int) -> dict[str, Any]:
+        """One episode of `row` (sample `k`), as an output row."""
+        env = self.new_environment()
+        try:
+            observation = env.reset(row)
+        except Exception as exc:
+            raise StageError(
+                self.name,
+                f"environment cannot start: {type(exc).__name__}: {exc}",
+                row_id=str(row.get(ID)),
+            ) from exc
+        messages = [message("system", self.system_prompt)] if self.system_prompt else []
+        messages.append(message("user", observation))
+        offered = env.tool_schemas()
+        log: list[dict[str, Any]] = []
+        finish, turns, error = "turn_limit", 0, None
+        while turns < self.max_turns:
+            tools = env.tool_schemas()
+            offered += [t for t in tools if t not in offered]
+            request = ChatRequest(
+                model=self.model,
+                messages=request_messages(messages),
+                params=self.params(),
+                tools=tuple(tools),
+                sample_index=k,
+            )
+            response = await self.client.complete(request)
+            turns += 1
+            entry: dict[str, Any] = {
+                "call": turns,
+                "latency_s": response.latency_s,
+                "cached": response.cached,
+                "input_tokens": response.input_tokens,
+                "output_tokens": response.output_tokens,
+            }
+            log.append(entry)
+            if response.error is not None:
+                finish, error = "error", response.error
+                entry["error"] = response.error
+                break
+            calls = [_call(c, i) for i, c in enumerate(response.tool_calls or [])]
+            messages.append(message("assistant", response.text, tool_calls=calls or None))
+            if calls:
+                results = (
+                    env.step_calls(calls)
+                    if hasattr(env, "step_calls")
+                    else [env.step(c) for c in calls]
+                )
+                entry["tools"] = []
+                for call, result in zip(calls, results, strict=True):
+                    messages.append(
+                        message("tool", result.content, tool_call_id=call["id"], name=result.name)
+                    )
+                    entry["tools"].append(
+                        {
+                            "name": result.name,
+                            "arguments": result.arguments,
+                            "result": result.content,
+                            "error": result.error,
+                            "seconds": round(result.seconds, 6),
+                        }
+                    )
+                continue
+            follow_up = env.end_turn(response.text)
+            if follow_up is None:
+                finish = "answer"
+                break
+            messages.append(message("user", follow_up))
+        score = env.score()
+        episode = {
+            "environment": self.environment,
+            "calls": log,
+            "checks": score.checks,
+            "final_state": env.final_state(),
+            "error": error,
+        }
+        return {
+            "messages": messages,
+            "tools": json.dumps(offered, ensure_ascii=False),
+            "episode": json.dumps(episode, ensure_ascii=False, default=str),
+            "reward": float(score.reward),
+            "correct": bool(score.correct) and finish != "error",
+            "turns": turns,
+            "finish": finish,
+        }
+
+    async def aprocess(self, table: pa.Table) -> pa.Table:
+        rows = table.to_pylist()
+        episodes = await asyncio.gather(
+            *(self.episode(row, k) for row in rows for k in range(self.n))
+        )
+        keep = [c for c in table.column_names if c not in (*OUTPUT_TYPES, ID, PARENT_ID)]
+        take = pa.array([i for i in range(len(rows)) for _ in range(self.n)], pa.int64())
+        base = table.select(keep).take(take)
+        columns: dict[str, Any] = {
+            ID: pa.array([f"{r[ID]}/r{k}" for r in rows for k in range(self.n)], pa.string()),
+            PARENT_ID: pa.array([str(r[ID]) for r in rows for _ in range(self.n)], pa.string()),
+        }
+        for name in keep:
+            columns[name] = base[name]
+        for name, kind in OUTPUT_TYPES.items():
+            columns[name] = pa.array([e[name] for e in episodes], kind)
+        return pa.table(columns)

@@ -1,0 +1,223 @@
+"""SqlEnvironment: answer a question about a DuckDB database with three tools.
+
+The tools teach the discipline of Snorkel's FinQA environment: look at the tables and their
+columns (`list_tables`, `describe_table`) before querying (`run_query`). Queries pass the same
+guard as SqlExecutionVerifier (`check_read_only`: one SELECT, no files, no settings) and run
+on a read-only connection with a timeout and a row limit.
+
+An episode is scored by its final answer and by its discipline:
+- answer: the final answer states every value of the gold result (numbers within 1e-6
+  relative); a gold result over 10 cells, or an episode without a final answer (TRL's
+  loop), must instead be what the last query returned;
+- discipline: `list_tables` or `describe_table` was called before the first `run_query`.
+`reward = 0.7 * answer + 0.3 * discipline`; `correct` is the answer check.
+
+Task rows: `question` (string), `gold_sql` (string); `database` (a DuckDB path) overrides
+the environment's database for that row.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from assay.judges.sql import (
+    QueryResult,
+    SqlRunError,
+    UnsafeSqlError,
+    _cell,
+    _cells_equal,
+    is_ordered,
+    open_read_only,
+    run_read_only,
+    same_results,
+)
+from assay.operators.tools.api import tool
+from assay.operators.tools.environment import EpisodeScore, ToolEnvironment
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+INSTRUCTIONS = (
+    "Answer the question using the database tools. First call list_tables and describe_table "
+    "to see the tables and their columns, then run_query with one SELECT. When you have the "
+    "result, reply with the answer in a short sentence."
+)
+
+
+class SqlEnvironment(ToolEnvironment):
+    """A DuckDB database behind `list_tables`, `describe_table` and `run_query`."""
+
+    def __init__(
+        self,
+        database: str | Path | None = None,
+        timeout_s: float = 5.0,
+        row_limit: int = 1000,
+        shown_rows: int = 20,
+    ) -> None:
+        super().__init__()
+        if database is None:
+            from assay.operators.tools.sql_demo import demo_database
+
+            database = demo_database()
+        self.database = str(database)
+        self.timeout_s = timeout_s
+        self.row_limit = row_limit
+        self.shown_rows = shown_rows
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._con_path = ""
+        self.question = ""
+        self.gold_sql = ""
+        self.gold: QueryResult | None = None
+        self.events: list[str] = []
+        self.last_result: QueryResult | None = None
+        self.answer: str | None = None
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None or self._con_path != self.database:
+            self._con = open_read_only(self.database)
+            self._con_path = self.database
+        return self._con
+
+    def reset(self, row: dict[str, Any]) -> str:
+        super().__init__()
+        if row.get("database"):
+            self.database = str(row["database"])
+        self.question = str(row.get("question") or "")
+        if not self.question:
+            raise ValueError(f"task row {row.get('id')!r} has no question")
+        self.gold_sql = str(row.get("gold_sql") or "")
+        self.gold = (
+            run_read_only(self.con, self.gold_sql, self.timeout_s, self.row_limit)
+            if self.gold_sql
+            else None
+        )
+        self.events, self.last_result, self.answer = [], None, None
+        return f"{INSTRUCTIONS}\n\nQuestion: {self.question}"
+
+    # --- tools -------------------------------------------------------------------------
+
+    @tool
+    def list_tables(self) -> str:
+        """List the tables of the database.
+
+        Returns:
+            The table names, one per line.
+        """
+        self.events.append("list_tables")
+        rows = self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE NOT internal ORDER BY table_name"
+        ).fetchall()
+        return "\n".join(r[0] for r in rows) or "(no tables)"
+
+    @tool
+    def describe_table(self, table: str) -> str:
+        """Show the columns of one table with their types and comments.
+
+        Args:
+            table: The name of the table, as list_tables gives it.
+
+        Returns:
+            One line per column: name, type and comment.
+        """
+        self.events.append("describe_table")
+        rows = self.con.execute(
+            "SELECT column_name, data_type, comment FROM duckdb_columns() "
+            "WHERE NOT internal AND table_name = ? ORDER BY column_index",
+            [table],
+        ).fetchall()
+        if not rows:
+            raise ValueError(f"no table named {table!r}; call list_tables to see the tables")
+        return "\n".join(f"{n} {t}" + (f" -- {c}" if c else "") for n, t, c in rows)
+
+    @tool
+    def run_query(self, sql: str) -> str:
+        """Run one read-only SELECT query on the database.
+
+        Args:
+            sql: One DuckDB SELECT statement.
+
+        Returns:
+            The column names and up to 20 rows, or an error.
+        """
+        self.events.append("run_query")
+        try:
+            result = run_read_only(self.con, sql, self.timeout_s, self.row_limit)
+        except (UnsafeSqlError, SqlRunError) as exc:
+            raise ValueError(str(exc)) from None
+        self.last_result = result
+        lines = [" | ".join(result.columns)]
+        lines += [" | ".join(str(v) for v in row) for row in result.rows[: self.shown_rows]]
+        if len(result.rows) > self.shown_rows:
+            lines.append(f"... {len(result.rows)} rows in all")
+        return "\n".join(lines)
+
+    # --- grading -----------------------------------------------------------------------
+
+    def end_turn(self, answer: str | None) -> str | None:
+        self.answer = answer
+        self.done = True
+        return None
+
+    def inspected_before_query(self) -> bool:
+        first_query = self.events.index("run_query") if "run_query" in self.events else None
+        looked = [i for i, e in enumerate(self.events) if e != "run_query"]
+        return bool(looked) and (first_query is None or looked[0] < first_query)
+
+    def answer_check(self) -> tuple[bool, str]:
+        """The final answer must state the gold values; a gold result too big to state
+        (over 10 cells) must be what the last successful query returned."""
+        if self.gold is None:
+            return False, "no gold SQL for this task"
+        cells = [_cell(v) for row in self.gold.rows for v in row]
+        # no final answer seen (TRL's loop ends without telling the environment): the last
+        # query's result is the answer
+        if not cells or len(cells) > 10 or self.answer is None:
+            if (
+                self.last_result is not None
+                and same_results(self.last_result.rows, self.gold.rows, is_ordered(self.gold_sql))[
+                    0
+                ]
+            ):
+                return True, "the last query returned the gold result"
+            return False, "the last query did not return the gold result"
+        text = self.answer or ""
+        numbers = [float(n.replace(",", "")) for n in _NUMBER.findall(text)]
+        missing = []
+        for cell in cells:
+            if isinstance(cell, float):
+                if not any(_cells_equal(n, cell, 1e-6, 1e-9) for n in numbers):
+                    missing.append(cell)
+            elif cell is not None and str(cell).lower() not in text.lower():
+                missing.append(cell)
+        if missing:
+            return False, f"the answer does not state {missing!r}"
+        return True, "the answer states the gold result"
+
+    def final_state(self) -> dict[str, Any]:
+        return {
+            "tool_sequence": list(self.events),
+            "inspected_before_query": self.inspected_before_query(),
+            "last_result": [list(map(str, r)) for r in self.last_result.rows[:20]]
+            if self.last_result
+            else None,
+            "answer": self.answer,
+        }
+
+    def score(self) -> EpisodeScore:
+        answered, detail = self.answer_check()
+        disciplined = self.inspected_before_query()
+        checks = [
+            {"turn": 0, "check": "answer", "passed": answered, "detail": detail},
+            {
+                "turn": 0,
+                "check": "discipline",
+                "passed": disciplined,
+                "detail": "inspected the schema before querying"
+                if disciplined
+                else f"tool order: {', '.join(self.events) or 'no tools'}",
+            },
+        ]
+        return EpisodeScore(0.7 * answered + 0.3 * disciplined, answered, checks)
