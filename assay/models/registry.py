@@ -14,10 +14,15 @@ the command that installs it. GGUF models are converted once (dequantised, the G
 
 Registered aliases and adapters persist in `registry.json` in the model cache, so a trainer
 that registers an adapter in one process makes it visible to `assay serve` in another.
+
+`weights_fingerprint(path)` identifies the weights a model or adapter path holds (the
+request cache keys local answers on it, so a retrained adapter re-registered under its old
+name never gets the old adapter's answers).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -90,14 +95,23 @@ class ModelRegistry:
     path: Path | None = None
     models: dict[str, str] = field(default_factory=dict)
     adapters: dict[str, str] = field(default_factory=dict)
+    # the file's (mtime, size, inode) when it was read, for `refreshed`
+    stamp: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def load(cls, path: Path | None = None) -> ModelRegistry:
         path = path or model_cache_dir() / "registry.json"
+        stamp = _file_stamp(path)
         if path.exists():
             data = json.loads(path.read_text())
-            return cls(path, data.get("models", {}), data.get("adapters", {}))
-        return cls(path)
+            return cls(path, data.get("models", {}), data.get("adapters", {}), stamp)
+        return cls(path, stamp=stamp)
+
+    def refreshed(self) -> ModelRegistry:
+        """This registry, or a fresh read of its file when another writer changed it."""
+        if self.path is None or _file_stamp(self.path) == self.stamp:
+            return self
+        return ModelRegistry.load(self.path)
 
     def save(self) -> None:
         if self.path is None:
@@ -106,6 +120,7 @@ class ModelRegistry:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"models": self.models, "adapters": self.adapters}, indent=2))
         tmp.replace(self.path)
+        self.stamp = _file_stamp(self.path)
 
     def register_model(self, alias: str, source: str | Path) -> None:
         if ADAPTER_SEPARATOR in alias:
@@ -162,6 +177,60 @@ class ModelRegistry:
             f"({INSTALL_HINT}); register others with register_model(alias, path). "
             "assay never downloads models."
         )
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+# files up to this size are hashed by content; larger ones (a base model's weights) by
+# name, size, inode and times, which change whenever the file is rewritten or replaced
+_HASH_CONTENT_UP_TO = 256 * 2**20
+_file_digests: dict[tuple[str, int, int, int, int], str] = {}
+_digest_lock = threading.Lock()
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """A short hash of the weights at `path` (a file, or a directory's top-level files).
+
+    Content hashes are memoised per (path, size, inode, mtime, ctime), so asking again for
+    unchanged files costs a few `stat` calls; a copy with preserved mtime still differs in
+    inode and ctime.
+    """
+    root = Path(path)
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    )
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{_file_digest(file)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_digest(file: Path) -> str:
+    st = file.stat()
+    key = (str(file), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    with _digest_lock:
+        found = _file_digests.get(key)
+    if found is not None:
+        return found
+    if st.st_size <= _HASH_CONTENT_UP_TO:
+        h = hashlib.sha256()
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+        value = h.hexdigest()
+    else:
+        value = "stat:" + ":".join(str(k) for k in key[1:])
+    with _digest_lock:
+        _file_digests[key] = value
+    return value
 
 
 _registry_lock = threading.Lock()
