@@ -1,5 +1,6 @@
-"""Near-duplicate benchmark: assay's MinhashDedupe vs datasketch (as distilabel uses it) vs
-datatrove's MinHash pipeline, on real text with planted duplicates of known Jaccard.
+"""Near-duplicate benchmark: assay's MinhashDedupe (and ExactDedupe) vs datasketch (as
+distilabel uses it) vs datatrove's MinHash pipeline, on real text with planted duplicates
+whose Jaccard is measured on normalised words (bench/dedupe_corpus.py builds the corpus).
 
     nice .venv/bin/python bench/dedupe.py                    # the comparison table
     nice .venv/bin/python bench/dedupe.py --scale 1000000    # assay alone, 1M rows, peak RSS
@@ -7,30 +8,24 @@ datatrove's MinHash pipeline, on real text with planted duplicates of known Jacc
 datatrove runs in its own venv (never an assay dependency); create it once with
     python3.11 -m venv bench/out/venv-datatrove
     bench/out/venv-datatrove/bin/pip install "datatrove[processing]" pyarrow xxhash orjson
-Without it the datatrove row reads "failed" and the others still run.
+Without it the datatrove row reads "failed" and the others still run. `assay_before` runs
+the MinhashDedupe of a given git commit (`--before`, default the one before text
+normalisation), exported with `git archive` into bench/out/assay-<commit>.
 
-Corpus: Python docstrings (standard library and the venv's site-packages, read with `ast`,
-nothing imported) and Debian man pages (roff markup stripped, cut into 150-400 word
-chunks), exact-deduplicated. Planted variants of sources with >= 200 words: an exact copy,
-a case/whitespace variant, and word substitutions spaced >= 5 words apart so the word
-5-gram Jaccard to the source is just above 0.95 / 0.9 / 0.8 / 0.7 / 0.6 (each substitution
-removes 5 shingles and adds 5: J = (n - 5m) / (n + 5m)). The exact Jaccard of every pair is
-recomputed and recorded.
-
-Each method runs in its own process (datatrove in its own venv, bench/out/venv-datatrove),
-timed by CPU seconds (user + sys) and peak RSS from wait4, and writes one cluster label per
-row. Metrics: recall per bucket = share of planted pairs whose two rows share a cluster;
-precision = share of removed rows whose exact word 5-gram Jaccard with the row the method
-says it duplicates is >= 0.8 (assay: the row named in the reject reason; datasketch: the
-first LSH match, as distilabel keeps it; datatrove names none, so its cluster's kept row).
-Natural duplicates in the corpus count as correct. `precision vs kept` measures every
-method against its cluster's kept row instead (rows joined through chains count as wrong).
+Each method runs in its own process, timed by CPU seconds (user + sys) and peak RSS from
+wait4, and writes one cluster label per row. Metrics: recall per bucket = share of planted
+pairs whose two rows share a cluster; `all J>=0.8` = over every planted pair whose measured
+normalised Jaccard is >= 0.8; precision = share of removed rows whose normalised word
+5-gram Jaccard with the row the method says it duplicates is >= 0.8 (assay: the row named
+in the reject reason; datasketch: the first LSH match, as distilabel keeps it; datatrove
+names none, so its cluster's kept row). Natural duplicates in the corpus count as correct.
+`precision vs kept` measures every method against its cluster's kept row instead (rows
+joined through chains count as wrong). docs/s per core = documents / CPU seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import gzip
 import json
 import os
@@ -40,135 +35,24 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dedupe_corpus import (  # noqa: E402
+    BUCKETS,
+    build,
+    docstrings,
+    jaccard,
+    man_pages,
+)
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "dedupe"
 DATATROVE_PY = HERE / "out" / "venv-datatrove" / "bin" / "python"
 THRESHOLD = 0.8
-BUCKETS = {
-    "exact": 1.0,
-    "case_ws": 1.0,
-    "j0.95": 0.95,
-    "j0.90": 0.9,
-    "j0.80": 0.8,
-    "j0.70": 0.7,
-    "j0.60": 0.6,
-}
+BEFORE = "7123af5feb4f8770b7808f6849332d45290a2297"  # MinhashDedupe on raw \w+ words
 WORD = re.compile(r"\w+")
 
 
 # ---------------------------------------------------------------------- corpus
-
-
-def docstrings(roots: list[Path], limit: int) -> list[str]:
-    out: list[str] = []
-    for root in roots:
-        for path in sorted(root.rglob("*.py")):
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8"))
-            except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError):
-                continue
-            for node in ast.walk(tree):
-                if isinstance(
-                    node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-                ):
-                    doc = ast.get_docstring(node)
-                    if doc and len(doc.split()) >= 30:
-                        out.append(doc)
-            if len(out) >= limit:
-                return out
-    return out
-
-
-def man_pages(limit: int) -> list[str]:
-    out: list[str] = []
-    for path in sorted(Path("/usr/share/man").rglob("*.gz")):
-        try:
-            raw = gzip.decompress(path.read_bytes()).decode("utf-8", "replace")
-        except (OSError, EOFError):
-            continue
-        lines = [ln for ln in raw.splitlines() if not ln.startswith((".", "'\\\""))]
-        text = re.sub(r"\\f[BIRP]|\\\(..|\\[-e&]|\\", " ", " ".join(lines))
-        words = text.split()
-        for i in range(0, len(words), 300):
-            chunk = words[i : i + 300]
-            if len(chunk) >= 150:
-                out.append(" ".join(chunk))
-        if len(out) >= limit:
-            break
-    return out
-
-
-def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
-    words = WORD.findall(text.lower())
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)} or {tuple(words)}
-
-
-def jaccard(a: str, b: str) -> float:
-    sa, sb = shingles(a), shingles(b)
-    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-
-
-def variant(text: str, kind: str, rng) -> str:
-    if kind == "exact":
-        return text
-    words = text.split()
-    if kind == "case_ws":
-        return "  ".join(w.upper() if rng.random() < 0.3 else w for w in words) + "\n"
-    target = BUCKETS[kind]
-    n = len(WORD.findall(text.lower())) - 4
-    m = max(1, int(n * (1 - target) / (5 * (1 + target))))
-    # positions >= 5 words apart (in the raw split; \w+ tokens are close to it)
-    slots = sorted(rng.sample(range(len(words) // 5), m))
-    for s in slots:
-        words[s * 5 + 2] = f"zq{rng.randrange(10**9)}"
-    return " ".join(words)
-
-
-def build_corpus(n_per_bucket: int, n_base: int, seed: int = 0) -> tuple[Path, Path]:
-    import random
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    tag = f"{n_base}-{n_per_bucket}"
-    corpus, truth = OUT / f"corpus-{tag}.parquet", OUT / f"truth-{tag}.parquet"
-    if corpus.exists() and truth.exists():
-        return corpus, truth
-    stdlib = Path(os.__file__).parent
-    texts = docstrings(
-        [stdlib, Path(sys.prefix) / "lib" / "python3.11" / "site-packages"], n_base // 2
-    )
-    texts += man_pages(n_base - len(texts))
-    seen, base = set(), []
-    for t in texts:
-        key = " ".join(WORD.findall(t.lower()))
-        if key not in seen:
-            seen.add(key)
-            base.append(t)
-    rng = random.Random(seed)
-    base = base[:n_base]
-    long_ones = [i for i, t in enumerate(base) if len(t.split()) >= 200]
-    sources = rng.sample(long_ones, n_per_bucket * len(BUCKETS))
-    rows = [{"id": f"d{i}", "text": t} for i, t in enumerate(base)]
-    pairs = []
-    for k, kind in enumerate(BUCKETS):
-        for src in sources[k * n_per_bucket : (k + 1) * n_per_bucket]:
-            vid = f"v{len(pairs)}"
-            text = variant(base[src], kind, rng)
-            rows.append({"id": vid, "text": text})
-            pairs.append(
-                {
-                    "source": f"d{src}",
-                    "variant": vid,
-                    "bucket": kind,
-                    "jaccard": jaccard(base[src], text),
-                }
-            )
-    rng.shuffle(rows)
-    pq.write_table(pa.Table.from_pylist(rows), corpus)
-    pq.write_table(pa.Table.from_pylist(pairs), truth)
-    return corpus, truth
 
 
 def build_scale_corpus(n_rows: int, seed: int = 0) -> Path:
@@ -227,15 +111,13 @@ def build_scale_corpus(n_rows: int, seed: int = 0) -> Path:
 # Each writes labels.parquet (id, cluster, kept) into its folder; run in a fresh process.
 
 
-def method_assay(corpus: str, folder: Path) -> None:
+def _run_assay_stage(stage, corpus: str, folder: Path) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from assay.curate.pipeline import Pipeline
-    from assay.operators.dedupe import MinhashDedupe
 
-    stage = MinhashDedupe(column="text", threshold=THRESHOLD, ngram=5, num_perm=128)
     result = Pipeline([stage]).run(corpus, workspace=folder / "ws", progress="quiet")
     kept = result.to_arrow().select(["id", "cluster_id"])
     rejects = result.rejects()
@@ -245,10 +127,28 @@ def method_assay(corpus: str, folder: Path) -> None:
     labels = labels.append_column("kept", pa.array(flags))
     # the row each removed row was matched with, as its reject reason names it
     reasons = rejects["_reason"].combine_chunks()
-    named = pc.extract_regex(reasons, r"near duplicate of (?P<match>\S+) ").field("match")
+    named = pc.extract_regex(reasons, r"duplicate of (?P<match>[^\s()]+)").field("match")
     matches = pa.concat_arrays([pa.nulls(kept.num_rows, pa.string()), named])
     labels = labels.append_column("match", matches)
     pq.write_table(labels, folder / "labels.parquet")
+
+
+def method_assay(corpus: str, folder: Path) -> None:
+    """MinhashDedupe with its defaults (normalised words, b x r chosen for 0.8, verify)."""
+    from assay.operators.dedupe import MinhashDedupe
+
+    stage = MinhashDedupe(column="text", threshold=THRESHOLD, ngram=5, num_perm=128)
+    _run_assay_stage(stage, corpus, folder)
+
+
+def method_assay_exact(corpus: str, folder: Path) -> None:
+    """ExactDedupe with its defaults (normalised letters and digits hashed)."""
+    from assay.operators.dedupe import ExactDedupe
+
+    _run_assay_stage(ExactDedupe(columns=["text"]), corpus, folder)
+
+
+method_assay_before = method_assay  # the same code path, imported from the older tree
 
 
 def method_datasketch(corpus: str, folder: Path) -> None:
@@ -362,7 +262,27 @@ def method_datatrove(corpus: str, folder: Path) -> None:
     pq.write_table(labels, folder / "labels.parquet")
 
 
-METHODS = {"assay": method_assay, "datasketch": method_datasketch, "datatrove": method_datatrove}
+METHODS = {
+    "assay": method_assay,
+    "assay_exact": method_assay_exact,
+    "assay_before": method_assay_before,
+    "datasketch": method_datasketch,
+    "datatrove": method_datatrove,
+}
+
+
+def before_tree(commit: str) -> Path:
+    """The assay package of `commit`, exported once with `git archive` (reads git only)."""
+    folder = HERE / "out" / f"assay-{commit[:10]}"
+    if not (folder / "assay").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(HERE.parent), "archive", commit, "assay"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 # ---------------------------------------------------------------------- measurement
@@ -379,11 +299,12 @@ def write_peak_rss(path: Path) -> None:
     path.write_text(json.dumps({"self_mb": hwm_kb / 1024, "children_mb": children_kb / 1024}))
 
 
-def run_measured(method: str, corpus: Path, folder: Path) -> dict:
+def run_measured(method: str, corpus: Path, folder: Path, before: str = BEFORE) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     python = str(DATATROVE_PY) if method == "datatrove" else sys.executable
     cmd = [python, __file__, "--method", method, "--corpus", str(corpus), "--folder", str(folder)]
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    root = before_tree(before) if method == "assay_before" else HERE.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
     started = time.perf_counter()
     with open(folder / "stderr.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -411,6 +332,9 @@ def evaluate(corpus: Path, truth: Path, labels: Path) -> dict:
     ]
     pairs = pairs.with_columns(pl.Series("found", found))
     recall = {b: pairs.filter(pl.col("bucket") == b)["found"].mean() for b in BUCKETS}
+    recall["variants"] = pairs.filter(pl.col("bucket").is_in(["case_ws", "case_punct"]))[
+        "found"
+    ].mean()
     recall["all J>=0.8"] = pairs.filter(pl.col("jaccard") >= THRESHOLD)["found"].mean()
     jac = {b: pairs.filter(pl.col("bucket") == b)["jaccard"].mean() for b in BUCKETS}
     keeper = dict(lab.filter(pl.col("kept")).select("cluster", "id").iter_rows())
@@ -431,7 +355,7 @@ def evaluate(corpus: Path, truth: Path, labels: Path) -> dict:
 
 
 def table_rows(results: list[dict]) -> str:
-    cols = [*BUCKETS, "all J>=0.8"]
+    cols = [*BUCKETS, "variants", "all J>=0.8"]
     head = (
         "| method | docs | wall s | CPU s | docs/s per core | peak RSS MB | removed | precision "
         "| precision vs kept | " + " | ".join(f"recall {b}" for b in cols) + " |"
@@ -455,16 +379,18 @@ def table_rows(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def compare(n_per_bucket: int, n_base: int, methods: list[str]) -> None:
-    corpus, truth = build_corpus(n_per_bucket, n_base)
+def compare(n_per_bucket: int, n_base: int, methods: list[str], before: str) -> None:
+    corpus, truth = build(n_per_bucket, n_base, OUT)
     results = []
+    load = [os.getloadavg()[0]]
     for m in methods:
         folder = OUT / f"{m}-{n_base}-{n_per_bucket}"
         if folder.exists():
             import shutil
 
             shutil.rmtree(folder)
-        r = run_measured(m, corpus, folder)
+        r = run_measured(m, corpus, folder, before)
+        load.append(os.getloadavg()[0])
         if r["ok"]:
             r["eval"] = evaluate(corpus, truth, folder / "labels.parquet")
         results.append(r)
@@ -479,7 +405,9 @@ def compare(n_per_bucket: int, n_base: int, methods: list[str]) -> None:
     )
     report = "\n".join(
         [
-            f"command: `nice .venv/bin/python bench/dedupe.py --base {n_base} --per-bucket {n_per_bucket}`",
+            "command: `nice .venv/bin/python bench/dedupe.py "
+            f"--base {n_base} --per-bucket {n_per_bucket} --methods {','.join(methods)}`",
+            f"1-minute load average before and after each method: {load}",
             "",
             table_rows(results),
             "",
@@ -522,7 +450,8 @@ def main() -> None:
     )
     parser.add_argument("--per-bucket", type=int, default=1000, help="planted pairs per bucket")
     parser.add_argument("--base", type=int, default=50_000, help="real documents before planting")
-    parser.add_argument("--methods", default="assay,datasketch,datatrove")
+    parser.add_argument("--methods", default="assay,assay_exact,assay_before,datasketch,datatrove")
+    parser.add_argument("--before", default=BEFORE, help="commit that assay_before runs")
     parser.add_argument("--scale", type=int, help="run assay alone on this many synthetic rows")
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
@@ -534,7 +463,7 @@ def main() -> None:
     elif args.scale:
         scale(args.scale)
     else:
-        compare(args.per_bucket, args.base, args.methods.split(","))
+        compare(args.per_bucket, args.base, args.methods.split(","), args.before)
 
 
 if __name__ == "__main__":
