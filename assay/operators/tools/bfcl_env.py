@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import time
 import uuid
 from typing import Any
 
@@ -31,6 +32,7 @@ from assay.operators.tools.environment import (
     ToolEnvironment,
     ToolResult,
     parse_arguments,
+    result_text,
 )
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
@@ -167,10 +169,12 @@ class BfclEnvironment(ToolEnvironment):
         except ValueError as exc:
             return self._record(ToolResult(name, {}, f"Error: {exc}", True))
         self.steps[-1][-1].append(call)
+        start = time.perf_counter()
         results, _ = self._execute([call], self._tag)
-        content = results[0]
+        content = result_text(results[0])
+        failed = content.startswith("Error during execution")
         return self._record(
-            ToolResult(name, arguments, content, content.startswith("Error during execution"))
+            ToolResult(name, arguments, content, failed, time.perf_counter() - start)
         )
 
     def _execute(self, calls: list[str], tag: str) -> tuple[list[str], dict[str, Any]]:

@@ -1,0 +1,112 @@
+"""BfclEnvironment on BFCL's own APIs and checker (bfcl-eval==2026.3.23, read from its wheel):
+a task replayed with its ground-truth calls scores as correct, with one call changed as
+wrong, and an episode cut short fails like BFCL's force-terminated entries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from assay.datasets.bfcl import multi_turn_tasks, openai_tool
+from assay.operators.tools.bfcl_env import BfclEnvironment, call_string, openai_call
+
+
+def replay(task_id: str, change: tuple[int, int, str] | None = None) -> BfclEnvironment:
+    """Play a task's ground truth; `change=(turn, call, replacement)` swaps one call."""
+    env = BfclEnvironment()
+    env.reset({"id": task_id})
+    for k, turn in enumerate(env.task["ground_truth"]):
+        calls = list(turn)
+        if change and change[0] == k:
+            calls[change[1]] = change[2]
+        if calls:
+            env.step_calls([openai_call(c, env.docs, i) for i, c in enumerate(calls)])
+        assert env.end_turn("done") is None or not env.done
+    return env
+
+
+@pytest.mark.parametrize(
+    "task_id", ["multi_turn_base_0", "multi_turn_base_60", "multi_turn_base_150"]
+)
+def test_ground_truth_replay_scores_as_correct(task_id: str) -> None:
+    env = replay(task_id)
+    score = env.score()
+    assert score.correct and score.reward == 1.0
+    assert [c["passed"] for c in score.checks] == [True] * len(env.task["ground_truth"])
+
+
+def test_one_changed_call_scores_as_wrong_at_its_turn() -> None:
+    task = multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]
+    ground_truth = json.loads(task["ground_truth"])
+    assert ground_truth[1][1] == "mv(source='log.txt',destination='archive')"
+    env = replay(task["id"], change=(1, 1, "mv(source='log.txt',destination='backup')"))
+    score = env.score()
+    assert not score.correct
+    assert [c["passed"] for c in score.checks] == [True, False, False, False]
+    assert "instance_state_mismatch" in score.checks[1]["detail"]
+    assert score.reward == 0.25
+
+
+def test_tool_results_come_from_bfcl_state_and_the_episode_walks_the_turns() -> None:
+    env = BfclEnvironment()
+    first = env.reset({"id": "multi_turn_base_1"})
+    assert first.startswith("I am alex.")
+    (result,) = env.step_calls([openai_call("ls(a=True)", env.docs)])
+    assert json.loads(result.content) == {"current_directory_content": ["workspace"]}
+    env.step_calls([openai_call("cd(folder='workspace')", env.docs)])
+    (result,) = env.step_calls([openai_call("ls(a=True)", env.docs)])
+    assert ".hidden_file" in result.content and not result.error
+    (bad,) = env.step_calls([{"function": {"name": "rm_rf", "arguments": "{}"}}])
+    assert bad.error and "no tool named 'rm_rf'" in bad.content
+    second = env.end_turn("listed")
+    assert second is not None and "archive" in second and not env.done
+    state = env.final_state()
+    assert "GorillaFileSystem" in state
+    # stopping after one of four turns fails every turn, as BFCL fails a force-terminated task
+    score = env.score()
+    assert not score.correct and score.reward == 0.0
+
+
+def test_tool_schemas_are_bfcl_docs_in_openai_form() -> None:
+    env = BfclEnvironment()
+    env.reset({"id": "multi_turn_base_0"})
+    names = {t["function"]["name"] for t in env.tool_schemas()}
+    assert {"mv", "grep", "post_tweet"} <= names
+    tool = openai_tool(
+        {
+            "name": "a.b",
+            "description": "d",
+            "parameters": {
+                "type": "dict",
+                "properties": {"x": {"type": "float", "description": "x."}},
+                "required": ["x"],
+            },
+        }
+    )
+    assert tool["function"]["name"] == "a_b"
+    assert tool["function"]["parameters"]["type"] == "object"
+    assert tool["function"]["parameters"]["properties"]["x"]["type"] == "number"
+
+
+def test_miss_func_tasks_add_the_held_out_functions_at_their_turn() -> None:
+    task = multi_turn_tasks("miss_func", limit=1)[0]
+    missed = json.loads(task["missed_function"])
+    ((turn, names),) = missed.items()
+    env = BfclEnvironment()
+    env.reset(task)
+    assert not set(names) & {t["function"]["name"] for t in env.tool_schemas()}
+    for _ in range(int(turn)):
+        message = env.end_turn("")
+    assert set(names) <= {t["function"]["name"] for t in env.tool_schemas()}
+    assert message  # BFCL's "I have updated some more functions" when the turn has no text
+
+
+def test_calls_are_executed_only_as_literal_keyword_calls() -> None:
+    assert call_string("cd", {"folder": "a'); import os; ('"}) == (
+        "cd(folder=\"a'); import os; ('\")"
+    )
+    with pytest.raises(ValueError, match="not identifiers"):
+        call_string("cd", {"folder=__import__('os'),x": 1})
+    with pytest.raises(ValueError, match="not a function name"):
+        call_string("__import__('os').system", {})

@@ -1,0 +1,175 @@
+"""ToolRollouts through the fake OpenAI server: a scripted multi-turn episode produces the
+expected messages, the turn limit and errors end episodes, trajectories export to TRL's
+conversational format and load with `datasets.load_dataset("parquet", ...)`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai_server import FakeOpenAI
+
+from assay.curate.pipeline import Pipeline
+from assay.datasets.export import to_trl, write_export
+from assay.operators.tools.rollouts import ToolRollouts
+from assay.operators.tools.sql_demo import build_shop
+
+FAST = {"retry_initial_s": 0.01, "retry_max_s": 0.05, "retry_jitter_s": 0.01, "max_attempts": 2}
+TASK = {
+    "id": "lyon",
+    "question": "How many customers live in Lyon?",
+    "gold_sql": "SELECT COUNT(*) FROM customers WHERE home_city = 'Lyon'",
+}
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_shop(tmp_path_factory.mktemp("db") / "shop.duckdb"))
+
+
+def tool_call(name: str, k: int, **arguments: Any) -> dict[str, Any]:
+    return {
+        "id": f"call_{k}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments)},
+    }
+
+
+def disciplined(body: dict[str, Any]) -> dict[str, Any]:
+    """Look at the tables, then the schema, then query, then answer with the queried count."""
+    results = [m for m in body["messages"] if m["role"] == "tool"]
+    if len(results) == 0:
+        return {"content": None, "tool_calls": [tool_call("list_tables", 0)]}
+    if len(results) == 1:
+        return {"content": "", "tool_calls": [tool_call("describe_table", 1, table="customers")]}
+    if len(results) == 2:
+        sql = "SELECT COUNT(*) AS n FROM customers WHERE home_city = 'Lyon'"
+        return {"content": None, "tool_calls": [tool_call("run_query", 2, sql=sql)]}
+    count = results[-1]["content"].splitlines()[-1]
+    return f"There are {count} customers in Lyon."
+
+
+def rollouts(server: FakeOpenAI, shop: str, **kw: Any) -> ToolRollouts:
+    args: dict[str, Any] = {
+        "model": "openai/fake",
+        "api_base": server.base_url,
+        "api_key": "sk-fake",
+        "environment": "sql",
+        "environment_kwargs": {"database": shop},
+        **FAST,
+    }
+    args.update(kw)
+    return ToolRollouts(**args)
+
+
+def test_a_scripted_episode_produces_the_expected_messages(workspace: Path, shop: str) -> None:
+    with FakeOpenAI(responder=disciplined) as server:
+        result = Pipeline([rollouts(server, shop, n=2)]).run(
+            [TASK], workspace=workspace, progress="quiet"
+        )
+        bodies = list(server.bodies)
+    rows = result.to_arrow().to_pylist()
+    assert [r["id"] for r in rows] == ["lyon/r0", "lyon/r1"]
+    assert {r["parent_id"] for r in rows} == {"lyon"}
+    row = rows[0]
+    messages = row["messages"]
+    assert [m["role"] for m in messages] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert messages[1]["tool_calls"][0]["function"]["name"] == "list_tables"
+    assert messages[2]["tool_call_id"] == "call_0" and messages[2]["name"] == "list_tables"
+    assert messages[2]["content"].split() == ["customers", "orders", "products"]
+    assert "home_city VARCHAR" in messages[4]["content"]
+    assert json.loads(messages[5]["tool_calls"][0]["function"]["arguments"])["sql"].startswith(
+        "SELECT COUNT(*)"
+    )
+    assert messages[-1]["content"].startswith("There are ")
+    assert (row["correct"], row["reward"], row["turns"], row["finish"]) == (True, 1.0, 4, "answer")
+    episode = json.loads(row["episode"])
+    assert [c["passed"] for c in episode["checks"]] == [True, True]
+    assert episode["final_state"]["tool_sequence"] == ["list_tables", "describe_table", "run_query"]
+    assert [t["name"] for t in episode["calls"][2]["tools"]] == ["run_query"]
+    assert {t["function"]["name"] for t in json.loads(row["tools"])} == {
+        "list_tables",
+        "describe_table",
+        "run_query",
+    }
+    # what the server saw: the tools on every request, the tool results sent back as `tool`
+    # messages answering the assistant's calls
+    last = bodies[-1]
+    assert {t["function"]["name"] for t in last["tools"]} == {
+        "list_tables",
+        "describe_table",
+        "run_query",
+    }
+    roles = [m["role"] for m in last["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant", "tool", "assistant", "tool"]
+    assert last["messages"][1]["tool_calls"][0]["id"] == last["messages"][2]["tool_call_id"]
+
+
+def undisciplined(body: dict[str, Any]) -> dict[str, Any] | str:
+    results = [m for m in body["messages"] if m["role"] == "tool"]
+    if not results:
+        sql = "SELECT COUNT(*) FROM customers WHERE city = 'Lyon'"  # guessed column name
+        return {"content": None, "tool_calls": [tool_call("run_query", 0, sql=sql)]}
+    return "There are 3 customers."
+
+
+def test_guessing_the_schema_scores_low_and_the_error_reaches_the_model(
+    workspace: Path, shop: str
+) -> None:
+    with FakeOpenAI(responder=undisciplined) as server:
+        result = Pipeline([rollouts(server, shop)]).run(
+            [TASK], workspace=workspace, progress="quiet"
+        )
+    row = result.to_arrow().to_pylist()[0]
+    assert (
+        row["messages"][2]["content"].startswith("Error:")
+        and "city" in row["messages"][2]["content"]
+    )
+    assert (row["correct"], row["reward"]) == (False, 0.0)
+
+
+def test_the_turn_limit_and_request_errors_end_episodes(workspace: Path, shop: str) -> None:
+    looping = lambda body: {"content": None, "tool_calls": [tool_call("list_tables", 0)]}  # noqa: E731
+    with FakeOpenAI(responder=looping) as server:
+        result = Pipeline([rollouts(server, shop, max_turns=3)]).run(
+            [TASK], workspace=workspace, progress="quiet"
+        )
+    row = result.to_arrow().to_pylist()[0]
+    assert (row["finish"], row["turns"], row["correct"]) == ("turn_limit", 3, False)
+    with FakeOpenAI(script=lambda key, attempt: "400") as server:
+        result = Pipeline([rollouts(server, shop)]).run(
+            [TASK], workspace=workspace / "b", progress="quiet"
+        )
+    row = result.to_arrow().to_pylist()[0]
+    assert (row["finish"], row["correct"]) == ("error", False)
+    assert "400" in json.loads(row["episode"])["error"]
+
+
+def test_trajectories_export_to_trl_messages_and_load_with_datasets(
+    workspace: Path, shop: str, tmp_path: Path
+) -> None:
+    import datasets
+
+    with FakeOpenAI(responder=disciplined) as server:
+        result = Pipeline([rollouts(server, shop)]).run(
+            [TASK], workspace=workspace, progress="quiet"
+        )
+    paths = write_export(to_trl(result.to_arrow(), "messages"), tmp_path / "sft", save_hf=False)
+    loaded = datasets.load_dataset("parquet", data_files=str(paths.parquet))["train"]
+    assert loaded.column_names == ["id", "messages", "tools"]
+    messages = loaded[0]["messages"]
+    assert [m["role"] for m in messages][:3] == ["user", "assistant", "tool"]
+    arguments = messages[5]["tool_calls"][0]["function"]["arguments"]
+    assert isinstance(arguments, str) and "Lyon" in json.loads(arguments)["sql"]
+    assert json.loads(loaded[0]["tools"])[0]["type"] == "function"
