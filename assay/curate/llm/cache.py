@@ -2,7 +2,8 @@
 
 Table `llm_cache` in `<workspace>/assay.duckdb` (created here, beside the run store's
 tables): request_key, model, request (JSON text: model, messages, params, schema,
-tools, sample index; never API keys or headers), response (JSON text), created_at.
+tools, sample index, and who answered: endpoint and weights fingerprint; never API keys or
+headers), response (JSON text), created_at.
 
 Writes go through the run store's own connection on the event loop thread (DuckDB
 connections are not thread-safe and the workspace has one writer). Responses that arrive
@@ -42,7 +43,7 @@ _STORED = ("text", "reasoning", "tool_calls", "finish_reason", "input_tokens", "
 _STORED += ("cost", "latency_s")
 
 
-def request_json(request: ChatRequest) -> str:
+def request_json(request: ChatRequest, answered_by: dict[str, Any] | None = None) -> str:
     """What is stored of a request: exactly what the key hashes (no secrets exist in it)."""
     payload = {
         "model": request.model,
@@ -52,6 +53,8 @@ def request_json(request: ChatRequest) -> str:
         "tools": request.tools,
         "sample_index": request.sample_index,
     }
+    if answered_by:
+        payload["answered_by"] = answered_by
     return json.dumps(payload, ensure_ascii=False, default=str)
 
 
@@ -134,6 +137,7 @@ class RequestCache:
         response: ChatResponse,
         log: LogRow | None,
         max_pending: int = 1,
+        answered_by: dict[str, Any] | None = None,
     ) -> None:
         """Store a response (and its log row); returns once the transaction committed.
 
@@ -143,7 +147,13 @@ class RequestCache:
         """
         if response.error is None:
             self._rows.append(
-                [key, request.model, request_json(request), response_json(response), _now()]
+                [
+                    key,
+                    request.model,
+                    request_json(request, answered_by),
+                    response_json(response),
+                    _now(),
+                ]
             )
         if log is not None:
             self._logs.append(log.values)

@@ -11,6 +11,9 @@ and every request is appended to the run's `request_log`.
 
 Model strings starting with a registered prefix (`local/...`) go to that prefix's backend
 factory; everything else goes to litellm.
+
+Cache keys include who answers (identity.py): the normalised `api_base`, and for a backend
+with `weights_id(model)` (the local one) a fingerprint of the weights files.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from assay.curate.context import current_stage
 from assay.curate.errors import AssayError
 from assay.curate.llm.cache import LogRow, RequestCache, cache_for
+from assay.curate.llm.identity import answered_by
 from assay.curate.llm.limits import Limiter, RateLimits
 from assay.curate.llm.retry import (
     RetryPolicy,
@@ -36,6 +40,7 @@ from assay.curate.llm.retry import (
     is_retryable,
     retrying,
 )
+from assay.curate.llm.secrets import key_for_request, scrub
 from assay.curate.llm.types import Backend, ChatRequest, ChatResponse
 
 BackendFactory = Callable[["LLMSettings"], Backend]
@@ -131,7 +136,8 @@ def make_backend(settings: LLMSettings) -> Backend:
 
     return LiteLLMBackend(
         api_base=settings.api_base,
-        api_key=settings.secret(),
+        # a custom api_base never gets a key from the environment (see secrets.py)
+        api_key=key_for_request(settings.secret(), settings.api_base),
         timeout_s=settings.timeout_s,
         prices=settings.prices,
     )
@@ -180,7 +186,8 @@ class LLMClient:
         if cache is None and ctx is not None and ctx.store is not None:
             cache = cache_for(ctx.store)
         use_cache = cache is not None and not (ctx is not None and ctx.no_cache)
-        keys = [r.cache_key() for r in requests]
+        identities = self.identities(requests)
+        keys = [r.cache_key(identities[r.model]) for r in requests]
         found = cache.get_many(keys) if use_cache and cache is not None else {}
         if cache is not None and ctx is not None and found:
             cache.log_now(
@@ -198,13 +205,34 @@ class LLMClient:
             async with scope() if scope is not None else contextlib.nullcontext():
                 for key, request in missing:
                     if key not in todo:
-                        todo[key] = asyncio.ensure_future(self._fetch(request, key, cache, ctx))
+                        who = identities[request.model]
+                        todo[key] = asyncio.ensure_future(
+                            self._fetch(request, key, cache, ctx, who)
+                        )
                 try:
                     await asyncio.gather(*todo.values())
                 finally:
                     for task in todo.values():
                         task.cancel()
         return [found[k] if k in found else todo[k].result() for k in keys]
+
+    def identities(self, requests: list[ChatRequest]) -> dict[str, dict[str, Any] | None]:
+        """Who answers each model string of the batch (the cache key's `answered_by`)."""
+        weights_id = getattr(self._identity_backend(), "weights_id", None)
+        out: dict[str, dict[str, Any] | None] = {}
+        for request in requests:
+            if request.model not in out:
+                weights = weights_id(request.model) if weights_id is not None else None
+                out[request.model] = answered_by(self.settings.api_base, weights)
+        return out
+
+    def _identity_backend(self) -> Backend | None:
+        """The backend, if it may know its weights: one given, or a prefix backend (building
+        a litellm backend just to learn it has no weights would import litellm for nothing)."""
+        if self._backend is not None:
+            return self._backend
+        prefix = self.settings.model.split("/", 1)[0] if "/" in self.settings.model else ""
+        return self.backend if prefix in _BACKENDS or prefix in _LAZY_BACKENDS else None
 
     async def _call(self, once: Callable[[], Awaitable[ChatResponse]]) -> ChatResponse:
         """First try directly; only a failure pays for a tenacity controller.
@@ -222,7 +250,12 @@ class LLMClient:
         return await self._retrying.copy()(once)
 
     async def _fetch(
-        self, request: ChatRequest, key: str, cache: RequestCache | None, ctx: Any
+        self,
+        request: ChatRequest,
+        key: str,
+        cache: RequestCache | None,
+        ctx: Any,
+        who: dict[str, Any] | None = None,
     ) -> ChatResponse:
         limiter = self.limiter()
         est_in = _estimate_input(request)
@@ -258,10 +291,9 @@ class LLMClient:
                 raise  # a configuration error (unknown local model...) stops the run
             except Exception as exc:
                 error = f"failed after {attempts} tries: {describe_error(exc)}"
-                secret = self.settings.secret()
-                if secret:
-                    # provider errors sometimes quote the key; it must not reach a log
-                    error = error.replace(secret, "***")
+                # provider errors sometimes quote a key (the stage's, or another the SDK
+                # found): none may reach the rejects, the request log or a report
+                error = scrub(error, (self.settings.secret(),))
                 response = ChatResponse(text=None, error=error)
             response.headers = {}
             if cache is not None:
@@ -273,7 +305,7 @@ class LLMClient:
                 # group up to half the slots per commit (a commit costs ~3 ms of CPU);
                 # the other half keeps requests flowing while a group waits
                 group = max(1, self.settings.max_concurrency // 2)
-                await cache.put(request, key, response, log, max_pending=group)
+                await cache.put(request, key, response, log, max_pending=group, answered_by=who)
         return response
 
 

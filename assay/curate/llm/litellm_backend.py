@@ -8,7 +8,6 @@ backend makes one try; the client around it does limits, retries and the cache.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from assay.curate.llm import _litellm
 from assay.curate.llm.pricing import cost_of
 from assay.curate.llm.retry import ResponseError
+from assay.curate.llm.secrets import key_for_request
 from assay.curate.llm.types import ChatRequest, ChatResponse
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
@@ -55,12 +55,11 @@ class LiteLLMBackend:
             kwargs["_skip_mcp_handler"] = True
         if self.api_base:
             kwargs["api_base"] = self.api_base
-        if self._api_key:
-            kwargs["api_key"] = self._api_key
-        elif self.api_base and not os.environ.get("OPENAI_API_KEY"):
-            # OpenAI-compatible servers (vLLM, SGLang, Ollama) take no key, but the OpenAI
-            # SDK refuses to send without one
-            kwargs["api_key"] = "EMPTY"
+        # with an api_base and no named key this is a placeholder, never a key litellm
+        # would otherwise take from the environment (OPENAI_API_KEY...); see secrets.py
+        api_key = key_for_request(self._api_key, self.api_base)
+        if api_key:
+            kwargs["api_key"] = api_key
         started = time.perf_counter()
         # litellm's own timeout covers the HTTP call; wait_for is the backstop for a
         # provider path that ignores it, so a hung request can never stall a run

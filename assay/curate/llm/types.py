@@ -37,8 +37,12 @@ class ChatRequest:
             return dict(self.params)
         return {**self.params, "seed": sample_seed(int(seed), self.sample_index)}
 
-    def cache_key(self) -> str:
-        """A hash of everything that changes the answer (never of API keys or parsing)."""
+    def cache_key(self, answered_by: dict[str, Any] | None = None) -> str:
+        """A hash of everything that changes the answer (never of API keys or parsing).
+
+        `answered_by` is who answers (endpoint, weights fingerprint: see identity.py); the
+        client adds it, so one model string on two servers or weights never shares a key.
+        """
         payload = {
             "model": self.model,
             "messages": list(self.messages),
@@ -47,6 +51,8 @@ class ChatRequest:
             "tools": list(self.tools) if self.tools else None,
             "sample_index": self.sample_index,
         }
+        if answered_by:
+            payload["answered_by"] = answered_by
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
