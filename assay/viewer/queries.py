@@ -1,0 +1,249 @@
+"""Dataset queries: search, filters, sort and pagination in DuckDB over a run's Parquet shards.
+
+The browser gets one page of rows; everything else stays in DuckDB. Rows keep the shards'
+order (DuckDB preserves insertion order for a scan with no ORDER BY), so page k is stable.
+Totals are counted once per (shards, filter) and kept, so paging through a filtered set
+costs one LIMIT/OFFSET scan per page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from assay.viewer.workspace import ViewerError
+
+NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
+NUMERIC += ("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
+OPS = ("=", "!=", "<", "<=", ">", ">=", "contains", "not contains", "is null", "not null")
+OPS += ("is true", "is false")
+_NO_VALUE = {"is null", "not null", "is true", "is false"}
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class ColumnFilter:
+    """`column op value`, e.g. ("judge_score", ">=", "0.5") or ("correct", "is false", "")."""
+
+    column: str
+    op: str
+    value: str = ""
+
+
+@dataclass
+class Page:
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    total: int
+    offset: int
+    limit: int
+    schema: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_next(self) -> bool:
+        return self.offset + self.limit < self.total
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[Any, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_SCHEMAS = _LRU(64)
+_TOTALS = _LRU(512)
+
+
+class ParquetTable:
+    """The rows of one set of Parquet shards (a run's output, or one stage's rejects)."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+        # a shard rewritten (a resumed run) changes the key, so nothing stale is served
+        self.key = tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        return duckdb.connect(config={"threads": 2})
+
+    def _from(self) -> str:
+        return "read_parquet($files, union_by_name = true)"
+
+    def schema(self) -> dict[str, str]:
+        if not self.files:
+            return {}
+        cached = _SCHEMAS.get(self.key)
+        if cached is None:
+            with self._connect() as con:
+                rows = con.execute(
+                    f"describe select * from {self._from()}", {"files": self.files}
+                ).fetchall()
+            cached = {r[0]: r[1] for r in rows}
+            _SCHEMAS.put(self.key, cached)
+        return dict(cached)
+
+    def where(
+        self, filters: list[ColumnFilter], search: str, schema: dict[str, str]
+    ) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause (column names checked against the schema, values as parameters)."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        for i, f in enumerate(filters):
+            if f.column not in schema:
+                raise ViewerError(
+                    f"filter on unknown column {f.column!r} (columns: {', '.join(schema)})"
+                )
+            if f.op not in OPS:
+                raise ViewerError(f"unknown filter operator {f.op!r} (use one of {', '.join(OPS)})")
+            clauses.append(_clause(f, schema[f.column], f"v{i}", params))
+        if search:
+            text = [c for c, t in schema.items() if t == "VARCHAR"]
+            if text:
+                params["q"] = f"%{_escape_like(search)}%"
+                clauses.append(
+                    "(" + " or ".join(f"{quote(c)} ilike $q escape '\\'" for c in text) + ")"
+                )
+            else:
+                clauses.append("false")
+        return (" where " + " and ".join(clauses)) if clauses else "", params
+
+    def count(self, where: str = "", params: dict[str, Any] | None = None) -> int:
+        if not self.files:
+            return 0
+        key = (self.key, where, tuple(sorted((params or {}).items())))
+        total = _TOTALS.get(key)
+        if total is None:
+            with self._connect() as con:
+                if where:
+                    sql = f"select count(*) from {self._from()}{where}"
+                    total = con.execute(sql, {"files": self.files, **(params or {})}).fetchone()[0]
+                else:  # from the Parquet footers, no scan
+                    total = con.execute(
+                        "select coalesce(sum(num_rows), 0) from parquet_file_metadata($files)",
+                        {"files": self.files},
+                    ).fetchone()[0]
+            _TOTALS.put(key, int(total))
+        return int(total)
+
+    def page(
+        self,
+        filters: list[ColumnFilter] | None = None,
+        search: str = "",
+        offset: int = 0,
+        limit: int = 50,
+        columns: list[str] | None = None,
+        sort: str | None = None,
+        descending: bool = False,
+    ) -> Page:
+        schema = self.schema()
+        if not schema:
+            return Page([], [], 0, 0, limit, {})
+        where, params = self.where(filters or [], search, schema)
+        cols = [c for c in (columns or list(schema)) if c in schema] or list(schema)
+        order = ""
+        if sort:
+            if sort not in schema:
+                raise ViewerError(f"cannot sort by unknown column {sort!r}")
+            tie = ", id" if "id" in schema and sort != "id" else ""
+            order = f" order by {quote(sort)} {'desc' if descending else 'asc'} nulls last{tie}"
+        total = self.count(where, params)
+        offset = max(0, min(offset, max(total - 1, 0)))
+        sql = (
+            f"select {', '.join(quote(c) for c in cols)} from {self._from()}{where}{order} "
+            f"limit {int(limit)} offset {int(offset)}"
+        )
+        with self._connect() as con:
+            cur = con.execute(sql, {"files": self.files, **params})
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        return Page(cols, rows, total, offset, limit, schema)
+
+    def row(self, row_id: str) -> dict[str, Any] | None:
+        schema = self.schema()
+        if "id" not in schema:
+            return None
+        with self._connect() as con:
+            cur = con.execute(
+                f"select * from {self._from()} where id = $id limit 1",
+                {"files": self.files, "id": row_id},
+            )
+            names = [d[0] for d in cur.description]
+            found = cur.fetchone()
+        return dict(zip(names, found, strict=True)) if found else None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _clause(f: ColumnFilter, dtype: str, name: str, params: dict[str, Any]) -> str:
+    col = quote(f.column)
+    if f.op == "is null":
+        return f"{col} is null"
+    if f.op == "not null":
+        return f"{col} is not null"
+    if f.op in ("is true", "is false"):
+        if dtype != "BOOLEAN":
+            raise ViewerError(f"column {f.column!r} is {dtype}, not BOOLEAN: use = or contains")
+        return f"{col} is {'true' if f.op == 'is true' else 'false'}"
+    if f.op in ("contains", "not contains"):
+        params[name] = f"%{_escape_like(f.value)}%"
+        text = col if dtype == "VARCHAR" else f"cast({col} as varchar)"
+        neg = "not " if f.op == "not contains" else ""
+        return f"coalesce({text}, '') {neg}ilike ${name} escape '\\'"
+    sql_op = "<>" if f.op == "!=" else f.op
+    base = dtype.split("(")[0]
+    if base in NUMERIC:
+        try:
+            params[name] = float(f.value)
+        except ValueError:
+            raise ViewerError(
+                f"column {f.column!r} is {dtype}: {f.value!r} is not a number"
+            ) from None
+        return f"{col} {sql_op} ${name}"
+    if base == "BOOLEAN":
+        value = f.value.strip().lower()
+        if value not in ("true", "false", "1", "0"):
+            raise ViewerError(f"column {f.column!r} is BOOLEAN: compare with true or false")
+        params[name] = value in ("true", "1")
+        return f"{col} {sql_op} ${name}"
+    if base in ("VARCHAR", "DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE"):
+        params[name] = f.value
+        return f"cast({col} as varchar) {sql_op} ${name}"
+    raise ViewerError(f"column {f.column!r} is {dtype}: filter it with contains / is null")
+
+
+def display(value: Any, limit: int = 160) -> str:
+    """A cell as short text (lists and structs as compact JSON)."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    elif isinstance(value, float):
+        text = f"{value:.4g}"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
