@@ -150,3 +150,26 @@ def get_task(name: str) -> GenerationTask | ChoiceTask:
     if name not in TASKS:
         raise KeyError(f"no task {name!r}; known: {', '.join(sorted(TASKS))} (or 'general')")
     return TASKS[name]()
+
+
+def task_rows(task_name: str, kind: str, n: int, style: str = "short") -> list[dict[str, Any]]:
+    """Training rows from a generation task's train split.
+
+    `kind` "sft": `prompt` (messages in `style`) + `completion` (the gold target, verified by
+    construction) + `teacher_prompt` (the full-style prompt, for context distillation);
+    "grpo": `prompt` + the gold column for the verifier's reward.
+    """
+    task = get_task(task_name)
+    if not isinstance(task, GenerationTask):
+        raise ValueError(f"{task_name} is a multiple-choice task; it has no training rows")
+    rows = task.rows("train")[:n]
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {"id": row["id"], "prompt": task.prompt(row, style)}
+        if kind == "sft":
+            item["completion"] = task.target(row)
+            item["teacher_prompt"] = task.prompt(row, "full")
+        else:
+            item[task.gold_column] = row[task.gold_column]
+        out.append(item)
+    return out
