@@ -69,7 +69,7 @@ def export(
     result = export_feedback(
         workspace, out, run_id=run, system_prompt=system_prompt, save_hf=not no_hf
     )
-    typer.echo(f"{result.marks} marked steps on {result.traces} traces")
+    typer.echo(f"{result.steps} marked steps ({result.marks} marks) on {result.traces} traces")
     for name, paths in (
         ("sft", result.sft),
         ("dpo", result.dpo),

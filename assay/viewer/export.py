@@ -43,7 +43,8 @@ class FeedbackExport:
     dpo: ExportPaths | None
     step_labels: ExportPaths | None
     traces: int
-    marks: int
+    steps: int  # steps with a mark
+    marks: int  # every mark, older ones included
 
 
 def _rows_by_id(ws: Workspace, run_id: str, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -172,7 +173,9 @@ def collect(
         "sft": redact_value(sft),
         "dpo": redact_value(dpo),
         "step_labels": redact_value(labels),
-        "_marks": [{"n": len(marks), "traces": len(by_row)}],
+        "_marks": [
+            {"steps": len(marks), "marks": sum(m["marks"] for m in marks), "traces": len(by_row)}
+        ],
     }
 
 
@@ -240,5 +243,10 @@ def export_feedback(
         )
     stats = data["_marks"][0]
     return FeedbackExport(
-        written["sft"], written["dpo"], written["step_labels"], stats["traces"], stats["n"]
+        written["sft"],
+        written["dpo"],
+        written["step_labels"],
+        stats["traces"],
+        stats["steps"],
+        stats["marks"],
     )
