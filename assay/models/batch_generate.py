@@ -13,12 +13,15 @@ each forward pass (`multi_lora.MultiLora` routes each row through its adapter).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from assay.models.constrained import GrammarState, mask_logits
+from assay.models.fast_decode import DecodeStep, supports
+from assay.models.kv_cache import GROW_COLUMNS, StaticKVCache
 from assay.models.multi_lora import MultiLora
 
 
@@ -68,8 +71,18 @@ def generate_batch(
     items: list[GenerationItem],
     eos_token_ids: set[int],
     adapters: MultiLora | None = None,
+    *,
+    fast: bool | None = None,
+    precision: str | None = None,
 ) -> list[GenerationResult]:
-    """Generate every item in one padded batch; results in the order of `items`."""
+    """Generate every item in one padded batch; results in the order of `items`.
+
+    `fast`: decode with `fast_decode.DecodeStep` and a static KV cache (default: on for
+    the models it supports, unless `ASSAY_LOCAL_FAST=0`); `False` keeps the generic
+    transformers forward with a `DynamicCache`. `precision`: `"fp32"` (default; greedy
+    outputs equal the generic path's) or `"bf16"` (bfloat16 matmuls, fast path only;
+    default from `ASSAY_LOCAL_PRECISION`).
+    """
     if not items:
         return []
     device = next(model.parameters()).device
@@ -86,54 +99,159 @@ def generate_batch(
         attention[i, shared + width - len(own) :] = 1
     input_ids, attention = input_ids.to(device), attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    active = list(range(len(items)))
-
+    fast = _use_fast_path(model, fast)
+    precision = precision or os.environ.get("ASSAY_LOCAL_PRECISION", "fp32")
     from transformers import DynamicCache
 
     cache = DynamicCache()
     with torch.inference_mode():
-        if shared:
-            # the common prefix (system prompt, chat template) runs once per adapter in the
-            # batch (LoRA changes its keys and values), then each row gets its adapter's copy
-            firsts: dict[str | None, int] = {}
-            for i, item in enumerate(items):
-                firsts.setdefault(item.adapter, i)
-            reps = list(firsts.values())
-            prefix = torch.tensor([items[0].prompt_ids[:shared]] * len(reps), device=device)
-            _forward(
-                model,
+        logits = _prefill(
+            model, rows, items, input_ids, attention, positions, shared, cache, adapters
+        )
+        if fast:
+            room = max(item.max_new_tokens for item in items)
+            static = StaticKVCache.from_dynamic(cache, attention, room=min(room, GROW_COLUMNS))
+            del cache
+            _decode_static(
+                DecodeStep(model, precision),
                 rows,
-                reps,
-                prefix,
-                attention[: len(reps), :shared],
-                positions.new_tensor([list(range(shared))] * len(reps)),
-                cache,
+                logits,
+                static,
+                tokenizer,
+                eos_token_ids,
                 adapters,
             )
-            group = [reps.index(firsts[item.adapter]) for item in items]
-            cache.batch_select_indices(torch.tensor(group, device=device))
-        logits = _forward(model, rows, active, input_ids, attention, positions, cache, adapters)
-        while True:
-            tokens = _pick_tokens(logits, [rows[i] for i in active])
-            still: list[int] = []
-            for slot, row_index in enumerate(active):
-                if not _advance(rows[row_index], int(tokens[slot]), tokenizer, eos_token_ids):
-                    still.append(slot)
-            if not still:
-                break
-            if len(still) < len(active):
-                keep = torch.tensor(still, device=device)
-                cache.batch_select_indices(keep)
-                attention, tokens = attention[keep], tokens[keep]
-                active = [active[slot] for slot in still]
-            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
-            positions = attention.sum(-1, keepdim=True) - 1
-            logits = _forward(
-                model, rows, active, tokens[:, None], attention, positions, cache, adapters
+        else:
+            _decode_dynamic(
+                model, rows, logits, attention, cache, tokenizer, eos_token_ids, adapters
             )
     for row in rows:
         row.result.text = _final_text(row, tokenizer)
     return [row.result for row in rows]
+
+
+def _use_fast_path(model: Any, fast: bool | None) -> bool:
+    if fast is None:
+        fast = os.environ.get("ASSAY_LOCAL_FAST", "1") != "0"
+    return bool(fast) and supports(model)
+
+
+def _prefill(
+    model: Any,
+    rows: list[_Row],
+    items: list[GenerationItem],
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    positions: torch.Tensor,
+    shared: int,
+    cache: Any,
+    adapters: MultiLora | None,
+) -> torch.Tensor:
+    """Run the prompts (the shared prefix once per adapter); the last position's logits."""
+    device = input_ids.device
+    if shared:
+        # the common prefix (system prompt, chat template) runs once per adapter in the
+        # batch (LoRA changes its keys and values), then each row gets its adapter's copy
+        firsts: dict[str | None, int] = {}
+        for i, item in enumerate(items):
+            firsts.setdefault(item.adapter, i)
+        reps = list(firsts.values())
+        prefix = torch.tensor([items[0].prompt_ids[:shared]] * len(reps), device=device)
+        _forward(
+            model,
+            rows,
+            reps,
+            prefix,
+            attention[: len(reps), :shared],
+            positions.new_tensor([list(range(shared))] * len(reps)),
+            cache,
+            adapters,
+        )
+        group = [reps.index(firsts[item.adapter]) for item in items]
+        cache.batch_select_indices(torch.tensor(group, device=device))
+    active = list(range(len(items)))
+    return _forward(model, rows, active, input_ids, attention, positions, cache, adapters)
+
+
+def _decode_dynamic(
+    model: Any,
+    rows: list[_Row],
+    logits: torch.Tensor,
+    attention: torch.Tensor,
+    cache: Any,
+    tokenizer: Any,
+    eos_token_ids: set[int],
+    adapters: MultiLora | None,
+) -> None:
+    """The generic loop: transformers' forward, a DynamicCache, finished rows dropped at once."""
+    device = logits.device
+    active = list(range(len(rows)))
+    while True:
+        tokens = _pick_tokens(logits, [rows[i] for i in active])
+        still: list[int] = []
+        for slot, row_index in enumerate(active):
+            if not _advance(rows[row_index], int(tokens[slot]), tokenizer, eos_token_ids):
+                still.append(slot)
+        if not still:
+            return
+        if len(still) < len(active):
+            keep = torch.tensor(still, device=device)
+            cache.batch_select_indices(keep)
+            attention, tokens = attention[keep], tokens[keep]
+            active = [active[slot] for slot in still]
+        attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+        positions = attention.sum(-1, keepdim=True) - 1
+        logits = _forward(
+            model, rows, active, tokens[:, None], attention, positions, cache, adapters
+        )
+
+
+COMPACT_FRACTION = 0.125  # drop finished rows from the cache once they are this share of it
+
+
+def _decode_static(
+    step: DecodeStep,
+    rows: list[_Row],
+    logits: torch.Tensor,
+    cache: StaticKVCache,
+    tokenizer: Any,
+    eos_token_ids: set[int],
+    adapters: MultiLora | None,
+) -> None:
+    """The fast loop: `DecodeStep` on a static cache.
+
+    Finished rows stay in the batch (their tokens ignored) until they are
+    `COMPACT_FRACTION` of it, so the cache is not copied every time one row ends.
+    """
+    device = logits.device
+    slot_rows = list(range(len(rows)))  # cache slot -> row index
+    live = list(range(len(rows)))  # slots still generating
+    next_positions = cache.valid[:, : cache.length].sum(-1)
+    feed = torch.zeros(len(rows), dtype=torch.long, device=device)
+    while True:
+        picked = logits if len(live) == logits.shape[0] else logits[live]
+        tokens = _pick_tokens(picked, [rows[slot_rows[s]] for s in live])
+        still = [
+            (s, token)
+            for s, token in zip(live, tokens.tolist(), strict=True)
+            if not _advance(rows[slot_rows[s]], token, tokenizer, eos_token_ids)
+        ]
+        if not still:
+            return
+        live = [s for s, _ in still]
+        if cache.rows - len(live) >= max(1, COMPACT_FRACTION * cache.rows):
+            keep = torch.tensor(live, device=device)
+            cache.compact(keep)
+            next_positions, slot_rows = next_positions[keep], [slot_rows[s] for s in live]
+            feed = feed[: len(live)]
+            live = list(range(len(live)))
+        feed[live] = torch.tensor([token for _, token in still], device=device)
+        if adapters is None:
+            logits = step(feed, next_positions, cache)
+        else:
+            with adapters.routing([rows[i].item.adapter for i in slot_rows], device):
+                logits = step(feed, next_positions, cache)
+        next_positions = next_positions + 1
 
 
 MIN_SHARED_PREFIX = 8  # tokens; below this one more forward pass costs more than it saves
