@@ -54,8 +54,10 @@ class Generate(AsyncStage, LLMSettings):
     (JSON), `generation_finish_reason`, `generation_input_tokens`,
     `generation_output_tokens`, `generation_cost` (what the answer cost when it was made,
     also when it now comes from the cache), `generation_latency_s`, `generation_messages`
-    (the prompt as JSON, for re-asks and lineage); with `n > 1` also `sample_index` and
-    `parent_id`, and each row's id becomes `"<id>/s<k>"`.
+    (the prompt as JSON, for re-asks and lineage), `generation_request` (JSON: the
+    generation parameters, response_format, tools, sample index and model settings, never
+    a key: what a re-ask by ParseStructured sends again); with `n > 1` also `sample_index`
+    and `parent_id`, and each row's id becomes `"<id>/s<k>"`.
     Rejects: rows whose request failed after every retry ("llm request failed: ...");
     with `require_all=True` the run stops instead, naming how many rows failed.
 
@@ -232,6 +234,8 @@ class Generate(AsyncStage, LLMSettings):
             table = _set(table, PARENT_ID, parent_ids)
             table = _set(table, "sample_index", pa.array(samples, pa.int32()))
         o = self.output_column
+        # api_key is excluded from the dump: only its variable's name can be recorded
+        settings = self.settings().model_dump(mode="json", exclude_defaults=True)
         columns: dict[str, pa.Array] = {
             o: pa.array([r.text for r in responses], pa.string()),
             f"{o}_reasoning": pa.array([r.reasoning for r in responses], pa.string()),
@@ -247,10 +251,23 @@ class Generate(AsyncStage, LLMSettings):
             f"{o}_messages": pa.array(
                 [json.dumps(list(r.messages), ensure_ascii=False) for r in requests], pa.string()
             ),
+            f"{o}_request": pa.array([request_record(r, settings) for r in requests], pa.string()),
         }
         for name, values in columns.items():
             table = _set(table, name, values)
         return table
+
+
+def request_record(request: ChatRequest, settings: dict[str, Any]) -> str:
+    """The `<output>_request` value: how to ask this row's model again the same way."""
+    record = {
+        "settings": settings,
+        "params": request.params,
+        "response_format": request.response_format,
+        "tools": list(request.tools) if request.tools else None,
+        "sample_index": request.sample_index,
+    }
+    return json.dumps(record, ensure_ascii=False, default=str)
 
 
 def _set(table: pa.Table, name: str, values: pa.Array) -> pa.Table:

@@ -6,6 +6,7 @@ without a new request (the cache key covers only what changes the answer).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -15,35 +16,40 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, PrivateAttr, ValidationError, field_validator
 
-from assay.curate.llm.client import LLMClient, LLMSettings, client_for
+from assay.curate.llm.client import LLMClient, LLMSettings
 from assay.curate.llm.litellm_backend import split_reasoning
-from assay.curate.llm.types import ChatRequest
 from assay.curate.registry import register
 from assay.curate.stage import AsyncStage, Map, Outcome, Stage, split_by_mask
 from assay.operators.generate import schema_of
-from assay.operators.jsontext import extract_json
+from assay.operators.jsontext import extract_json, json_candidates
+from assay.operators.reask import REASK, reask, with_answers  # noqa: F401 (REASK re-exported)
 
-REASK = (
-    "Your previous answer could not be used: {error}\n"
-    "Reply with only a JSON value that follows this JSON schema, nothing else:\n{schema}"
-)
+# above this many rows, validation runs in a worker thread so the event loop keeps
+# serving other stages' requests meanwhile (validation is pure CPU)
+VALIDATE_INLINE_UP_TO = 64
 
 
 @register
 class ParseStructured(AsyncStage):
     """Parse a JSON answer, validate it against a schema, and re-ask the model on failure.
 
-    `output_schema` is a pydantic model class or a JSON schema. The JSON is pulled out of
-    code fences and trailing prose and common breakage is repaired (see `jsontext`). A row
-    that still fails validation is re-asked up to `max_reasks` times through `llm` (the
-    original prompt from `<column>_messages` when present, the bad answer, and the error);
-    rows that fail after that go to the rejects with the validation error as reason. For
-    providers with structured output, also pass the same schema to
-    `Generate(response_format=...)`.
+    `output_schema` is a pydantic model class or a JSON schema (checked once, when the
+    stage is built). The JSON is pulled out of code fences and prose and repaired (see
+    `jsontext`); when an answer holds several JSON values, the first that validates wins.
+    A row that still fails is re-asked up to `max_reasks` times (see `reask`): the original
+    prompt, the bad answer and the error, sent with the row's own generation parameters
+    and `response_format` (`<column>_request`, from Generate) through the row's model
+    settings, or through `llm` when given. Once a re-ask validates, the row's text columns
+    hold that answer. Rows that fail after every re-ask go to the rejects with the
+    validation error as reason. For providers with structured output, also pass the
+    schema to `Generate(response_format=...)`.
 
-    Input columns: `column` (string), `<column>_messages` (JSON, optional).
-    Output columns: `output_column` (the validated value as JSON text) and, with
-    `expand=True`, one column per top-level field of an object.
+    Input columns: `column` (string), `<column>_messages` and `<column>_request` (JSON,
+    optional: without them a re-ask needs `llm` and sends only the conversation).
+    Output columns: `output_column` (the validated value as JSON text),
+    `<output_column>_reasks` (re-asks the row needed) and, with `expand=True`, one column
+    per top-level field of an object; `<column>` and its `_reasoning`, `_tool_calls`,
+    `_finish_reason` replaced by a re-ask's answer, its tokens and cost added.
     Rejects: "invalid structured output: <error>".
 
     Example:
@@ -52,8 +58,7 @@ class ParseStructured(AsyncStage):
             city: str
             population: int
 
-        ParseStructured(column="generation", output_schema=Answer, max_reasks=1,
-                        llm=LLMSettings(model="openai/qwen", api_base="http://..."))
+        ParseStructured(column="generation", output_schema=Answer, max_reasks=2)
         # 'Sure: ```json {"city": "Oslo", "population": 700000,} ```'
         #   -> parsed='{"city": "Oslo", "population": 700000}', city="Oslo", population=700000
     """
@@ -62,10 +67,11 @@ class ParseStructured(AsyncStage):
     output_schema: dict[str, Any]
     output_column: str = "parsed"
     expand: bool = True
-    max_reasks: int = 1
+    max_reasks: int = 2
     llm: LLMSettings | None = None
 
     _model: type[BaseModel] | None = PrivateAttr(default=None)
+    _validator: Any = PrivateAttr(default=None)
     _client: LLMClient | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
@@ -73,6 +79,15 @@ class ParseStructured(AsyncStage):
         model = schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
         super().__init__(**data)
         self._model = model
+        if model is None:
+            checker = jsonschema.validators.validator_for(self.output_schema)
+            try:
+                checker.check_schema(self.output_schema)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(
+                    f"output_schema is not a valid JSON schema: {exc.message}"
+                ) from exc
+            self._validator = checker(self.output_schema)
 
     @field_validator("output_schema", mode="before")
     @classmethod
@@ -88,74 +103,65 @@ class ParseStructured(AsyncStage):
 
     def validate_text(self, text: str | None) -> tuple[Any, str | None]:
         """(value, None) when valid, else (None, the reason)."""
+        kind = self.output_schema.get("type") if isinstance(self.output_schema, dict) else None
         try:
-            value = extract_json(text)
+            candidates = json_candidates(text, kind if kind in ("object", "array") else None)
         except ValueError as exc:
             return None, str(exc)
+        first_error: str | None = None
+        for value in candidates:
+            checked, error = self._check(value)
+            if error is None:
+                return checked, None
+            first_error = first_error or error
+        return None, first_error
+
+    def _check(self, value: Any) -> tuple[Any, str | None]:
         if self._model is not None:
             try:
                 return self._model.model_validate(value).model_dump(mode="json"), None
             except ValidationError as exc:
                 return None, _short_validation(exc)
-        try:
-            jsonschema.validate(value, self.output_schema)
-        except jsonschema.ValidationError as exc:
-            path = "/".join(str(p) for p in exc.absolute_path)
-            return None, f"schema violation at {path or 'top level'}: {exc.message}"
-        return value, None
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        if error is None:
+            return value, None
+        path = "/".join(str(p) for p in error.absolute_path)
+        return None, f"schema violation at {path or 'top level'}: {error.message}"
 
     async def aprocess(self, table: pa.Table) -> pa.Table | Outcome:
         texts = table[self.column].to_pylist()
-        results = [self.validate_text(t) for t in texts]
-        if self.llm is not None and self.max_reasks > 0:
-            results = await self._reask(table, texts, results)
+        if len(texts) > VALIDATE_INLINE_UP_TO:
+            results = await asyncio.to_thread(lambda: [self.validate_text(t) for t in texts])
+        else:
+            results = [self.validate_text(t) for t in texts]
+        counts = [0] * len(results)
+        out = table
+        if self.max_reasks > 0 and any(err is not None for _, err in results):
+            outcome = await reask(
+                table,
+                self.column,
+                results,
+                validate=self.validate_text,
+                schema=self.output_schema,
+                max_reasks=self.max_reasks,
+                llm=self.llm,
+                client=self._client,
+            )
+            results, counts = outcome.results, outcome.counts
+            out = with_answers(out, self.column, outcome)
         values = [v for v, _ in results]
         ok = pa.array([err is None for _, err in results])
-        out = table
         parsed = pa.array(
             [json.dumps(v, ensure_ascii=False) if e is None else None for v, e in results],
             pa.string(),
         )
         out = _set(out, self.output_column, parsed)
+        out = _set(out, f"{self.output_column}_reasks", pa.array(counts, pa.int32()))
         if self.expand:
             for name, column in _expand(values, self.output_schema).items():
                 out = _set(out, name, column)
         reasons = pa.array([f"invalid structured output: {e}" for _, e in results])
         return split_by_mask(self.name, out, ok, reasons)
-
-    async def _reask(
-        self, table: pa.Table, texts: list[Any], results: list[tuple[Any, str | None]]
-    ) -> list[tuple[Any, str | None]]:
-        assert self.llm is not None
-        client = self._client or client_for(self.llm)
-        history_col = f"{self.column}_messages"
-        histories = table[history_col].to_pylist() if history_col in table.column_names else None
-        schema = json.dumps(self.output_schema, ensure_ascii=False)
-        conversations: dict[int, list[dict[str, Any]]] = {}
-        for i, (_, err) in enumerate(results):
-            if err is not None:
-                base = json.loads(histories[i]) if histories and histories[i] else []
-                conversations[i] = list(base)
-        answers = {i: texts[i] for i in conversations}
-        for _ in range(self.max_reasks):
-            pending = [i for i in conversations if results[i][1] is not None]
-            if not pending:
-                break
-            requests = []
-            for i in pending:
-                conversations[i] += [
-                    {"role": "assistant", "content": answers[i] or ""},
-                    {"role": "user", "content": REASK.format(error=results[i][1], schema=schema)},
-                ]
-                requests.append(ChatRequest(model=self.llm.model, messages=tuple(conversations[i])))
-            responses = await client.complete_many(requests)
-            for i, response in zip(pending, responses, strict=True):
-                if response.error is not None:
-                    results[i] = (None, f"{results[i][1]} (re-ask failed: {response.error})")
-                    continue
-                answers[i] = response.text
-                results[i] = self.validate_text(response.text)
-        return results
 
 
 @register

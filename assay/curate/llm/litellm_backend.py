@@ -3,13 +3,21 @@
 Model strings are litellm's (`openai/gpt-4o-mini`, `anthropic/claude-...`, `gemini/...`,
 `hosted_vllm/<name>` or `openai/<name>` with `api_base` for vLLM, SGLang or Ollama). The
 backend makes one try; the client around it does limits, retries and the cache.
+
+litellm runs with `drop_params=True` (a parameter a provider lacks is dropped rather than
+failing every request); so that nothing vanishes silently, the first request that sends a
+model a parameter litellm will drop for it raises an `UnsupportedParamWarning` (once per
+model and parameter, also logged on the `assay.llm` logger).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import threading
 import time
+import warnings
 from typing import Any
 
 from assay.curate.llm import _litellm
@@ -19,6 +27,17 @@ from assay.curate.llm.secrets import key_for_request
 from assay.curate.llm.types import ChatRequest, ChatResponse
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+
+log = logging.getLogger("assay.llm")
+
+
+class UnsupportedParamWarning(UserWarning):
+    """A generation parameter the model's provider does not take; litellm drops it."""
+
+
+_warned: set[tuple[str, str]] = set()
+_supported: dict[tuple[str, str | None], frozenset[str] | None] = {}
+_warn_lock = threading.Lock()
 
 
 class LiteLLMBackend:
@@ -60,6 +79,7 @@ class LiteLLMBackend:
         api_key = key_for_request(self._api_key, self.api_base)
         if api_key:
             kwargs["api_key"] = api_key
+        self._warn_dropped(request.model, kwargs)
         started = time.perf_counter()
         # litellm's own timeout covers the HTTP call; wait_for is the backstop for a
         # provider path that ignores it, so a hung request can never stall a run
@@ -76,6 +96,39 @@ class LiteLLMBackend:
         )
         latency = time.perf_counter() - started
         return self._convert(request, response, latency)
+
+    def _warn_dropped(self, model: str, kwargs: dict[str, Any]) -> None:
+        """Warn once per model and parameter that litellm will drop (drop_params=True)."""
+        known = getattr(self._litellm, "OPENAI_CHAT_COMPLETION_PARAMS", ())
+        asked = [k for k in kwargs if k in known and k not in ("api_key", "api_base")]
+        if not asked:
+            return
+        key = (model, self.api_base)
+        if key not in _supported:
+            try:
+                name, provider, _, _ = self._litellm.get_llm_provider(model, api_base=self.api_base)
+                names = self._litellm.get_supported_openai_params(
+                    model=name, custom_llm_provider=provider
+                )
+                _supported[key] = frozenset(names) if names is not None else None
+            except Exception:  # a model litellm cannot place: the call itself will say so
+                _supported[key] = None
+        supported = _supported[key]
+        if supported is None:
+            return
+        for param in asked:
+            if param in supported:
+                continue
+            with _warn_lock:
+                if (model, param) in _warned:
+                    continue
+                _warned.add((model, param))
+            message = (
+                f"{param!r} is not supported by {model!r} (litellm's parameter table for its "
+                "provider): it is dropped from every request to this model"
+            )
+            log.warning(message)
+            warnings.warn(message, UnsupportedParamWarning, stacklevel=2)
 
     def _convert(self, request: ChatRequest, response: Any, latency: float) -> ChatResponse:
         choices = getattr(response, "choices", None)
