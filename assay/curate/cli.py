@@ -194,7 +194,7 @@ def serve(
 # Verbs that live beside the parts they drive (judges, trainers, viewer): each module defines
 # `register(app)` and keeps heavy imports (torch, trl) inside its commands, so `assay --help`
 # stays fast. A module that is not there (an optional part) adds no verbs.
-COMMAND_MODULES = ("assay.judges.cli", "assay.train.cli", "assay.viewer.cli")
+COMMAND_MODULES = ("assay.judges.cli", "assay.train.cli", "assay.viewer.cli", "assay.datasets.cli")
 
 
 def _register_plugins() -> None:
