@@ -42,16 +42,22 @@ class SFTSettings(TrainSettings):
     packing: bool = False
 
 
-def check_trainable_tokens(dataset: Any, max_length: int) -> int:
-    """The number of completion tokens the loss sees; raises when it is zero."""
-    if "completion_mask" not in dataset.column_names:
-        return sum(len(ids) for ids in dataset["input_ids"])
-    total = sum(sum(mask) for mask in dataset["completion_mask"])
+def check_trainable_tokens(dataset: Any, max_length: int, n_rows: int) -> int:
+    """The number of completion tokens the loss sees; raises when it is zero.
+
+    TRL drops rows whose completion was cut off entirely, so an empty dataset means the
+    same thing as an all-zero mask."""
+    if len(dataset) == 0:
+        total = 0
+    elif "completion_mask" in dataset.column_names:
+        total = sum(sum(mask) for mask in dataset["completion_mask"])
+    else:
+        total = sum(len(ids) for ids in dataset["input_ids"])
     if total == 0:
         raise TrainingSignalError(
-            f"the loss mask leaves no trainable token: every completion is empty or cut off "
-            f"at max_length={max_length} (the prompt fills it). Raise --max-length or shorten "
-            "the prompts."
+            f"the loss mask leaves no trainable token in {n_rows} rows: every completion is "
+            f"empty or cut off at max_length={max_length} (the prompt fills it). Raise "
+            "--max-length or shorten the prompts."
         )
     return total
 
@@ -79,7 +85,7 @@ def build_sft_trainer(settings: SFTSettings, train_rows, eval_rows, callbacks, o
         peft_config=peft_config_for(settings, model),
         callbacks=[*callbacks, *early_stopping(settings, has_eval)],
     )
-    check_trainable_tokens(trainer.train_dataset, settings.max_length)
+    check_trainable_tokens(trainer.train_dataset, settings.max_length, len(train_rows))
     return trainer
 
 
