@@ -1,0 +1,290 @@
+"""The fast decode path (static KV cache, lean decode step) against the generic transformers path.
+
+Same batch through `generate_batch(fast=True)` and `generate_batch(fast=False)` on a tiny
+random Llama: greedy and seeded sampling must agree token for token in fp32, with shared
+prefixes, rows finishing at different steps (cache compaction), answers longer than the
+cache's first allocation (growth), stop strings, JSON grammars and mixed LoRA adapters.
+bf16 matmuls are checked for closeness to fp32 logits, not equality.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+from local_tiny_model import build_lora_adapter, build_tiny_model
+
+from assay.models.batch_generate import GenerationItem, generate_batch
+from assay.models.fast_decode import DecodeStep, supports
+from assay.models.kv_cache import GROW_COLUMNS, StaticKVCache
+from assay.models.multi_lora import MultiLora
+from assay.models.registry import load_model
+
+PROMPTS = [
+    "Hi",
+    "What is the weather in Paris today, and should I bring an umbrella?",
+    "red green blue",
+    "SELECT * FROM t WHERE x = 1; explain this query to me in plain words please",
+    "The quick brown fox",
+    "yes no null",
+]
+SYSTEM = "You are a terse assistant. Answer the weather question in plain words."
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-fast")
+    model_dir = build_tiny_model(root / "model")
+    model, tokenizer = load_model(str(model_dir), device="cpu")
+    adapters = {
+        "a": build_lora_adapter(model_dir, root / "lora-a", seed=1),
+        "b": build_lora_adapter(model_dir, root / "lora-b", seed=2),
+    }
+    return model, tokenizer, adapters
+
+
+def ids_of(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    messages = [{"role": "user", "content": prompt}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def both_paths(model, tokenizer, make_items, adapters=None, precision="fp32"):
+    eos = {tokenizer.eos_token_id}
+    generic = generate_batch(model, tokenizer, make_items(), eos, adapters, fast=False)
+    fast = generate_batch(
+        model, tokenizer, make_items(), eos, adapters, fast=True, precision=precision
+    )
+    return generic, fast
+
+
+def test_the_tiny_llama_takes_the_fast_path(tiny):
+    model, _, _ = tiny
+    assert supports(model)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    other = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    assert not supports(other)  # other architectures keep the generic path
+
+
+@pytest.mark.parametrize("system", [None, SYSTEM], ids=["no-shared-prefix", "shared-prefix"])
+def test_fast_greedy_equals_generic_greedy_token_for_token(tiny, system):
+    model, tokenizer, _ = tiny
+    budgets = [3, 40, 7, GROW_COLUMNS + 30, 1, 19]  # rows end at different steps
+
+    def items():
+        return [
+            # the long row ignores eos so the answer outgrows the cache's first allocation
+            GenerationItem(ids_of(tokenizer, p, system), n, 0, ignore_eos=n > GROW_COLUMNS)
+            for p, n in zip(PROMPTS, budgets, strict=True)
+        ]
+
+    generic, fast = both_paths(model, tokenizer, items)
+    for g, f in zip(generic, fast, strict=True):
+        assert f.token_ids == g.token_ids
+        assert f.finish_reason == g.finish_reason
+        assert f.text == g.text
+    assert max(len(g.token_ids) for g in generic) > GROW_COLUMNS  # the cache had to grow
+
+
+def test_rows_that_end_on_eos_match_and_keep_their_reason(tiny):
+    model, tokenizer, _ = tiny
+    # the tiny model's greedy answers stop on its eos at different steps for some prompts
+
+    def items():
+        return [
+            GenerationItem(ids_of(tokenizer, p), max_new_tokens=60, temperature=0) for p in PROMPTS
+        ]
+
+    generic, fast = both_paths(model, tokenizer, items)
+    for g, f in zip(generic, fast, strict=True):
+        assert (f.token_ids, f.finish_reason) == (g.token_ids, g.finish_reason)
+    assert "stop" in {g.finish_reason for g in generic}, "no row ended on eos: test is moot"
+    ignoring = generate_batch(
+        model,
+        tokenizer,
+        [GenerationItem(ids_of(tokenizer, p), 60, 0, ignore_eos=True) for p in PROMPTS],
+        {tokenizer.eos_token_id},
+    )
+    assert all(len(r.token_ids) == 60 for r in ignoring)
+
+
+def test_seeded_per_row_sampling_matches_the_generic_path(tiny):
+    model, tokenizer, _ = tiny
+    settings = [(0.7, 1.0, 0, 11), (1.3, 0.9, 0, 12), (1.0, 1.0, 5, 13), (0.0, 1.0, 0, None)]
+
+    def items():
+        return [
+            GenerationItem(ids_of(tokenizer, p), 24, temperature=t, top_p=tp, top_k=k, seed=s)
+            for p, (t, tp, k, s) in zip(PROMPTS, settings, strict=False)
+        ]
+
+    generic, fast = both_paths(model, tokenizer, items)
+    assert [f.token_ids for f in fast] == [g.token_ids for g in generic]
+    reseeded = generate_batch(
+        model,
+        tokenizer,
+        [GenerationItem(ids_of(tokenizer, PROMPTS[0]), 24, temperature=0.7, seed=99)],
+        {tokenizer.eos_token_id},
+    )
+    assert reseeded[0].token_ids != fast[0].token_ids  # the seed matters
+
+
+def test_stop_strings_cut_the_same_text(tiny):
+    model, tokenizer, _ = tiny
+    reference = generate_batch(
+        model, tokenizer, [GenerationItem(ids_of(tokenizer, PROMPTS[1]), 20, 0)], set()
+    )[0]
+    stop = reference.text[5:8]
+    assert stop
+
+    def items():
+        return [GenerationItem(ids_of(tokenizer, p), 20, 0, stop=(stop,)) for p in PROMPTS[:3]]
+
+    generic, fast = both_paths(model, tokenizer, items)
+    assert [(f.text, f.finish_reason) for f in fast] == [(g.text, g.finish_reason) for g in generic]
+    assert fast[1].finish_reason == "stop" and stop not in fast[1].text
+
+
+def test_json_grammar_rows_match_and_stay_valid(tiny):
+    pytest.importorskip("xgrammar")
+    from assay.models.constrained import GrammarCompiler
+
+    model, tokenizer, _ = tiny
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 8}, "ok": {"type": "boolean"}},
+        "required": ["city", "ok"],
+        "additionalProperties": False,
+    }
+    compiler = GrammarCompiler(tokenizer, model.get_output_embeddings().weight.shape[0], [2])
+    compiled = compiler.compile(schema)
+
+    def items():
+        rows = [GenerationItem(ids_of(tokenizer, p), 40, 0) for p in PROMPTS[:4]]
+        for row in rows[:3]:
+            row.grammar = compiler.matcher(compiled)
+        return rows
+
+    generic, fast = both_paths(model, tokenizer, items)
+    assert [f.token_ids for f in fast] == [g.token_ids for g in generic]
+    for result in fast[:3]:
+        if result.finish_reason == "stop":
+            jsonschema.validate(json.loads(result.text), schema)
+
+
+def test_mixed_adapter_batch_matches_the_generic_path(tiny):
+    model, tokenizer, adapter_dirs = tiny
+    lora = MultiLora(model)
+    try:
+        for name, directory in adapter_dirs.items():
+            lora.load(name, directory)
+        names = ["a", None, "b", "a", None, "b"]
+
+        def items():
+            return [
+                GenerationItem(ids_of(tokenizer, p, SYSTEM), 16, 0, adapter=a)
+                for p, a in zip(PROMPTS, names, strict=True)
+            ]
+
+        generic, fast = both_paths(model, tokenizer, items, adapters=lora)
+        assert [f.token_ids for f in fast] == [g.token_ids for g in generic]
+        base_only = [GenerationItem(i.prompt_ids, 16, 0) for i in items()]
+        plain = generate_batch(model, tokenizer, base_only, set(), lora, fast=True)
+        assert [plain[i].token_ids for i in (1, 4)] == [fast[i].token_ids for i in (1, 4)]
+        assert any(plain[i].token_ids != fast[i].token_ids for i in (0, 2, 3, 5))
+    finally:
+        _unwrap(model, lora)
+
+
+def _unwrap(model, lora: MultiLora) -> None:
+    for path, wrapped in lora._layers.items():
+        parent_path, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), child, wrapped.base)
+
+
+def _one_step(model, tokenizer, precision, adapters=None, names=None):
+    """Logits of the first decode step after a prefill, through `DecodeStep`."""
+    from transformers import DynamicCache
+
+    prompts = [ids_of(tokenizer, p) for p in PROMPTS[:4]]
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((4, width), tokenizer.pad_token_id)
+    attention = torch.zeros((4, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p)
+        attention[i, width - len(p) :] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    with torch.inference_mode():
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+        )
+        static = StaticKVCache.from_dynamic(cache, attention, room=4)
+        tokens = out.logits[:, -1].argmax(-1)
+        step = DecodeStep(model, precision)
+        if adapters is None:
+            return step(tokens, attention.sum(-1), static)
+        with adapters.routing(names):
+            return step(tokens, attention.sum(-1), static)
+
+
+def test_bf16_matmuls_stay_close_to_fp32_logits(tiny):
+    model, tokenizer, adapter_dirs = tiny
+    full = _one_step(model, tokenizer, "fp32")
+    half = _one_step(model, tokenizer, "bf16")
+    assert half.dtype == torch.float32
+    assert not torch.equal(half, full)  # it really ran in reduced precision
+    scale = full.abs().max()
+    assert (half - full).abs().max() < 0.05 * scale
+    assert torch.equal(half.argmax(-1), full.argmax(-1))
+    lora = MultiLora(model)
+    try:
+        lora.load("a", adapter_dirs["a"])
+        names = ["a", None, "a", None]
+        full_a = _one_step(model, tokenizer, "fp32", lora, names)
+        half_a = _one_step(model, tokenizer, "bf16", lora, names)
+        assert not torch.allclose(full_a[0], full[0])  # the adapter changes row 0 ...
+        assert (half_a - full_a).abs().max() < 0.05 * full_a.abs().max()  # ... in bf16 too
+    finally:
+        _unwrap(model, lora)
+
+
+def test_cache_keeps_columns_through_growth_and_compaction():
+    keys = [torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)]
+    values = [-keys[0].clone()]
+    attention = torch.tensor([[0, 1, 1], [1, 1, 1]])
+
+    class Layer:
+        def __init__(self, k, v):
+            self.keys, self.values = k, v
+
+    class Cache:
+        layers = [Layer(keys[0], values[0])]
+
+    cache = StaticKVCache.from_dynamic(Cache(), attention, room=1)
+    assert cache.capacity == 4
+    for step in range(3):  # the second and third columns overflow: one growth
+        cache.open_column()
+        new = torch.full((2, 1, 1, 2), 100.0 + step)
+        k, v = cache.write(0, new, -new)
+    assert cache.capacity == 4 + GROW_COLUMNS and k.shape == (2, 1, 6, 2)
+    assert torch.equal(k[:, :, :3], keys[0]) and torch.equal(v[:, :, :3], values[0])
+    assert torch.equal(k[:, :, 5], torch.full((2, 1, 2), 102.0))
+    assert cache.mask()[0, 0, 0].tolist() == [False, True, True, True, True, True]
+    cache.compact(torch.tensor([1]))
+    assert cache.rows == 1 and cache.mask()[0, 0, 0].all()
+    assert torch.equal(cache.keys[0][0, :, :3], keys[0][1])
+
+
+def test_an_unknown_precision_is_refused(tiny):
+    model, _, _ = tiny
+    with pytest.raises(ValueError, match="precision"):
+        DecodeStep(model, "int3")
