@@ -20,15 +20,18 @@ REASON = "exact duplicate of {keeper}"
 _LEGACY = ("lowercase", "whitespace", "punctuation", "unicode_form")
 
 
-def normalized_text(columns: list[str], norm: Normalization, keep_spaces: bool) -> pl.Expr:
-    """A polars expression joining `columns` after normalising each (nulls as "")."""
+def normalized_text(
+    table: pa.Table, columns: list[str], norm: Normalization, keep_spaces: bool
+) -> pl.Series:
+    """One string per row: `columns` normalised and joined (nulls as "")."""
     parts = []
     for column in columns:
-        expr = normalized(pl.col(column), norm)
-        if not keep_spaces:
-            expr = expr.str.replace_all(r"\s+", "")
-        parts.append(expr)
-    return parts[0] if len(parts) == 1 else pl.concat_str(parts, separator=_SEPARATOR)
+        text = normalized(pl.Series(table[column]), norm)
+        parts.append(text if keep_spaces else text.str.replace_all(r"\s+", ""))
+    if len(parts) == 1:
+        return parts[0]
+    frame = pl.DataFrame({f"c{i}": p for i, p in enumerate(parts)})
+    return frame.select(pl.concat_str(pl.all(), separator=_SEPARATOR)).to_series()
 
 
 @register
@@ -79,10 +82,8 @@ class ExactDedupe(ClusterDedupe):
 
     def hashes(self, table: pa.Table) -> np.ndarray:
         """64-bit hash of each row's normalised text (uint64)."""
-        expr = normalized_text(self.columns, self.normalize, self.keep_spaces)
-        frame = pl.from_arrow(table.select(self.columns))
-        assert isinstance(frame, pl.DataFrame)
-        return frame.select(expr.hash(seed=0)).to_series().to_numpy()
+        text = normalized_text(table, self.columns, self.normalize, self.keep_spaces)
+        return text.hash(seed=0).to_numpy()
 
     def find_clusters(self, read_input: BatchReader) -> ClusterFit:
         hashes: list[np.ndarray] = []

@@ -63,14 +63,10 @@ def tokenize(
     if unit not in ("word", "char"):
         raise ValueError(f"unit must be 'word' or 'char', not {unit!r}")
     text = pl.Series(column).cast(pl.String).fill_null("")
-    frame = text.to_frame("t")
     if normalize is not None and unit == "word":
-        tokens = frame.select(words(pl.col("t"), normalize)).to_series()
+        tokens = words(text, normalize)
     else:
-        if normalize is None:
-            text = text.str.to_lowercase()
-        else:
-            text = frame.select(normalized(pl.col("t"), normalize)).to_series()
+        text = text.str.to_lowercase() if normalize is None else normalized(text, normalize)
         if unit == "word":
             tokens = text.str.extract_all(r"\w+")
         else:
