@@ -1,0 +1,94 @@
+"""`assay judge-eval` (calibrate a judge on labelled data) and `assay judge train|list`
+(distilled judges). Heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _params(values: list[str] | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in values or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--param {item!r}: use KEY=VALUE (VALUE as JSON or text)")
+        key, raw = item.split("=", 1)
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    judge_app = typer.Typer(help="Distilled judges: train and list.", no_args_is_help=True)
+    app.add_typer(judge_app, name="judge")
+
+    @app.command("judge-eval")
+    def judge_eval(
+        judge: Annotated[str, typer.Argument(help="GroundingJudge, distilled:<name>, length...")],
+        data: Annotated[str, typer.Option(help="halueval:<qa|dialogue|summarization> or a file")],
+        split: Annotated[str, typer.Option(help="HaluEval split")] = "test",
+        limit: Annotated[int | None, typer.Option(help="First N pairs (HaluEval) or rows")] = None,
+        model: Annotated[str, typer.Option(help="Model of an LLM judge")] = "local/smollm2-135m",
+        param: Annotated[list[str] | None, typer.Option(help="Judge parameter KEY=VALUE")] = None,
+        label_column: Annotated[str, typer.Option(help="Bool label column of a file")] = "grounded",
+        out: Annotated[Path, typer.Option(help="Report folder")] = Path("judge-eval"),
+    ) -> None:
+        """Judge labelled rows; report the metrics beside the length and overlap baselines."""
+        from assay.judges.eval_report import table
+        from assay.judges.evaluate import evaluate_on_data, write_report
+
+        result = evaluate_on_data(judge, data, split, limit, model, _params(param), label_column)
+        report = write_report(result, out)
+        typer.echo(table(result))
+        typer.echo(f"report: {report}")
+
+    @judge_app.command("train")
+    def train(
+        name: Annotated[str, typer.Argument(help="Name to register the judge as")],
+        data: Annotated[str, typer.Option(help="halueval:<set> or a labelled file")],
+        split: Annotated[str, typer.Option(help="HaluEval split to train on")] = "train",
+        limit: Annotated[int | None, typer.Option(help="First N pairs (HaluEval) or rows")] = 2000,
+        label_column: Annotated[str, typer.Option(help="Bool label column of a file")] = "grounded",
+        base_model: Annotated[str, typer.Option(help="Encoder to start from")] = "all-MiniLM-L6-v2",
+        max_length: Annotated[int, typer.Option(help="Encoder window (tokens)")] = 256,
+        epochs: Annotated[int, typer.Option()] = 1,
+        batch_size: Annotated[int, typer.Option()] = 16,
+        learning_rate: Annotated[float, typer.Option()] = 5e-5,
+        freeze_layers: Annotated[int, typer.Option(help="Frozen lower layers")] = 0,
+        threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    ) -> None:
+        """Fine-tune a small cross-encoder on labelled rows and register it by name."""
+        from assay.judges.distill_train import train_distilled
+        from assay.judges.evaluate import load_rows
+
+        rows, _, _ = load_rows(data, split, limit, label_column)
+        path = train_distilled(
+            rows,
+            name,
+            base_model=base_model,
+            max_length=max_length,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            freeze_layers=freeze_layers,
+            threads=threads,
+            description=f"{data} ({split}, {len(rows)} rows)",
+            log=typer.echo,
+        )
+        typer.echo(f"judge {name!r} saved in {path}; use it as DistilledJudge(judge={name!r})")
+
+    @judge_app.command("list")
+    def list_judges() -> None:
+        """The trained judges and what they were trained on."""
+        from assay.judges.registry_dir import judges_dir, trained_judges
+
+        found = trained_judges()
+        if not found:
+            typer.echo(f"no trained judges in {judges_dir()}")
+        for name, meta in found.items():
+            typer.echo(f"{name}: {meta.get('description', '')} ({meta.get('base_model')})")
