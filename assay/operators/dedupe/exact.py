@@ -26,8 +26,7 @@ def normalized_text(
     """One string per row: `columns` normalised and joined (nulls as "")."""
     parts = []
     for column in columns:
-        text = normalized(pl.Series(table[column]), norm)
-        parts.append(text if keep_spaces else text.str.replace_all(r"\s+", ""))
+        parts.append(normalized(pl.Series(table[column]), norm, keep_spaces))
     if len(parts) == 1:
         return parts[0]
     frame = pl.DataFrame({f"c{i}": p for i, p in enumerate(parts)})

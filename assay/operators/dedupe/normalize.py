@@ -32,6 +32,7 @@ Preset = Literal["default", "datatrove", "none"]
 
 _FORMAT = r"\p{Cf}+"  # soft hyphen, zero-width space/joiners, BOM: invisible, so deleted
 _PUNCT = r"[\p{P}\p{S}\p{Cc}]+"
+_SEPARATOR = r"[\s\p{P}\p{S}\p{Cc}]+"
 _WORD = r"[^\s\p{P}\p{S}\p{Cc}]+"  # what is left between separators once punctuation is out
 _NUMBER = r"\d+(?:[.,]\d+)*"  # 3.14 and 1,000 fold to one "0", as datatrove's number rule
 
@@ -105,15 +106,19 @@ def _folded(text: pl.Series, norm: TextNormalization) -> pl.Series:
     return text
 
 
-def normalized(text: pl.Series, norm: Normalization) -> pl.Series:
-    """`text` normalised (nulls become "")."""
+def normalized(text: pl.Series, norm: Normalization, keep_spaces: bool = True) -> pl.Series:
+    """`text` normalised (nulls become ""); without `keep_spaces`, whitespace removed too."""
     norm = resolve(norm)
     text = _folded(text, norm)
+    # separators (whitespace, and punctuation when it is out) in one regex pass
     if norm.punctuation:
-        text = text.str.replace_all(_PUNCT, " ")
-    if norm.whitespace:
-        text = text.str.replace_all(r"\s+", " ").str.strip_chars()
-    return text
+        separators = _SEPARATOR if norm.whitespace or not keep_spaces else _PUNCT
+    else:
+        separators = r"\s+" if norm.whitespace or not keep_spaces else None
+    if separators is None:
+        return text
+    text = text.str.replace_all(separators, " " if keep_spaces else "")
+    return text.str.strip_chars() if keep_spaces and norm.whitespace else text
 
 
 def words(text: pl.Series, norm: Normalization) -> pl.Series:
