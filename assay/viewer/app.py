@@ -39,6 +39,20 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
+# what a person scans first in a listing; long list columns are for the row page
+FIRST = ("id", "question", "prompt", "text", "final_answer", "correct", "pass_rate", "reward")
+FIRST += ("turns", "finish", "_reason", "generation", "answer")
+HEAVY = ("steps", "messages", "tools", "episode")
+
+
+def default_columns(schema: dict[str, str], limit: int = 8) -> list[str]:
+    first = [c for c in FIRST if c in schema]
+    scores = [c for c in schema if c.endswith("_score") and c not in first]
+    rest = [c for c in schema if c not in first and c not in scores and c not in HEAVY]
+    rest = [c for c in rest if not c.startswith("generation_")]
+    return (first + scores + rest)[:limit]
+
+
 def author_of(request: Request) -> str:
     return unquote(request.cookies.get(AUTHOR_COOKIE, ""))[: feedback.MAX_AUTHOR]
 
@@ -81,23 +95,22 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def runs_page(request: Request) -> HTMLResponse:
-        return render(
-            request,
-            "runs.html",
-            runs=runinfo.runs(ws),
-            feedback=feedback.counts_by_run(ws),
-        )
+        with ws.connect():  # one open of the store per page
+            runs, counts = runinfo.runs(ws), feedback.counts_by_run(ws)
+        return render(request, "runs.html", runs=runs, feedback=counts)
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str) -> HTMLResponse:
-        page = runinfo.run_page(ws, run_id)
+        with ws.connect():
+            page = runinfo.run_page(ws, run_id)
+            training = runinfo.training_page(ws, run_id)
         return render(
             request,
             "run.html",
             run_id=run_id,
             bars=funnel_bars(page["funnel"]),
             reject_stages=list(ws.reject_stages(run_id)),
-            training=runinfo.training_page(ws, run_id),
+            training=training,
             **page,
         )
 
@@ -117,7 +130,7 @@ def create_app(
         table = ParquetTable(files)
         schema = table.schema()
         wanted = [c for c in params.getlist("show") if c in schema]
-        default = [c for c in schema if c not in ("steps", "messages", "tools", "episode")][:9]
+        default = default_columns(schema)
         page = table.page(
             filters,
             params.get("q", "").strip(),
@@ -187,7 +200,10 @@ def create_app(
             row.get(f"{view.response_column}_messages") if view.response_column else None
         )
         sample = row.get("sample_index") if isinstance(row.get("sample_index"), int) else 0
-        marks = feedback.feedback_for_row(ws, run_id, id)
+        with ws.connect():
+            marks = feedback.feedback_for_row(ws, run_id, id)
+            chain = runinfo.lineage(ws, run_id, id)
+            paid = runinfo.requests_for(ws, run_id, messages_json, sample)
         current = {}
         for m in marks:
             current[m["step_id"]] = m
@@ -202,8 +218,8 @@ def create_app(
             others=[
                 (k, v) for k, v in redact_value(row).items() if k not in view.shown and k != "id"
             ],
-            lineage=runinfo.lineage(ws, run_id, id),
-            requests=runinfo.requests_for(ws, run_id, messages_json, sample),
+            lineage=chain,
+            requests=paid,
             marks=marks,
             current=current,
         )

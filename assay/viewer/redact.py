@@ -30,17 +30,24 @@ _PATTERNS = [
 ]
 
 _extra: set[str] = set()
+_cache: tuple[int, list[str]] | None = None
 
 
 def add_secret(value: str | None) -> None:
     """Also redact this literal value (the viewer's token)."""
+    global _cache
     if value and len(value) >= 4:
         _extra.add(value)
+        _cache = None
 
 
 def _env_secrets() -> list[str]:
-    values = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 8}
-    return sorted(values | _extra, key=len, reverse=True)
+    # scanning os.environ costs ~0.2 ms: done again only when the environment changes size
+    global _cache
+    if _cache is None or _cache[0] != len(os.environ):
+        values = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 8}
+        _cache = (len(os.environ), sorted(values | _extra, key=len, reverse=True))
+    return _cache[1]
 
 
 def redact(text: str) -> str:

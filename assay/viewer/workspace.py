@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ import duckdb
 from assay.curate.errors import AssayError
 from assay.curate.store import RunStore
 
+TABLES_TTL_S = 5.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
 
@@ -44,10 +46,20 @@ class Workspace:
         self.root = Path(root).resolve()
         self.db_path = self.root / "assay.duckdb"
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._tables: tuple[float, set[str]] | None = None
 
     @contextmanager
     def connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection to the run store (read-only unless `write`)."""
+        """A short-lived connection to the run store (read-only unless `write`).
+
+        Re-entrant within a thread: a page opens the store once (an open costs ~50 ms) and
+        every read under it shares that connection.
+        """
+        held = getattr(self._local, "con", None)
+        if held is not None and not write:
+            yield held
+            return
         if not self.db_path.exists():
             raise NotFound(f"no run store at {self.db_path}: run a recipe first (assay run ...)")
         with self._lock:
@@ -58,48 +70,51 @@ class Workspace:
                     f"the run store {self.db_path} is busy (an assay run is writing to it); "
                     f"reload when it finishes ({exc})"
                 ) from exc
+            self._local.con = None if write else con
             try:
                 yield con
             finally:
+                self._local.con = None
                 con.close()
+                if write:
+                    self._tables = None
 
     @contextmanager
     def store(self) -> Iterator[RunStore]:
-        """The run store's own queries (funnel, reject reasons, lineage), read-only."""
-        if not self.db_path.exists():
-            raise NotFound(f"no run store at {self.db_path}: run a recipe first (assay run ...)")
-        with self._lock:
-            try:
-                store = RunStore(self.root, read_only=True)
-            except AssayError as exc:
-                raise ViewerError(f"{exc}; reload when the run finishes") from exc
-            try:
-                yield store
-            finally:
-                store.close()
+        """The run store's own queries (funnel, reject reasons), on the shared connection."""
+        with self.connect() as con:
+            # RunStore's queries only need its connection: reuse ours rather than open the
+            # file a second time (RunStore() itself would create tables, a write)
+            store = RunStore.__new__(RunStore)
+            store.workspace, store.path, store.con = self.root, self.db_path, con
+            yield store
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         with self.connect() as con:
             return dicts(con, sql, params)
 
     def tables(self) -> set[str]:
+        """The store's table names (kept a few seconds: pages ask several times)."""
+        cached = self._tables
+        if cached is not None and time.monotonic() - cached[0] < TABLES_TTL_S:
+            return cached[1]
         with self.connect() as con:
             rows = con.execute(
                 "select table_name from information_schema.tables where table_schema = 'main'"
             ).fetchall()
-        return {r[0] for r in rows}
+        names = {r[0] for r in rows}
+        self._tables = (time.monotonic(), names)
+        return names
 
     # runs and their files ---------------------------------------------------------------
 
     def run_dir(self, run_id: str) -> Path:
-        """The folder of a run that exists in the store (refuses any other name)."""
+        """The folder of a run (`<workspace>/runs/<id>`; refuses any other name or place)."""
         if not _NAME.match(run_id or ""):
             raise NotFound(f"no run {run_id!r}")
-        if not self.query("select 1 from runs where run_id = ?", [run_id]):
-            raise NotFound(f"no run {run_id!r} in {self.db_path}")
         path = (self.root / "runs" / run_id).resolve()
-        if not path.is_relative_to(self.root):
-            raise NotFound(f"no run {run_id!r}")
+        if not path.is_relative_to(self.root / "runs") or not path.is_dir():
+            raise NotFound(f"no run {run_id!r} in {self.root}")
         return path
 
     def output_files(self, run_id: str) -> list[str]:

@@ -1,0 +1,201 @@
+"""Viewer page times at 1,000,000 rows: the dataset browser's DuckDB queries over Parquet.
+
+Builds a workspace with one run whose output is N reasoning-trace rows (the traces contract
+plus verifier columns) in 10,000-row shards, serves it with `assay view` (a real uvicorn
+process) and times HTTP GETs of the pages a person clicks through: first page, a deep page,
+the last page, filters (cold, then the next page of the same filter), a text search, a sort
+and a row page. Each page: the first (cold) time and the median of 5 repeats.
+
+Baselines measured in the same run, per page of a filter: pyarrow reading the shards into
+memory then filtering and slicing (what a notebook or a load-it-all viewer does), and a
+polars lazy scan (a strong columnar peer, no server).
+
+    python bench/viewer.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+STEP = pa.struct([("step_id", pa.string()), ("text", pa.string())])
+NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def build(workspace: Path, rows: int, shard: int = 10_000) -> str:
+    from assay.curate.store import RunStore
+
+    with RunStore(workspace) as store:
+        run_id = store.new_run("bench-traces", None, {"bench": True})
+        store.record_stages(run_id, [{"stage": "ReasoningTraces", "params": {}}])
+        store.set_status(run_id, "done")
+    out = workspace / "runs" / run_id / "output"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for start in range(0, rows, shard):
+        n = min(shard, rows - start)
+        ids = [f"q{(start + i) // 4}/s{(start + i) % 4}" for i in range(n)]
+        a = [rng.randint(0, 999) for _ in range(n)]
+        b = [rng.randint(0, 999) for _ in range(n)]
+        ok = [rng.random() < 0.6 for _ in range(n)]
+        words = [" ".join(rng.choice(NUMBERS) for _ in range(6)) for _ in range(n)]
+        steps = [
+            [
+                {"step_id": f"{i}#0", "text": f"Start from {x}."},
+                {"step_id": f"{i}#1", "text": f"Add {y} ({w})."},
+                {"step_id": f"{i}#2", "text": f"So {x + y if c else x + y + 1}."},
+            ]
+            for i, x, y, c, w in zip(ids, a, b, ok, words, strict=True)
+        ]
+        table = pa.table(
+            {
+                "id": ids,
+                "parent_id": [i.split("/")[0] for i in ids],
+                "question": [f"What is {x}+{y}?" for x, y in zip(a, b, strict=True)],
+                "reasoning": ["\n".join(s["text"] for s in st) for st in steps],
+                "final_answer": [
+                    str(x + y if c else x + y + 1) for x, y, c in zip(a, b, ok, strict=True)
+                ],
+                "steps": pa.array(steps, pa.list_(STEP)),
+                "correct": ok,
+                "correct_score": [1.0 if c else 0.0 for c in ok],
+                "correct_reason": ["ok" if c else "wrong answer" for c in ok],
+                "pass_rate": [rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]) for _ in range(n)],
+            }
+        )
+        pq.write_table(table, out / f"part-{start // shard:06d}.parquet")
+    return run_id
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(client: httpx.Client, url: str, params: list | None = None) -> float:
+    start = time.perf_counter()
+    r = client.get(url, params=params)
+    elapsed = time.perf_counter() - start
+    if r.status_code != 200:
+        raise SystemExit(f"{url} {params}: HTTP {r.status_code}: {r.text[:300]}")
+    return elapsed * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="assay-viewer-bench-"))
+    ws = tmp / "ws"
+    t0 = time.perf_counter()
+    run = build(ws, args.rows)
+    print(f"built {args.rows:,} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    port = free_port()
+    assay = str(Path(sys.executable).parent / "assay")
+    proc = subprocess.Popen([assay, "view", "--workspace", str(ws), "--port", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=120) as client:
+            for _ in range(100):
+                try:
+                    client.get("/")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.3)
+            data = f"/runs/{run}/data"
+            last = -(-args.rows // 50)
+            wrong = [("col", "correct"), ("op", "is false"), ("val", "")]
+            two = [("col", "pass_rate"), ("op", ">="), ("val", "0.75")]
+            two += [("col", "correct_score"), ("op", ">"), ("val", "0.5")]
+            pages = [
+                ("runs list", "/", None),
+                ("run funnel", f"/runs/{run}", None),
+                ("dataset page 1", data, None),
+                ("dataset page 10,000 (offset 500k)", data, [("page", "10000")]),
+                (f"dataset last page ({last:,})", data, [("page", str(last))]),
+                ("filter correct is false, page 1", data, wrong),
+                ("same filter, page 2", data, [*wrong, ("page", "2")]),
+                ("same filter, page 5,000", data, [*wrong, ("page", "5000")]),
+                ("two filters (pass_rate, score)", data, two),
+                ("text search 'seven nine'", data, [("q", "seven nine")]),
+                (
+                    "sort by pass_rate desc, page 3",
+                    data,
+                    [("sort", "pass_rate"), ("desc", "1"), ("page", "3")],
+                ),
+                ("row page (middle id)", f"/runs/{run}/row", [("id", f"q{args.rows // 8}/s1")]),
+            ]
+            results = []
+            for name, url, params in pages:
+                cold = timed(client, url, params)
+                warm = statistics.median(timed(client, url, params) for _ in range(args.repeats))
+                results.append((name, cold, warm))
+        files = sorted(str(p) for p in (ws / "runs" / run / "output").glob("*.parquet"))
+        base_rows = baselines(files)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    print(
+        f"| page ({args.rows:,} rows, {len(files)} shards) | first ms | median of {args.repeats} ms |"
+    )
+    print("|---|---:|---:|")
+    for name, cold, warm in results:
+        print(f"| {name} | {cold:.0f} | {warm:.0f} |")
+    print()
+    print("| baseline: filter correct is false, page 2 (50 rows) | ms |")
+    print("|---|---:|")
+    for name, ms in base_rows:
+        print(f"| {name} | {ms:.0f} |")
+    print(
+        json.dumps({"rows": args.rows, "pages": results, "baselines": base_rows}), file=sys.stderr
+    )
+
+
+def baselines(files: list[str]) -> list[tuple[str, float]]:
+    import polars as pl
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    out = []
+    start = time.perf_counter()
+    table = pads.dataset(files).to_table()
+    page = table.filter(pc.invert(table["correct"])).slice(50, 50).to_pylist()
+    out.append(
+        (
+            "pyarrow: read every shard into memory, filter, slice",
+            (time.perf_counter() - start) * 1000,
+        )
+    )
+    assert len(page) == 50
+    start = time.perf_counter()
+    page = pl.scan_parquet(files).filter(~pl.col("correct")).slice(50, 50).collect().to_dicts()
+    out.append(
+        (
+            "polars lazy scan, filter, slice (no server, no count)",
+            (time.perf_counter() - start) * 1000,
+        )
+    )
+    start = time.perf_counter()
+    total = pl.scan_parquet(files).filter(~pl.col("correct")).select(pl.len()).collect().item()
+    out.append(
+        (f"polars count of the filter ({total:,} rows)", (time.perf_counter() - start) * 1000)
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main()
