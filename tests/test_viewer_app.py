@@ -274,3 +274,28 @@ def test_cli_refuses_a_public_bind_without_a_token(built) -> None:
         cwd=REPO,
     )
     assert out.returncode == 2 and "--token" in out.stderr
+
+
+def test_a_run_writing_the_store_makes_pages_say_busy_not_fail(built) -> None:
+    ws, ids = built
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from assay.curate.store import RunStore; "
+            f"s = RunStore({str(ws)!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        client = TestClient(create_app(ws), base_url="http://127.0.0.1")
+        r = client.get("/")
+        assert r.status_code == 503 and "busy" in r.text
+        # pages that only read Parquet shards still work while the run writes
+        assert client.get(f"/runs/{ids['traces']}/data").status_code == 200
+    finally:
+        holder.kill()
+        holder.wait()
+    assert TestClient(create_app(ws), base_url="http://127.0.0.1").get("/").status_code == 200

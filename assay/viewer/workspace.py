@@ -39,6 +39,12 @@ class NotFound(ViewerError):
     status = 404
 
 
+class Busy(ViewerError):
+    """Another process holds the run store's write lock (an `assay run` in progress)."""
+
+    status = 503
+
+
 class Workspace:
     """One workspace directory (default `.assay`)."""
 
@@ -66,7 +72,7 @@ class Workspace:
             try:
                 con = duckdb.connect(str(self.db_path), read_only=not write)
             except duckdb.IOException as exc:
-                raise ViewerError(
+                raise Busy(
                     f"the run store {self.db_path} is busy (an assay run is writing to it); "
                     f"reload when it finishes ({exc})"
                 ) from exc
