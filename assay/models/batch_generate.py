@@ -9,6 +9,12 @@ copied to the rows, so the batch's prefill only pays for what differs; the paddi
 shared prefix and each row's own tokens, masked out. Rows that finish are dropped from the batch (and from the KV
 cache), so long tails do not pay for finished rows. Rows naming different LoRA adapters share
 each forward pass (`multi_lora.MultiLora` routes each row through its adapter).
+
+The prefill always uses the model's own forward. Decoding then takes one of two loops: the
+fast one (`fast_decode.DecodeStep` on a `kv_cache.StaticKVCache`, for the Llama/Qwen2 models
+`fast_decode.supports`; fp32 by default, greedy outputs equal the generic loop's) or the
+generic one (transformers' forward with a `DynamicCache`, for everything else or with
+`ASSAY_LOCAL_FAST=0`).
 """
 
 from __future__ import annotations
