@@ -105,6 +105,10 @@ def requests_for(
 # training runs ----------------------------------------------------------------------------
 
 
+KEY_METRICS = ("loss", "reward", "rewards/margins", "rewards/accuracies", "accuracy")
+KEY_METRICS += ("mean_token_accuracy", "frac_reward_zero_std", "learning_rate", "grad_norm")
+
+
 def training_page(ws: Workspace, run_id: str) -> dict[str, Any] | None:
     """A training run's record, one chart per metric (train and `eval_` curves together) and
     the eval table of its model against the base; None when `run_id` is not a training run."""
@@ -117,6 +121,7 @@ def training_page(ws: Workspace, run_id: str) -> dict[str, Any] | None:
     info = found[0]
     info["config"] = redact(json.dumps(_json(info.get("config")), indent=2, default=str))
     charts: list[LineChart] = []
+    summary: list[dict[str, Any]] = []
     if "train_metrics" in tables:
         points = ws.query(
             "select name, step, value from train_metrics where run_id = ? "
@@ -129,7 +134,21 @@ def training_page(ws: Workspace, run_id: str) -> dict[str, Any] | None:
             if name.startswith("eval_"):
                 name, split = name[len("eval_") :], "eval"
             by_name.setdefault(name, {}).setdefault(split, []).append((p["step"], p["value"]))
-        charts = [line_chart(name, curves) for name, curves in sorted(by_name.items())]
+
+        # curves for what changes over steps, key metrics first; one-point metrics
+        # (train_runtime, total_flos...) go in a table
+        def rank(name: str) -> tuple[int, str]:
+            return (KEY_METRICS.index(name) if name in KEY_METRICS else len(KEY_METRICS), name)
+
+        for name in sorted(by_name, key=rank):
+            curves = by_name[name]
+            if sum(len(c) for c in curves.values()) > 1:
+                charts.append(line_chart(name, curves))
+            else:
+                for split, pts in curves.items():
+                    summary.append(
+                        {"name": name if split == "train" else f"eval_{name}", "value": pts[0][1]}
+                    )
     evals: list[dict[str, Any]] = []
     if "eval_results" in tables:
         models = [m for m in (info.get("model_name"), info.get("model")) if m]
@@ -139,7 +158,7 @@ def training_page(ws: Workspace, run_id: str) -> dict[str, Any] | None:
             "where model in (select unnest(?::varchar[])) order by task, prompt_style, model",
             [models],
         )
-    return {"info": info, "charts": charts, "evals": evals}
+    return {"info": info, "charts": charts, "summary": summary, "evals": evals}
 
 
 def _json(value: Any) -> Any:
