@@ -16,7 +16,7 @@ from rich.table import Table
 
 from assay.curate.errors import AssayError
 from assay.curate.pipeline import DEFAULT_WORKSPACE, Pipeline
-from assay.curate.recipes import load_recipe, parse_recipe
+from assay.curate.recipes import load_job, load_recipe, parse_recipe
 from assay.curate.registry import stages as registered_stages
 from assay.curate.report import funnel_table, usage_line, write_report
 from assay.curate.store import RunStore
@@ -42,8 +42,22 @@ def run(
     workspace: Workspace = Path(DEFAULT_WORKSPACE),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore stored responses.")] = False,
+    profile: Annotated[
+        str | None, typer.Option(help="A job recipe's profile (e.g. quick, full).")
+    ] = None,
+    teacher: Annotated[str | None, typer.Option(help="A job recipe's teacher model.")] = None,
 ) -> None:
     """Run a recipe (or resume an interrupted run) and print its funnel."""
+    job = load_job(recipe) if recipe is not None and resume is None else None
+    if job is not None:
+        module, config = job
+        config = {**config, **{k: v for k, v in (("profile", profile), ("teacher", teacher)) if v}}
+        report = importlib.import_module(module).run_job(
+            config, workspace, "quiet" if quiet else "auto"
+        )
+        console.print(f"report: {report}")
+        console.print(f"html report: {Path(report).with_suffix('.html')}")
+        return
     pipeline, src = _pipeline_for(recipe, resume, source, workspace)
     result = pipeline.run(
         src,

@@ -29,6 +29,32 @@ from assay.curate.stage import Stage
 TOP_LEVEL_KEYS = ("name", "description", "source", "batch_size", "stages")
 
 
+JOB_KEYS = ("name", "description", "job", "profile", "teacher", "student", "overrides")
+
+
+def load_job(path: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """For a job recipe (a `job:` key), the job's module name and its config; else None.
+
+    A job chains a curation run, training and evaluation (`assay/jobs/<job>.py`, resolved by
+    name so the engine imports none of them).
+    """
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # load_recipe reports these with the line and column
+    if not isinstance(spec, dict) or "job" not in spec:
+        return None
+    unknown = sorted(set(spec) - set(JOB_KEYS))
+    if unknown:
+        raise RecipeError(
+            f"{path}: unknown key {unknown[0]!r}; a job recipe takes {', '.join(JOB_KEYS)}"
+        )
+    if not isinstance(spec["job"], str) or not spec["job"].isidentifier():
+        raise RecipeError(f"{path}: 'job' must name a job module, got {spec['job']!r}")
+    return f"assay.jobs.{spec['job']}", spec
+
+
 def load_recipe(path: str | Path) -> Pipeline:
     """Read a recipe file and build its pipeline (source resolved next to the file)."""
     path = Path(path)

@@ -1,0 +1,291 @@
+"""The intern job: a small student learns an enterprise text-to-SQL task from its own prompted
+teacher, and curation is what makes the difference.
+
+The steps, in the order they run (each a library call you can run alone):
+
+1. Teacher generation: the teacher answers every training question with the long prompt
+   (handbook, commented schema, worked examples), `samples` times at temperature 0.7.
+2. Curation: execute each answer's SQL against the database and keep those whose result set
+   equals the gold query's (`SqlExecutionVerifier`); drop exact duplicates of
+   (question, SQL); decontaminate against both held-out sets (whole-question match).
+3. Training: the student (LoRA on the embedded model) learns (short prompt -> verified SQL);
+   the ablation trains the same student on as many *uncurated* teacher samples.
+4. Evaluation on the held-out questions and on unseen templates: base (short prompt), teacher
+   (long prompt), student (short), uncurated student (short); plus the general set
+   (MMLU / ARC) for base and student. Accuracy, prompt tokens per query, latency.
+5. The report (`report.md`, `report.html`, plots) in the curation run's folder.
+
+Teacher answers go through the request cache, so a second run pays for none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from assay.curate.pipeline import Pipeline, RunResult
+from assay.datasets.intern_sql import default_database, extract_sql, task_rows
+from assay.jobs import intern_task  # noqa: F401  (registers the eval tasks for `assay eval`)
+from assay.jobs.intern_report import write_intern_report
+
+TEACHER = "local/smollm2-135m"
+STUDENT = "smollm2-135m"
+
+
+@dataclass
+class InternProfile:
+    """How big a run is. `quick` is `make demo`'s (minutes on 2 cores); `full` is the one the
+    README's table comes from."""
+
+    train_questions: int = 80
+    samples: int = 4
+    heldout: int = 60
+    unseen: int = 30
+    general: int = 40  # questions per general-set task (MMLU, ARC-Easy, ARC-Challenge)
+    epochs: float = 3.0
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    seed: int = 0
+
+
+PROFILES = {
+    "quick": InternProfile(),
+    "full": InternProfile(
+        train_questions=400,
+        samples=8,
+        heldout=211,
+        unseen=240,
+        general=200,
+        epochs=3.0,
+        batch_size=16,
+    ),  # fmt: skip
+}
+
+
+def profile_named(name: str, overrides: dict[str, Any] | None = None) -> InternProfile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; profiles: {', '.join(PROFILES)}")
+    return replace(PROFILES[name], **(overrides or {}))
+
+
+def curation_stages(
+    profile: InternProfile,
+    teacher: str,
+    database: Path,
+    curated: bool,
+    teacher_options: dict[str, Any] | None = None,
+) -> list:
+    """The curation pipeline; `curated=False` is the ablation's (generation only).
+
+    `teacher_options` are further `Generate` settings for the teacher (`api_base`,
+    `api_key_env`, `rpm`, ...).
+    """
+    from assay.judges.sql import SqlExecutionVerifier
+    from assay.operators.dedupe import Decontaminate, ExactDedupe
+    from assay.operators.generate import Generate
+
+    generate = Generate(
+        model=teacher,
+        messages_column="teacher_messages",
+        n=profile.samples,
+        temperature=profile.temperature,
+        max_tokens=profile.max_new_tokens,
+        seed=profile.seed,
+        **(teacher_options or {}),
+    )
+    if not curated:
+        return [generate]
+    held_out = [r["question"] for s in ("heldout", "unseen") for r in task_rows(s)]
+    return [
+        generate,
+        SqlExecutionVerifier(database=str(database), column="generation", gold_column="gold_sql"),
+        ExactDedupe(columns=["question", "generation"]),
+        # questions are shorter than 30 words: each is compared whole with every held-out one
+        Decontaminate(columns=["question"], eval_sets={"heldout": held_out}, ngram=30),
+    ]
+
+
+def student_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training rows: the student's short prompt, the teacher's SQL as the answer."""
+    out = []
+    for row in rows:
+        sql = extract_sql(row["generation"])
+        completion = (sql + ";") if sql else (row["generation"] or "").strip()
+        messages = [*row["student_messages"], {"role": "assistant", "content": completion}]
+        out.append({"id": row["id"], "messages": messages, "template": row["template"]})
+    return out
+
+
+def run_intern(
+    profile: str | InternProfile = "quick",
+    teacher: str = TEACHER,
+    student: str = STUDENT,
+    workspace: str | Path = ".assay",
+    progress: str = "auto",
+    log: Callable[[str], None] = print,
+    teacher_options: dict[str, Any] | None = None,
+) -> Path:
+    """Run every step; return the report's path."""
+    from assay.train.eval import evaluate_choices, load_eval_model
+    from assay.train.sft import sft
+    from assay.train.tasks import get_task
+
+    p = profile_named(profile) if isinstance(profile, str) else profile
+    workspace = Path(workspace)
+    database = default_database(p.seed)
+    source = task_rows("train", limit=p.train_questions, seed=p.seed)
+    timings: dict[str, float] = {}
+
+    log(f"[1/4] teacher {teacher}: {len(source)} questions x {p.samples} samples (long prompt)")
+    started = time.perf_counter()
+    curated_run = Pipeline(
+        curation_stages(p, teacher, database, True, teacher_options), batch_size=32
+    ).run(source, workspace=workspace, progress=progress)
+    raw_run = Pipeline(
+        curation_stages(p, teacher, database, False, teacher_options), batch_size=32
+    ).run(
+        source, workspace=workspace, progress=progress
+    )  # every request comes from the cache the curated run just filled
+    timings["teacher and curation"] = time.perf_counter() - started
+    curated = curated_run.to_arrow().to_pylist()
+    raw = raw_run.to_arrow().to_pylist()
+    if not curated:
+        raise RuntimeError(
+            "no teacher sample passed verification: raise `samples` or use a stronger --teacher"
+        )
+    uncurated = random.Random(p.seed).sample(raw, min(len(curated), len(raw)))
+    log(f"      {len(raw)} samples, {len(curated)} verified and kept")
+
+    log(f"[2/4] training the student on {len(curated)} curated and {len(uncurated)} uncurated")
+    started = time.perf_counter()
+    tag = curated_run.run_id
+    options = dict(
+        model=student, epochs=p.epochs, batch_size=p.batch_size, learning_rate=p.learning_rate,
+        max_length=128, workspace=str(workspace), seed=p.seed, save_steps=10_000,
+    )  # fmt: skip
+    curated_fit = sft(student_rows(curated), name=f"intern-{tag}", **options)
+    uncurated_fit = sft(student_rows(uncurated), name=f"intern-raw-{tag}", **options)
+    timings["training"] = time.perf_counter() - started
+
+    log("[3/4] evaluating base, teacher, student and uncurated student")
+    started = time.perf_counter()
+    models = {
+        "base": (f"local/{student}", "short", {}),
+        "teacher": (teacher, "full", teacher_options or {}),
+        "student": (f"local/{curated_fit.model_name}", "short", {}),
+        "uncurated student": (f"local/{uncurated_fit.model_name}", "short", {}),
+    }
+    results, answers = [], {}
+    for label, (name, style, options) in models.items():
+        for split, limit in (("heldout", p.heldout), ("unseen", p.unseen)):
+            result, rows = evaluate_sql(name, style, split, limit, p, database, workspace, options)
+            results.append({"model": label, **result})
+            answers[(label, result["task"])] = rows
+    if p.general:
+        for label, name in (("base", student), ("student", curated_fit.model_name)):
+            model, tokenizer = load_eval_model(name)
+            for general in ("mmlu", "arc-easy", "arc-challenge"):
+                choice = evaluate_choices(model, tokenizer, get_task(general), p.general)
+                results.append({"model": label, **choice})
+            del model
+    timings["evaluation"] = time.perf_counter() - started
+
+    log("[4/4] report")
+    report = write_intern_report(
+        curated_run=curated_run,
+        raw_run=raw_run,
+        workspace=workspace,
+        results=results,
+        answers=answers,
+        training_runs=[curated_fit.run_id, uncurated_fit.run_id],
+        train_rows=curated,
+        config={"profile": asdict(p), "teacher": teacher, "student": student},
+        timings=timings,
+    )
+    log(json.dumps({"report": str(report)}))
+    return report
+
+
+def evaluate_sql(
+    model: str,
+    style: str,
+    split: str,
+    limit: int,
+    p: InternProfile,
+    database: Path,
+    workspace: Path,
+    options: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Greedy answers of `model` to `split`'s questions with the `style` prompt, executed and
+    compared with the gold query. Runs as a pipeline, so answers are cached like any other
+    request (a re-run, or the same teacher answering again, pays nothing).
+
+    Returns the summary (accuracy, its standard error, prompt tokens and seconds per query)
+    and one row per question with the answer and its verdict.
+    """
+    from assay.judges.sql import SqlExecutionVerifier
+    from assay.operators.generate import Generate
+
+    column = "teacher_messages" if style == "full" else "student_messages"
+    rows = task_rows(split, limit=limit, seed=p.seed)
+    started = time.perf_counter()
+    run = Pipeline(
+        [
+            Generate(
+                model=model,
+                messages_column=column,
+                temperature=0.0,
+                max_tokens=p.max_new_tokens,
+                seed=p.seed,
+                **(options or {}),
+            ),
+            SqlExecutionVerifier(
+                database=str(database),
+                column="generation",
+                gold_column="gold_sql",
+                drop_incorrect=False,
+            ),
+        ],  # fmt: skip
+        name=f"eval-{split}",
+        batch_size=64,
+    ).run(rows, workspace=workspace, progress="quiet")
+    seconds = time.perf_counter() - started
+    out = run.to_arrow().to_pylist()
+    n = len(out)
+    accuracy = sum(r["correct"] for r in out) / n if n else 0.0
+    summary = {
+        "task": "intern-sql" if split == "heldout" else "intern-sql-unseen",
+        "prompt_style": style,
+        "n": n,
+        "accuracy": accuracy,
+        "stderr": math.sqrt(accuracy * (1 - accuracy) / n) if n else 0.0,
+        "prompt_tokens": sum(r["generation_input_tokens"] or 0 for r in out) / max(n, 1),
+        "completion_tokens": sum(r["generation_output_tokens"] or 0 for r in out) / max(n, 1),
+        "latency_s": seconds / max(n, 1),
+        "eval_run": run.run_id,
+    }
+    answers = [{**r, "answer": r["generation"]} for r in out]
+    return summary, answers
+
+
+def run_job(config: dict[str, Any], workspace: str | Path, progress: str) -> Path:
+    """Entry point for `assay run recipes/intern.yaml` (the recipe's keys as `config`)."""
+    profile = profile_named(config.get("profile", "quick"), config.get("overrides"))
+    return run_intern(
+        profile,
+        teacher=config.get("teacher", TEACHER),
+        student=config.get("student", STUDENT),
+        workspace=workspace,
+        progress=progress,
+    )
+
+
+__all__ = ["PROFILES", "InternProfile", "RunResult", "run_intern", "run_job", "student_rows"]

@@ -1,0 +1,118 @@
+"""The intern job end to end on small parts: the fake OpenAI server as the teacher (gold SQL
+for some questions, a wrong query for the others), a tiny random model as the student."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from local_tiny_model import build_tiny_model
+from openai_server import FakeOpenAI
+
+from assay.curate.recipes import load_job
+from assay.datasets.intern_sql import task_rows
+from assay.jobs.intern import InternProfile, run_intern, student_rows
+from assay.jobs.intern_report import goal_lines
+
+GOLD = {r["question"]: r["gold_sql"] for s in ("train", "heldout", "unseen") for r in task_rows(s)}
+
+
+def teacher_knows(question: str) -> bool:
+    return hashlib.sha256(question.encode()).digest()[0] % 2 == 0
+
+
+def teacher(body: dict) -> str:
+    """Answers with the gold SQL for half the questions (fixed by hash), else a wrong query."""
+    question = body["messages"][-1]["content"].rsplit("Question: ", 1)[1].split("\n")[0]
+    if teacher_knows(question):
+        return f"```sql\n{GOLD[question]};\n```"
+    return "SELECT -1 AS wrong;"  # no gold query returns -1
+
+
+@pytest.fixture
+def tiny_student(tmp_path: Path):
+    old = os.environ.get("ASSAY_MODEL_CACHE")
+    os.environ["ASSAY_MODEL_CACHE"] = str(tmp_path / "models")
+    from assay.models.registry import register_model
+
+    register_model("tiny-intern", build_tiny_model(tmp_path / "tiny"))
+    yield "tiny-intern"
+    if old is None:
+        os.environ.pop("ASSAY_MODEL_CACHE", None)
+    else:
+        os.environ["ASSAY_MODEL_CACHE"] = old
+
+
+def test_intern_job_curates_trains_evaluates_and_reports(tmp_path: Path, tiny_student: str):
+    profile = InternProfile(
+        train_questions=10, samples=2, heldout=6, unseen=3, general=0, epochs=1.0,
+        batch_size=4, max_new_tokens=24,
+    )  # fmt: skip
+    with FakeOpenAI(responder=teacher) as server:
+        report = run_intern(
+            profile,
+            teacher="openai/teacher",
+            student=tiny_student,
+            workspace=tmp_path / "ws",
+            progress="quiet",
+            log=lambda _: None,
+            teacher_options={"api_base": server.base_url, "transport": "http"},
+        )
+        requests_first = sum(server.billed.values())
+    text = report.read_text()
+    results = json.loads((report.parent / "intern_results.json").read_text())
+    by = {(r["model"], r["task"]): r for r in results}
+    assert {m for m, _ in by} == {"base", "teacher", "student", "uncurated student"}
+    # the teacher is right exactly on the questions it knows (greedy, long prompt)
+    held = task_rows("heldout", limit=6)
+    expected = sum(teacher_knows(r["question"]) for r in held) / len(held)
+    assert by[("teacher", "intern-sql")]["accuracy"] == pytest.approx(expected)
+    # the local models' prompt tokens are counted (the student sees the short prompt only)
+    assert 0 < by[("student", "intern-sql")]["prompt_tokens"] < 120
+    # curation kept one sample per known question (the two samples are equal: deduped)
+    train = task_rows("train", limit=10)
+    known = sum(teacher_knows(r["question"]) for r in train)
+    assert f"trained on: {known} verified samples" in text
+    assert "## Goals" in text and "## Funnel" in text
+    assert (report.parent / "report.html").exists()
+    assert (report.parent / "training" / "loss.png").exists()
+    assert requests_first > 0
+
+
+def test_student_rows_pair_the_short_prompt_with_the_extracted_sql() -> None:
+    (row,) = task_rows("train", limit=1)
+    row = {**row, "generation": "Here:\n```sql\nSELECT 1\n```", "id": "q/s0"}
+    (out,) = student_rows([row])
+    assert out["messages"][:-1] == row["student_messages"]
+    assert out["messages"][-1] == {"role": "assistant", "content": "SELECT 1;"}
+    assert "handbook" not in json.dumps(out).lower()
+
+
+def test_goal_lines_compare_the_measured_numbers() -> None:
+    def r(model: str, acc: float, tokens: float) -> dict:
+        return {"model": model, "task": "intern-sql", "accuracy": acc, "prompt_tokens": tokens}
+
+    lines = goal_lines(
+        [r("base", 0.0, 40), r("teacher", 0.4, 600), r("student", 0.5, 40),
+         r("uncurated student", 0.45, 40)]
+    )  # fmt: skip
+    assert lines[0].startswith("- [x]") and lines[1].startswith("- [x]")
+    assert lines[2].startswith("- [x]")  # 50% >= 0% + 30
+    assert lines[3].startswith("- [ ]")  # 50% < 45% + 10
+
+
+def test_job_recipes_are_recognised_and_checked(tmp_path: Path) -> None:
+    recipe = tmp_path / "job.yaml"
+    recipe.write_text("name: x\njob: intern\nprofile: quick\n")
+    assert load_job(recipe) == (
+        "assay.jobs.intern",
+        {"name": "x", "job": "intern", "profile": "quick"},
+    )
+    recipe.write_text("name: x\njob: intern\nstages: []\n")
+    with pytest.raises(Exception, match="unknown key 'stages'"):
+        load_job(recipe)
+    recipe.write_text("name: x\nstages: [Normalize]\n")
+    assert load_job(recipe) is None
