@@ -83,6 +83,8 @@ def load_halueval(
     document), `prompt` (question or dialogue history; "" for summarization), `right`,
     `hallucinated`.
     """
+    if subset not in _FIELDS:
+        raise AssayError(f"unknown HaluEval set {subset!r}; choose one of {', '.join(SUBSETS)}")
     context_key, prompt_key, right_key, wrong_key = _FIELDS[subset]
     out: list[dict[str, Any]] = []
     for k, raw in enumerate(_raw(subset)):
