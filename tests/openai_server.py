@@ -225,19 +225,34 @@ class FakeOpenAI:
 
 
 def json_answers(violation_rate: float, seed: int = 0) -> Responder:
-    """A responder for JSON-mode benchmarks: `{"question": ..., "answer": <int>}` for the last
-    user message, except that a share `violation_rate` of answers (drawn per request, re-asks
-    included, from a seeded generator) breaks the schema (`"answer"` becomes a string)."""
+    """A responder for JSON-mode benchmarks. It fills the request's `response_format`
+    schema (string fields get the first user message, integer fields its length; with no
+    schema it answers `{"question": ..., "answer": <int>}`), except that a share
+    `violation_rate` of answers, drawn per request (re-asks and retries included) from a
+    seeded generator, write `"many"` into the integer field `answer`, breaking the schema.
+    Answers to other schemas (a client's capability probe) are never broken."""
     rng = random.Random(seed)
     lock = threading.Lock()
 
     def respond(body: dict[str, Any]) -> str:
         users = [m for m in body["messages"] if m.get("role") == "user"]
         question = str(users[0]["content"]) if users else ""
-        with lock:
-            broken = rng.random() < violation_rate
-        value: Any = "many" if broken else len(question)
-        return json.dumps({"question": question, "answer": value})
+        fmt = body.get("response_format") or {}
+        schema = (fmt.get("json_schema") or {}).get("schema") or {}
+        props = schema.get("properties") or {
+            "question": {"type": "string"},
+            "answer": {"type": "integer"},
+        }
+        value: dict[str, Any] = {}
+        for name, spec in props.items():
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            value[name] = len(question) if kind in ("integer", "number") else question
+        if "answer" in value and isinstance(value["answer"], int):
+            with lock:
+                broken = rng.random() < violation_rate
+            if broken:
+                value["answer"] = "many"
+        return json.dumps(value)
 
     return respond
 
