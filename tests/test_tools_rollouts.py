@@ -173,3 +173,29 @@ def test_trajectories_export_to_trl_messages_and_load_with_datasets(
     arguments = messages[5]["tool_calls"][0]["function"]["arguments"]
     assert isinstance(arguments, str) and "Lyon" in json.loads(arguments)["sql"]
     assert json.loads(loaded[0]["tools"])[0]["type"] == "function"
+
+
+@pytest.mark.integration
+def test_the_embedded_model_plays_a_scored_sql_episode(workspace: Path, shop: str) -> None:
+    stage = ToolRollouts(
+        model="local/smollm2-135m",
+        environment="sql",
+        environment_kwargs={"database": shop},
+        max_turns=2,
+        max_tokens=48,
+        temperature=0.0,
+    )
+    result = Pipeline([stage]).run([TASK], workspace=workspace, progress="quiet")
+    (row,) = result.to_arrow().to_pylist()
+    messages = row["messages"]
+    assert messages[0]["role"] == "user" and messages[1]["role"] == "assistant"
+    assert row["finish"] in ("answer", "turn_limit") and 1 <= row["turns"] <= 2
+    # every tool call the model made was executed and answered by a tool message
+    calls = [c["id"] for m in messages if m["tool_calls"] for c in m["tool_calls"]]
+    answered = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
+    assert calls == answered
+    episode = json.loads(row["episode"])
+    assert [c["check"] for c in episode["checks"]] == ["answer", "discipline"]
+    assert (
+        row["reward"] == 0.7 * episode["checks"][0]["passed"] + 0.3 * episode["checks"][1]["passed"]
+    )
