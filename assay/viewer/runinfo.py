@@ -86,7 +86,9 @@ def requests_for(
             con,
             """with keys as (
                    select request_key, any_value(request) as request from llm_cache
-                   where json_extract(request, '$.messages') = json(?)
+                   -- only this run's requests are parsed (the cache holds every run's)
+                   where request_key in (select request_key from request_log where run_id = ?)
+                     and json_extract(request, '$.messages') = json(?)
                      and coalesce(json_extract(request, '$.sample_index')::int, 0) = ?
                    group by request_key)
                select l.request_key, l.model, l.cached, l.input_tokens, l.output_tokens,
@@ -94,10 +96,11 @@ def requests_for(
                from request_log l join keys k using (request_key)
                left join stages s on s.run_id = l.run_id and s.stage_index = l.stage_index
                where l.run_id = ? order by l.logged_at""",
-            [messages_json, sample_index, run_id],
+            [run_id, messages_json, sample_index, run_id],
         )
     for r in rows:
-        r["request"] = redact(json.dumps(json.loads(r["request"]), indent=2, ensure_ascii=False))
+        stored = json.loads(r["request"])
+        r["request"] = redact(json.dumps(stored, indent=2, ensure_ascii=False))
         r["error"] = redact(r["error"]) if r["error"] else None
     return rows
 
