@@ -288,3 +288,22 @@ def test_an_unknown_precision_is_refused(tiny):
     model, _, _ = tiny
     with pytest.raises(ValueError, match="precision"):
         DecodeStep(model, "int3")
+
+
+def test_bf16_falls_back_where_a_projection_is_wrapped_by_something_unknown(tiny):
+    import copy
+
+    model, tokenizer, _ = tiny
+    wrapped = copy.deepcopy(model)
+    attention = wrapped.model.layers[1].self_attn
+    attention.q_proj = torch.nn.Sequential(attention.q_proj)  # e.g. a foreign adapter wrapper
+    assert supports(wrapped, "fp32") and not supports(wrapped, "bf16")
+
+    def items():
+        return [GenerationItem(ids_of(tokenizer, p), 10, 0) for p in PROMPTS[:3]]
+
+    generic = generate_batch(wrapped, tokenizer, items(), set(), fast=False)
+    asked_bf16 = generate_batch(wrapped, tokenizer, items(), set(), precision="bf16")
+    assert [a.token_ids for a in asked_bf16] == [g.token_ids for g in generic]
+    with pytest.raises(ValueError, match="precision"):
+        generate_batch(wrapped, tokenizer, items(), set(), precision="fp8")

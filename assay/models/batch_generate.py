@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from assay.models.constrained import GrammarState, mask_logits
-from assay.models.fast_decode import DecodeStep, supports
+from assay.models.fast_decode import PRECISIONS, DecodeStep, supports
 from assay.models.kv_cache import GROW_COLUMNS, StaticKVCache
 from assay.models.multi_lora import MultiLora
 
@@ -105,8 +105,8 @@ def generate_batch(
         attention[i, shared + width - len(own) :] = 1
     input_ids, attention = input_ids.to(device), attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    fast = _use_fast_path(model, fast)
     precision = precision or os.environ.get("ASSAY_LOCAL_PRECISION", "fp32")
+    fast = _use_fast_path(model, fast, precision)
     from transformers import DynamicCache
 
     cache = DynamicCache()
@@ -136,10 +136,12 @@ def generate_batch(
     return [row.result for row in rows]
 
 
-def _use_fast_path(model: Any, fast: bool | None) -> bool:
+def _use_fast_path(model: Any, fast: bool | None, precision: str) -> bool:
     if fast is None:
         fast = os.environ.get("ASSAY_LOCAL_FAST", "1") != "0"
-    return bool(fast) and supports(model)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return bool(fast) and supports(model, precision)
 
 
 def _prefill(

@@ -33,8 +33,12 @@ SUPPORTED_MODEL_TYPES = {"llama", "qwen2"}
 PRECISIONS = ("fp32", "bf16")
 
 
-def supports(model: Any) -> bool:
-    """True when `DecodeStep` reproduces this model's forward (else use the generic path)."""
+def supports(model: Any, precision: str = "fp32") -> bool:
+    """True when `DecodeStep` reproduces this model's forward (else use the generic path).
+
+    bf16 also needs every projection to be a plain `nn.Linear` or a `MultiLoraLinear`
+    (whose weights it knows how to copy); other wrappers (e.g. peft's) run only in fp32.
+    """
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return False
@@ -47,9 +51,23 @@ def supports(model: Any) -> bool:
         return False
     if next(model.parameters()).dtype != torch.float32:
         return False
-    layer = inner.layers[0]
-    attention = layer.self_attn
-    return all(hasattr(attention, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    for layer in inner.layers:
+        attention = layer.self_attn
+        if not all(hasattr(attention, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            return False
+        if precision == "bf16" and not all(
+            type(m) in (torch.nn.Linear, MultiLoraLinear) for m in _projections(layer)
+        ):
+            return False
+    return precision != "bf16" or type(model.lm_head) is torch.nn.Linear
+
+
+def _projections(layer: Any) -> list[Any]:
+    attention, mlp = layer.self_attn, layer.mlp
+    names = ("q_proj", "k_proj", "v_proj", "o_proj")
+    return [getattr(attention, n) for n in names] + [
+        getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")
+    ]
 
 
 class DecodeStep:
