@@ -5,11 +5,16 @@ wrong, and an episode cut short fails like BFCL's force-terminated entries."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+from openai_server import FakeOpenAI
 
-from assay.datasets.bfcl import multi_turn_tasks, openai_tool
+from assay.curate.pipeline import Pipeline
+from assay.datasets.bfcl import function_docs, multi_turn_tasks, openai_tool
 from assay.operators.tools.bfcl_env import BfclEnvironment, call_string, openai_call
+from assay.operators.tools.rollouts import ToolRollouts
 
 
 def replay(task_id: str, change: tuple[int, int, str] | None = None) -> BfclEnvironment:
@@ -110,3 +115,40 @@ def test_calls_are_executed_only_as_literal_keyword_calls() -> None:
         call_string("cd", {"folder=__import__('os'),x": 1})
     with pytest.raises(ValueError, match="not a function name"):
         call_string("__import__('os').system", {})
+
+
+def test_rollouts_of_the_ground_truth_through_the_fake_server_score_as_correct(
+    workspace: Path,
+) -> None:
+    task = multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]
+    ground_truth = json.loads(task["ground_truth"])
+    docs = [d for c in task["involved_classes"] for d in function_docs(c)]
+
+    def expert(body: dict[str, Any]) -> dict[str, Any] | str:
+        """Each user turn: all of the turn's ground-truth calls at once, then a short answer."""
+        messages = body["messages"]
+        turn = sum(m["role"] == "user" for m in messages) - 1
+        if messages[-1]["role"] == "tool":
+            return "Done."
+        calls = [openai_call(c, docs, i) for i, c in enumerate(ground_truth[turn])]
+        return {"content": None, "tool_calls": calls}
+
+    with FakeOpenAI(responder=expert) as server:
+        stage = ToolRollouts(
+            model="openai/fake",
+            api_base=server.base_url,
+            api_key="sk-fake",
+            environment="bfcl",
+            max_turns=10,
+            max_attempts=1,
+        )
+        result = Pipeline([stage]).run(
+            [{"id": "multi_turn_base_1"}], workspace=workspace, progress="quiet"
+        )
+    (row,) = result.to_arrow().to_pylist()
+    assert (row["correct"], row["reward"], row["finish"], row["turns"]) == (True, 1.0, "answer", 8)
+    roles = [m["role"] for m in row["messages"]]
+    assert roles.count("user") == 4 and roles.count("tool") == sum(map(len, ground_truth))
+    episode = json.loads(row["episode"])
+    assert [c["passed"] for c in episode["checks"]] == [True, True, True, True]
+    assert "GorillaFileSystem" in episode["final_state"]
