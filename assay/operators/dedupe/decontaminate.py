@@ -136,9 +136,7 @@ class Decontaminate(Stage):
         self, shingles: Shingles, docs: np.ndarray, starts: np.ndarray, name: str
     ) -> list[str]:
         """'13-gram overlap with eval set "x": "<words>"' for each matched row."""
-        frame = pl.DataFrame(
-            {"tokens": pl.Series(shingles.tokens.take(pa.array(docs))), "start": starts}
-        )
+        frame = pl.DataFrame({"tokens": shingles.tokens.gather(docs), "start": starts})
         ngram_text = frame.select(
             pl.col("tokens").list.slice(pl.col("start"), self.ngram).list.join(" ")
         ).to_series()

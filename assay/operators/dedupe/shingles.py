@@ -20,7 +20,6 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from assay.operators.dedupe.normalize import Normalization, normalized, words
 
@@ -36,12 +35,13 @@ class Shingles:
     """The shingles of a batch of documents, document by document (CSR layout).
 
     `hashes[offsets[d]:offsets[d + 1]]` are document d's shingles, in text order (with
-    repeats). `tokens` is the token list per document, kept for explaining a match.
+    repeats). `tokens` is the token list per document (a polars list<string> Series), kept
+    for explaining a match.
     """
 
     hashes: np.ndarray  # uint64
     offsets: np.ndarray  # int64, one more than the number of documents
-    tokens: pa.LargeListArray
+    tokens: pl.Series
 
     @property
     def n_docs(self) -> int:
@@ -57,21 +57,18 @@ class Shingles:
 
 def tokenize(
     column: pa.Array | pa.ChunkedArray, unit: Unit = "word", normalize: Normalization | None = None
-) -> pa.LargeListArray:
-    """Tokens of each text: words or characters of the `normalize`d text; with None,
-    lower-cased `\\w+` words or characters (nulls give no tokens)."""
+) -> pl.Series:
+    """Tokens of each text (list<string>): words or characters of the `normalize`d text;
+    with None, lower-cased `\\w+` words or characters (nulls give no tokens)."""
     if unit not in ("word", "char"):
         raise ValueError(f"unit must be 'word' or 'char', not {unit!r}")
     text = pl.Series(column).cast(pl.String).fill_null("")
     if normalize is not None and unit == "word":
-        tokens = words(text, normalize)
-    else:
-        text = text.str.to_lowercase() if normalize is None else normalized(text, normalize)
-        if unit == "word":
-            tokens = text.str.extract_all(r"\w+")
-        else:
-            tokens = text.str.replace_all(r"\s+", " ").str.strip_chars().str.split("")
-    return tokens.to_arrow()  # one chunk: polars rechunks before converting
+        return words(text, normalize)
+    text = text.str.to_lowercase() if normalize is None else normalized(text, normalize)
+    if unit == "word":
+        return text.str.extract_all(r"\w+")
+    return text.str.replace_all(r"\s+", " ").str.strip_chars().str.split("")
 
 
 def shingle_hashes(
@@ -88,10 +85,10 @@ def shingle_hashes(
     if n < 1:
         raise ValueError("n must be at least 1")
     tokens = tokenize(column, unit, normalize)
-    lengths = pc.list_value_length(tokens).fill_null(0).to_numpy(zero_copy_only=False)
-    lengths = lengths.astype(np.int64)
-    flat = tokens.flatten()
-    token_hash = pl.Series(flat).hash(seed=0x5EED).to_numpy().astype(np.uint64, copy=False)
+    lengths = tokens.list.len().fill_null(0).to_numpy().astype(np.int64)
+    # flat tokens in document order, hashed in polars (no round trip through Arrow)
+    flat = tokens.explode().drop_nulls()
+    token_hash = flat.hash(seed=0x5EED).to_numpy().astype(np.uint64, copy=False)
     total = len(token_hash)
     starts = np.zeros(len(lengths), np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
