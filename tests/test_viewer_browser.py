@@ -105,6 +105,18 @@ def shot(driver, name: str, tmp_path: Path) -> Path:
     return path
 
 
+def go(driver, element) -> None:
+    """Click something that loads a page and wait until the new page replaced the old one
+    (reading right after the click can hit the old page's elements)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 30).until(ec.staleness_of(old))
+
+
 def test_browse_filter_open_row_and_trajectory_and_mark_a_step(served, browser, tmp_path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -116,7 +128,7 @@ def test_browse_filter_open_row_and_trajectory_and_mark_a_step(served, browser, 
     assert set(ids.values()) <= set(links)
     shot(d, "runs", tmp_path)
 
-    d.find_element(By.LINK_TEXT, ids["traces"]).click()
+    go(d, d.find_element(By.LINK_TEXT, ids["traces"]))
     funnel = d.find_elements(By.CSS_SELECTOR, "#funnel tbody tr")
     assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in funnel] == [
         "Generate",
@@ -128,16 +140,16 @@ def test_browse_filter_open_row_and_trajectory_and_mark_a_step(served, browser, 
     assert len(d.find_elements(By.CSS_SELECTOR, "#funnel-chart rect.kept")) == 5
     shot(d, "funnel", tmp_path)
 
-    d.find_element(By.ID, "browse").click()
+    go(d, d.find_element(By.ID, "browse"))
     Select(d.find_element(By.CSS_SELECTOR, ".filter select.col")).select_by_value("correct")
     Select(d.find_element(By.CSS_SELECTOR, ".filter select.op")).select_by_value("is false")
-    d.find_element(By.ID, "apply").click()
+    go(d, d.find_element(By.ID, "apply"))
     assert d.find_element(By.ID, "total").text == "4"  # sample 1 of each answered problem
     shown = sorted(a.text for a in d.find_elements(By.CSS_SELECTOR, "a.row-link"))
     assert shown == ["p0/s1", "p1/s1", "p2/s1", "p3/s1"]
     shot(d, "dataset", tmp_path)
 
-    d.find_element(By.LINK_TEXT, "p0/s1").click()
+    go(d, d.find_element(By.LINK_TEXT, "p0/s1"))
     assert d.find_element(By.ID, "row-id").text == "p0/s1"
     assert "wrong answer (got 6, gold 5)" in d.find_element(By.ID, "verdicts").text
     assert d.find_element(By.ID, "source-row").text == "p0"
@@ -145,18 +157,18 @@ def test_browse_filter_open_row_and_trajectory_and_mark_a_step(served, browser, 
     name = d.find_element(By.ID, "author-name")
     name.clear()
     name.send_keys("Grace Hopper")
-    d.find_element(By.ID, "set-author").click()
+    go(d, d.find_element(By.ID, "set-author"))
     step = d.find_element(By.CSS_SELECTOR, 'li[data-step-id="p0/s1#1"]')
     step.find_element(By.CSS_SELECTOR, "details.fix summary").click()
     step.find_element(By.CSS_SELECTOR, "textarea.correction-input").send_keys(
         "Step 2: Add 3 to get 5."
     )
-    step.find_element(By.CSS_SELECTOR, "button.mark-wrong").click()
+    go(d, step.find_element(By.CSS_SELECTOR, "button.mark-wrong"))
     step = d.find_element(By.CSS_SELECTOR, 'li[data-step-id="p0/s1#1"]')
     assert "wrong" in step.get_attribute("class")
     assert step.find_element(By.CSS_SELECTOR, ".mark-label").text == "wrong"
     assert "Grace Hopper" in step.text and "Step 2: Add 3 to get 5." in step.text
-    d.find_element(By.CSS_SELECTOR, 'li[data-step-id="p0/s1#0"] button.mark-correct').click()
+    go(d, d.find_element(By.CSS_SELECTOR, 'li[data-step-id="p0/s1#0"] button.mark-correct'))
     assert "correct" in d.find_element(By.CSS_SELECTOR, 'li[data-step-id="p0/s1#0"]').get_attribute(
         "class"
     )
@@ -169,7 +181,7 @@ def test_browse_filter_open_row_and_trajectory_and_mark_a_step(served, browser, 
     assert LEAKED not in d.page_source
 
     d.get(base + f"/runs/{ids['tools']}/data")
-    d.find_elements(By.CSS_SELECTOR, "a.trajectory-link")[0].click()
+    go(d, d.find_elements(By.CSS_SELECTOR, "a.trajectory-link")[0])
     turns = d.find_elements(By.CSS_SELECTOR, "li.turn")
     assert len(turns) == 2
     assert turns[0].find_element(By.CSS_SELECTOR, ".tool-name").text == "book_table"
