@@ -14,6 +14,7 @@ import pytest
 from local_tiny_model import build_lora_adapter, build_tiny_model
 from openai_server import FakeOpenAI
 
+from assay.curate.errors import StageError
 from assay.curate.pipeline import Pipeline
 from assay.operators.generate import Generate
 
@@ -110,3 +111,8 @@ def test_a_retrained_adapter_is_reloaded_and_cached_apart(model_cache: Path) -> 
     (stored,) = con.execute("select count(*) from llm_cache").fetchone()
     con.close()
     assert stored == 6  # three answers per set of weights
+
+    # an adapter nobody registered stops the run with an error naming it (as before)
+    unknown = Generate(model=f"local/{alias}+nope", prompt="{{ q }}", max_tokens=4)
+    with pytest.raises(StageError, match=r"no adapter .*\+nope"):
+        Pipeline([unknown]).run(prompts, workspace=workspace, progress="quiet")

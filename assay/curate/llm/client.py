@@ -222,7 +222,15 @@ class LLMClient:
         out: dict[str, dict[str, Any] | None] = {}
         for request in requests:
             if request.model not in out:
-                weights = weights_id(request.model) if weights_id is not None else None
+                weights = None
+                if weights_id is not None:
+                    try:
+                        weights = weights_id(request.model)
+                    except Exception as exc:
+                        # e.g. an unknown adapter: the request itself fails the same way
+                        # (and failures are never stored); the key must still not be a
+                        # weight-less one that real answers could share
+                        weights = f"unidentified ({type(exc).__name__})"
                 out[request.model] = answered_by(self.settings.api_base, weights)
         return out
 
