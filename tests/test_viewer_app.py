@@ -299,3 +299,13 @@ def test_a_run_writing_the_store_makes_pages_say_busy_not_fail(built) -> None:
         holder.kill()
         holder.wait()
     assert TestClient(create_app(ws), base_url="http://127.0.0.1").get("/").status_code == 200
+
+
+def test_dataset_shows_the_columns_asked_for(client, built) -> None:
+    _, ids = built
+    html = client.get(
+        f"/runs/{ids['traces']}/data", params=[("show", "id"), ("show", "correct_reason")]
+    ).text
+    head = html.split('id="rows"')[1].split("</thead>")[0]
+    assert re.findall(r"<th>([^<]+)</th>", head) == ["id", "correct_reason"]
+    assert "wrong answer (got 6, gold 5)" in html
