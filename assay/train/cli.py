@@ -72,10 +72,11 @@ def sft_cmd(
     workspace: str = ".assay",
 ) -> None:
     """Supervised fine-tuning (LoRA by default; loss on completion tokens only)."""
+    params = dict(locals())
     from assay.train.sft import sft
 
     opts = _common(
-        **{k: v for k, v in locals().items() if k not in ("data", "task", "limit", "prompt_style")}
+        **{k: v for k, v in params.items() if k not in ("data", "task", "limit", "prompt_style")}
     )
     _done(sft(_rows(data, task, "sft", limit, prompt_style), **opts))
 
@@ -104,10 +105,11 @@ def distill_cmd(
     workspace: str = ".assay",
 ) -> None:
     """Distillation: sequence (SFT on teacher outputs), token (KL), context, on-policy."""
+    params = dict(locals())
     from assay.train.distill import distill
 
     opts = _common(
-        **{k: v for k, v in locals().items() if k not in ("data", "task", "limit", "prompt_style")}
+        **{k: v for k, v in params.items() if k not in ("data", "task", "limit", "prompt_style")}
     )
     _done(distill(_rows(data, task, "sft", limit, prompt_style), **opts))
 
@@ -130,9 +132,10 @@ def dpo_cmd(
     workspace: str = ".assay",
 ) -> None:
     """Direct preference optimisation on chosen / rejected pairs."""
+    params = dict(locals())
     from assay.train.dpo import dpo
 
-    opts = _common(**{k: v for k, v in locals().items() if k != "data"})
+    opts = _common(**{k: v for k, v in params.items() if k != "data"})
     _done(dpo(data, **opts))
 
 
