@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from assay.curate.registry import register
 from assay.judges.llm_judge import Call, Judgement, LLMJudge
@@ -19,8 +19,9 @@ class Claim(BaseModel):
     evidence: str = Field(default="", description="the context sentence it rests on, if any")
 
 
-class GroundingAnswer(BaseModel):
-    claims: list[Claim] = Field(max_length=32)
+def answer_model(max_claims: int) -> type[BaseModel]:
+    """The verdict schema: at most `max_claims` claims (bounds a small model's output)."""
+    return create_model("GroundingAnswer", claims=(list[Claim], Field(max_length=max_claims)))
 
 
 def context_text(value: Any) -> str:
@@ -83,7 +84,8 @@ class GroundingJudge(LLMJudge):
             'Answer with JSON only: {"claims": [{"claim": "...", "label": "supported" | '
             '"unsupported" | "contradicted", "evidence": "..."}]}',
         ]
-        return [Call([{"role": "user", "content": "\n\n".join(parts)}], GroundingAnswer)]
+        content = "\n\n".join(parts)
+        return [Call([{"role": "user", "content": content}], answer_model(self.max_claims))]
 
     def judge_row(self, row: dict[str, Any], answers: list[BaseModel]) -> Judgement:
         claims: list[Claim] = answers[0].claims  # type: ignore[attr-defined]
