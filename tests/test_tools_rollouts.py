@@ -199,3 +199,52 @@ def test_the_embedded_model_plays_a_scored_sql_episode(workspace: Path, shop: st
     assert (
         row["reward"] == 0.7 * episode["checks"][0]["passed"] + 0.3 * episode["checks"][1]["passed"]
     )
+
+
+# a ChatML template that renders tools, tool calls and tool turns, so the test sees whether
+# the trajectory structure reaches the tokens
+TOOL_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n<tools>{{ tools | tojson }}</tools><|im_end|>\n{% endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}"
+    "{%- for c in m['tool_calls'] or [] %}<tool_call>{\"name\": \"{{ c['function']['name'] }}\", "
+    "\"arguments\": {{ c['function']['arguments'] }}}</tool_call>{%- endfor %}<|im_end|>\n"
+    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+def test_rollout_trajectories_pass_trl_sft_data_preparation(
+    workspace: Path, shop: str, tmp_path: Path
+) -> None:
+    import datasets
+    from local_tiny_model import build_tiny_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    with FakeOpenAI(responder=disciplined) as server:
+        result = Pipeline([rollouts(server, shop)]).run(
+            [TASK], workspace=workspace, progress="quiet"
+        )
+    paths = write_export(to_trl(result.to_arrow(), "messages"), tmp_path / "sft", save_hf=False)
+    loaded = datasets.load_dataset("parquet", data_files=str(paths.parquet), split="train")
+    tiny = build_tiny_model(tmp_path / "tiny")
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    tokenizer.chat_template = TOOL_TEMPLATE
+    config = SFTConfig(
+        output_dir=str(tmp_path / "trainer"),
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        gradient_checkpointing=False,
+        max_length=2048,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny),
+        args=config,
+        train_dataset=loaded,
+        processing_class=tokenizer,
+    )
+    text = tokenizer.decode(trainer.train_dataset[0]["input_ids"])
+    assert '<tool_call>{"name": "describe_table", "arguments": {"table": "customers"}}' in text
+    assert "<|im_start|>tool\ncustomers\norders\nproducts" in text  # a tool result turn
+    assert '"name": "run_query"' in text.split("</tools>")[0]  # the tools column
