@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).parent / "results"
-WS = "/tmp/assay-bench-train"
+WS = os.environ.get("ASSAY_BENCH_WS", "/tmp/assay-bench-train")
 BASE = "smollm2-135m"
 
 
@@ -60,9 +60,16 @@ def acc(model: str, style: str, limit: int) -> dict:
 def stage_sft(args) -> None:
     from assay.train.sft import sft
 
-    out = {"n": args.n, "epochs": args.epochs, "test_n": args.test}
+    out = {
+        "n": args.n,
+        "epochs": args.epochs,
+        "max_steps": args.steps,
+        "lr": args.lr,
+        "batch": args.batch,
+        "test_n": args.test,
+    }
     out["base_short"] = acc(BASE, "short", args.test)
-    out["base_full"] = acc(BASE, "full", args.test)
+    save("sft", out)
     rows = verified_rows(args.n)
     t = time.perf_counter()
     result = sft(
@@ -72,14 +79,16 @@ def stage_sft(args) -> None:
         workspace=WS,
         output_dir=f"{WS}/sft",
         epochs=args.epochs,
-        batch_size=16,
+        max_steps=args.steps,
+        batch_size=args.batch,
         max_length=128,
-        learning_rate=5e-4,
+        learning_rate=args.lr,
         resume=False,
     )
     out["train_s"] = time.perf_counter() - t
     out["run_id"], out["model"] = result.run_id, result.model_name
     out["losses"] = [h["loss"] for h in result.log_history if "loss" in h]
+    save("sft", out)
     out["student_short"] = acc(result.model_name, "short", args.test)
     save("sft", out)
 
@@ -105,7 +114,7 @@ def stage_grpo(args) -> None:
         num_generations=4,
         batch_size=8,
         max_completion_length=16,
-        learning_rate=args.lr,
+        learning_rate=args.grpo_lr,
         patience=args.steps + 1,
     )
     out["train_s"] = time.perf_counter() - t
@@ -134,9 +143,10 @@ def stage_distill(args) -> None:
             workspace=WS,
             output_dir=f"{WS}/distill-{mode}",
             epochs=args.epochs,
-            batch_size=16,
+            batch_size=args.batch,
+            max_steps=args.steps,
             max_length=160,
-            learning_rate=5e-4,
+            learning_rate=args.lr,
             resume=False,
         )
         out[mode] = {
@@ -168,7 +178,7 @@ def stage_throughput(args) -> None:
 
     rows = verified_rows(args.steps * 8)
     out = {"steps": args.steps, "batch": 8, "runs": []}
-    for repeat in range(2):
+    for repeat in range(args.repeats):
         for packing in (False, True):
             # plain TRL with the same settings, on the same converted model
             settings = SFTSettings(
@@ -184,10 +194,10 @@ def stage_throughput(args) -> None:
                 model=model,
                 processing_class=tok,
                 args=SFTConfig(
-                    **trl_args(settings, Path(f"{WS}/plain"), False),
+                    **{**trl_args(settings, Path(f"{WS}/plain"), False), "save_strategy": "no"},
                     max_length=128,
                     packing=packing,
-                    save_strategy="no",
+                    completion_only_loss=True,
                 ),
                 train_dataset=Dataset.from_list(data.sft_rows(rows, tok)),
                 peft_config=settings.lora.peft_config(),
@@ -235,7 +245,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--grpo-lr", type=float, default=2e-5)
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)

@@ -258,3 +258,48 @@ def test_dpo_on_pairs_from_verified_samples(tiny, tmp_path):
     margins = [h["rewards/margins"] for h in result.log_history if "rewards/margins" in h]
     assert margins[-1] > margins[0]
     assert result.model_name == "tiny+pref"
+
+
+class Counter:
+    """A tiny tool environment: the public method `add` is the tool."""
+
+    resets: list = []
+
+    def reset(self, **row):
+        Counter.resets.append(row.get("answer"))
+        self.total = 0
+
+    def add(self, n: int) -> str:
+        """Add a number to the counter.
+
+        Args:
+            n: the number to add.
+        """
+        self.total += n
+        return str(self.total)
+
+
+def test_grpo_environment_factory_hook(tiny, tmp_path):
+    from assay.train.grpo import grpo
+
+    seen = []
+
+    def env_reward(prompts, completions, environments=None, **columns):
+        seen.append(environments)
+        return [float(env.total) for env in environments]
+
+    Counter.resets = []
+    result = grpo(
+        grpo_rows(4),
+        [],
+        [env_reward],
+        environment_factory=Counter,
+        model="tiny",
+        workspace=str(tmp_path / "ws"),
+        max_steps=1,
+        max_completion_length=8,
+        patience=10,
+    )
+    assert sorted(set(Counter.resets)) == [1, 2]  # reset(**row) got the rows' columns
+    assert seen and all(isinstance(env, Counter) for env in seen[0])
+    assert result.model_name == f"tiny+grpo-{result.run_id}"

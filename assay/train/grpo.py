@@ -115,6 +115,24 @@ class SignalGuard(_guard_base()):
             )
 
 
+def use_tool_template(tokenizer: Any) -> None:
+    """Give a ChatML tokenizer whose template cannot render tool calls (SmolLM2's) TRL's
+    Qwen2.5 template: the same `<|im_start|>` / `<|im_end|>` tokens plus `<tool_call>` turns,
+    which TRL's multi-turn loop needs to parse calls and append tool results."""
+    from importlib.resources import files
+
+    from trl.chat_template_utils import supports_tool_calling
+
+    if supports_tool_calling(tokenizer):
+        return
+    if "<|im_start|>" not in str(tokenizer.chat_template or ""):
+        raise AssayError(
+            "environment_factory needs a chat template that renders tool calls; this model's "
+            "does not, and it is not ChatML (so TRL's Qwen2.5 template cannot stand in)"
+        )
+    tokenizer.chat_template = (files("trl") / "chat_templates" / "qwen2_5.jinja").read_text()
+
+
 def grpo_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with a `prompt` (string or messages); other columns go to the rewards."""
     out = []
@@ -167,6 +185,7 @@ def grpo(
         extra: dict[str, Any] = {}
         if environment_factory is not None:
             extra["environment_factory"] = environment_factory
+            use_tool_template(tokenizer)
         return GRPOTrainer(
             model=model,
             reward_funcs=rewards,
