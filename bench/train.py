@@ -158,14 +158,35 @@ def stage_distill(args) -> None:
 
 
 def stage_general(args) -> None:
-    from assay.train.eval import evaluate
+    """MMLU (`--per-subject` questions from each of the 57 subjects) and ARC (`--arc-n` per
+    level) for each model: smaller subsets than `assay eval --task general`, for a loaded CPU."""
+    from assay.datasets.arc import arc_questions
+    from assay.datasets.mmlu import mmlu_questions
+    from assay.train.eval import evaluate_choices, load_eval_model
+    from assay.train.tasks import ChoiceTask, _rc_context, _rc_continuations
 
-    out = {}
-    for model in [BASE, f"{BASE}+bench-sft"]:
+    tasks = [
+        ChoiceTask("mmlu", lambda: mmlu_questions(args.per_subject), _rc_context, _rc_continuations)
+    ]
+    for level in args.arc_levels.split(","):
+        if level:
+            tasks.append(
+                ChoiceTask(
+                    f"arc-{level}",
+                    lambda lv=level: arc_questions(lv, args.arc_n),
+                    _rc_context,
+                    _rc_continuations,
+                )
+            )
+    out = {"per_subject": args.per_subject, "arc_n": args.arc_n}
+    for model_name in args.models.split(","):
+        model, tok = load_eval_model(model_name)
         t = time.perf_counter()
-        out[model] = evaluate([model], ["general"], limit=args.limit, workspace=WS)
-        out[model + ":s"] = time.perf_counter() - t
-    save("general", out)
+        out[model_name] = [
+            {"model": model_name, **evaluate_choices(model, tok, task)} for task in tasks
+        ]
+        out[model_name + ":s"] = time.perf_counter() - t
+        save("general", out)
 
 
 def stage_throughput(args) -> None:
@@ -238,9 +259,49 @@ def stage_throughput(args) -> None:
     save("throughput", out)
 
 
+def stage_report(args) -> None:
+    """The training report (Markdown + HTML + PNG) from the stages' JSON and the store."""
+    from assay.train.report import write_report
+
+    def load(stage):
+        path = RESULTS / f"train_{stage}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    sft_, grpo_, dist = load("sft"), load("grpo"), load("distill")
+    results, labels, runs = [], {BASE: "base"}, []
+    if "base_short" in sft_:
+        results.append(sft_["base_short"])
+    if "student_short" in sft_:
+        results.append(sft_["student_short"])
+        labels[sft_["model"]] = "student (SFT)"
+        runs.append(sft_["run_id"])
+    if "after" in grpo_:
+        results.append(grpo_["after"])
+        labels[grpo_["after"]["model"]] = "student (SFT+GRPO)"
+    for mode in ("context", "sequence"):
+        if mode in dist:
+            results.append(dist[mode]["short"])
+            labels[dist[mode]["short"]["model"]] = f"{mode} distillation"
+    general = load("general")
+    for value in general.values():
+        if isinstance(value, list) and value and "accuracy" in value[0]:
+            results.extend(value)
+    write_report(
+        RESULTS / "train_report",
+        "Training report: SmolLM2-135M on arithmetic",
+        results,
+        runs,
+        labels,
+        workspace=WS,
+        notes="Measured on a shared 2-core CPU (load average ~20).",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("stage", choices=["sft", "grpo", "distill", "general", "throughput"])
+    parser.add_argument(
+        "stage", choices=["sft", "grpo", "distill", "general", "throughput", "report"]
+    )
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--test", type=int, default=100)
@@ -250,6 +311,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--grpo-lr", type=float, default=2e-5)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--per-subject", type=int, default=1)
+    parser.add_argument("--arc-n", type=int, default=40)
+    parser.add_argument("--arc-levels", default="easy,challenge")
+    parser.add_argument("--models", default=BASE)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     {
@@ -258,6 +323,7 @@ def main() -> None:
         "distill": stage_distill,
         "general": stage_general,
         "throughput": stage_throughput,
+        "report": stage_report,
     }[args.stage](args)
 
 
