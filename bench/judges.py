@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/judges.py train --subset dialogue --pairs 500
     .venv/bin/python bench/judges.py eval --subset dialogue --judge distilled:halueval-dialogue --limit 500
-    .venv/bin/python bench/judges.py eval --subset dialogue --judge GroundingJudge --limit 50
+    .venv/bin/python bench/judges.py eval --subset dialogue --judge GroundingJudge --limit 10 \
+        --params '{"max_claims": 3, "max_tokens": 160}'
 
 `train` fits a cross-encoder from all-MiniLM-L6-v2 on the first `--pairs` pairs of the set's
 train split (both answers of each pair) and registers it as `halueval-<set>`. `eval` runs
@@ -13,6 +14,7 @@ train split (both answers of each pair) and registers it as `halueval-<set>`. `e
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -43,7 +45,12 @@ def evaluate(args: argparse.Namespace) -> None:
 
     out = Path(args.out) / f"{args.subset}-{args.judge.replace(':', '-')}"
     result = evaluate_on_data(
-        args.judge, f"halueval:{args.subset}", split="test", limit=args.limit, model=args.model
+        args.judge,
+        f"halueval:{args.subset}",
+        split="test",
+        limit=args.limit,
+        model=args.model,
+        params=json.loads(args.params) if args.params else None,
     )
     write_report(result, out)
     print((out / "report.md").read_text())
@@ -65,6 +72,7 @@ def main() -> None:
     e.add_argument("--judge", required=True)
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--model", default="local/smollm2-135m")
+    e.add_argument("--params", default="", help='judge parameters as JSON, e.g. {"max_claims": 3}')
     e.add_argument("--out", default="bench/out/judges")
     args = parser.parse_args()
     {"train": train, "eval": evaluate}[args.command](args)
