@@ -1,4 +1,4 @@
-"""Text normalisation before hashing and shingling, as polars column expressions.
+"""Text normalisation before hashing and shingling, as polars column operations.
 
 Two texts that differ only in case, Unicode compatibility forms (full-width letters,
 ligatures), punctuation, symbols or spacing should hash and shingle the same, or a dedupe
@@ -10,12 +10,15 @@ dedupe stages take it as `normalize=` (a preset name or the model / a dict of it
     normalize="none"                  # compare the raw text
     normalize={"digits": True}        # the default with one flag changed
 
-Steps, in order (each a whole-column polars string kernel on a Series, no Python per row):
-NFKC -> lower case -> strip accents -> fold digits -> drop format characters (soft hyphen,
-zero-width space) and turn punctuation, symbols and control characters (Unicode P*, S*,
-Cc) into spaces -> collapse whitespace runs to one space and strip the ends.
+Steps, in order (each a whole-column polars string kernel on a Series, no Python per row;
+the Unicode ones only on rows with a non-ASCII character): NFKC -> lower case -> strip
+accents -> fold digits -> drop format characters (soft hyphen, zero-width space) -> turn
+punctuation, symbols and control characters (Unicode P*, S*, Cc) into spaces and collapse
+whitespace runs to one space, ends stripped (one regex pass).
 
-`words(expr, norm)` is the word list MinHash shingles: the normalised text split at
+    normalized(pl.Series(["Ｈｅｌｌｏ, World!"]), "default")  # -> ["hello world"]
+
+`words(text, norm)` is the word list MinHash shingles: the normalised text split at
 whitespace. With `punctuation` on, a word is a run of letters, digits and combining marks
 ("it's" -> "it", "s"; "foo_bar" -> "foo", "bar"), which is how "lower-cased alphanumeric
 words" are counted.
