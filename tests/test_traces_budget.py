@@ -99,6 +99,7 @@ def test_an_early_stop_gets_wait_until_the_minimum(tiny) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # a shared 2-core machine decodes the 135M model at ~1 token/s
 def test_budget_forcing_changes_the_embedded_models_thinking_length(workspace: Path) -> None:
     from assay.models.local_backend import register_local_backend
 
@@ -108,21 +109,20 @@ def test_budget_forcing_changes_the_embedded_models_thinking_length(workspace: P
     system = {"role": "system", "content": "Think step by step, then give the answer."}
     requests = [
         ChatRequest(model=model, messages=(system, *r.messages), params=r.params)
-        for r in asks(model)
+        for r in asks(model)[:1]
     ]
-    short = BudgetForcing(max_thinking_tokens=8)
-    long = BudgetForcing(max_thinking_tokens=72, min_thinking_tokens=48, max_waits=4)
-    cut = asyncio.run(short.run(client, requests))
-    forced = asyncio.run(long.run(client, requests))
-    for result in cut:
-        assert result.thinking_tokens <= 8 and result.response.error is None
-    for result in forced:
-        assert result.response.error is None
-        # thought at least the minimum unless the model stopped every time it was pushed
-        assert result.thinking_tokens >= 48 or result.waits == 4
-        assert result.thinking_tokens <= 72
-        if result.waits:
-            assert "Wait" in (result.response.reasoning or "")
-    mean_cut = sum(r.thinking_tokens for r in cut) / len(cut)
-    mean_forced = sum(r.thinking_tokens for r in forced) / len(forced)
-    assert mean_forced > mean_cut
+    short = BudgetForcing(max_thinking_tokens=6, max_answer_tokens=4)
+    long = BudgetForcing(
+        max_thinking_tokens=40, min_thinking_tokens=24, max_waits=3, max_answer_tokens=4
+    )
+    cut = asyncio.run(short.run(client, requests))[0]
+    forced = asyncio.run(long.run(client, requests))[0]
+    assert cut.response.error is None and forced.response.error is None
+    # the short budget cuts the model's thinking (it always says more than 6 tokens here)
+    assert cut.forced and cut.thinking_tokens == 6
+    # the long one thinks at least the minimum, unless it stopped every time it was pushed
+    assert forced.thinking_tokens >= 24 or forced.waits == 3
+    assert forced.thinking_tokens <= 40
+    assert forced.response.reasoning.count("Wait") == forced.waits
+    assert forced.thinking_tokens > cut.thinking_tokens
+    assert len(forced.response.reasoning) > len(cut.response.reasoning)

@@ -222,3 +222,17 @@ def test_budget_forcing_rounds_through_the_client(workspace: Path, transport: st
     assert row["budget_forced"] is False
     assert row["final_answer"] == "5" and row["correct"] is True
     assert row["reasoning"] == "step.\nWaitstep.\nWaitstep."
+
+
+def test_a_correct_answer_without_reasoning_is_not_a_trace(workspace: Path) -> None:
+    def bare_then_reasoned(body: dict[str, Any]) -> str:
+        return "Final answer: 5" if sample_of(body) == 0 else "2 plus 3 is 5.\nFinal answer: 5"
+
+    with FakeOpenAI(responder=bare_then_reasoned) as server:
+        result = Pipeline([traces(server, n=2, keep="shortest")]).run(
+            problems().slice(0, 1), workspace=workspace, progress="quiet"
+        )
+    row = result.to_arrow().to_pylist()
+    assert [r["id"] for r in row] == ["p0/s1"] and row[0]["pass_rate"] == 1.0
+    reasons = {r["id"]: r["_reason"] for r in result.rejects().to_pylist()}
+    assert reasons == {"p0/s0": "correct answer without reasoning"}

@@ -18,6 +18,7 @@ from typing import Literal
 import pyarrow as pa
 
 from assay.judges.answer import final_answer as answer_span
+from assay.judges.answer import numbers
 
 # the last of these starts the final answer (case-insensitive); \boxed{} is found by
 # assay.judges.answer.final_answer inside the answer part
@@ -39,7 +40,8 @@ def split_trace(text: str | None, reasoning: str | None) -> tuple[str, str]:
     With a separate `reasoning` (the provider's or `<think>` blocks), `text` is the answer
     part; otherwise the reasoning is the text before the last answer marker. The final answer
     is the marked span (`\\boxed{}`, `#### N`, "answer is X") of the answer part, else its
-    first non-empty line. No marker and no separate reasoning: the last line is the answer.
+    first non-empty line. No marker and no separate reasoning: the last line is the answer
+    (of a one-line text, its last number, the line being the reasoning).
     """
     text = (text or "").strip()
     reasoning = (reasoning or "").strip()
@@ -51,9 +53,13 @@ def split_trace(text: str | None, reasoning: str | None) -> tuple[str, str]:
         cut = max([m.start() for m in markers] + [_line_start(text, b.start()) for b in boxed])
         return text[:cut].strip(), _answer_of(text[cut:])
     lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return "", text
-    return "\n".join(lines[:-1]).strip(), lines[-1].strip()
+    if len(lines) > 1:
+        return "\n".join(lines[:-1]).strip(), lines[-1].strip()
+    # one line ("12 + 13 = 25"): the line is the reasoning, its last number the answer
+    found = numbers(text)
+    if found:
+        return text, found[-1].text
+    return "", text
 
 
 def _line_start(text: str, pos: int) -> int:

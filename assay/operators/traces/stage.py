@@ -36,7 +36,8 @@ class ReasoningTraces(Generate):
     of its answered samples that verified (a difficulty column). Of the correct samples,
     `keep="shortest"` keeps the one with the shortest reasoning, `"all"` keeps every one, and
     `"distinct"` one per approach (near-duplicate reasoning, word-trigram Jaccard >=
-    `distinct_threshold`, collapses to its shortest member). `budget` turns on thinking
+    `distinct_threshold`, collapses to its shortest member). With `require_reasoning`
+    (default) a correct sample without reasoning is not kept (it still counts as passing). `budget` turns on thinking
     budgets and s1 budget forcing (see assay/models/budget.py; local backend and vLLM).
 
     Input columns: `question_column`, `gold_column`, and whatever the prompt reads.
@@ -49,7 +50,7 @@ class ReasoningTraces(Generate):
     Rejects: failed requests ("llm request failed: ..."), wrong answers (the verifier's
     reason, e.g. "wrong answer (got 8, gold 7)") unless `keep_incorrect`, and correct samples
     not selected ("longer than the shortest correct trace <id>", "near duplicate of <id>
-    (jaccard 0.83)"). Rejected samples carry every column, so preference pairs can be
+    (jaccard 0.83)", "correct answer without reasoning"). Rejected samples carry every column, so preference pairs can be
     built from them (assay/datasets/export.py).
 
     Example:
@@ -69,6 +70,7 @@ class ReasoningTraces(Generate):
     verifier_params: dict[str, Any] = {}
     keep: KeepPolicy = "shortest"
     keep_incorrect: bool = False
+    require_reasoning: bool = True
     distinct_threshold: float = 0.7
     step_unit: StepUnit = "line"
     budget: BudgetForcing | None = None
@@ -135,8 +137,13 @@ class ReasoningTraces(Generate):
                 correct_of.setdefault(problem, []).append(i)
         ids = [r[ID] for r in rows]
         reasoning = [s[0] for s in split]
+        correct_idx = [i for members in correct_of.values() for i in members]
+        selectable = correct_of
+        if self.require_reasoning:
+            selectable = {p: [i for i in v if reasoning[i]] for p, v in correct_of.items()}
+            selectable = {p: v for p, v in selectable.items() if v}
         drops = select_traces(
-            correct_of, reasoning, ids, self.keep, threshold=self.distinct_threshold
+            selectable, reasoning, ids, self.keep, threshold=self.distinct_threshold
         )
         n_correct = {p: len(v) for p, v in correct_of.items()}
         pass_rate = [
@@ -170,6 +177,10 @@ class ReasoningTraces(Generate):
                 reasons[i] = verdict.reason
         for drop in drops:
             reasons[drop.index] = drop.reason
+        if self.require_reasoning:  # a correct answer alone is not a reasoning trace
+            for i in correct_idx:
+                if not reasoning[i] and reasons[i] is None:
+                    reasons[i] = "correct answer without reasoning"
         keep = pa.array([r is None for r in reasons], pa.bool_())
         if all(r is None for r in reasons):
             return samples
