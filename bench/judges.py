@@ -5,6 +5,8 @@
     .venv/bin/python bench/judges.py eval --subset dialogue --judge GroundingJudge --limit 10 \
         --params '{"max_claims": 3, "max_tokens": 160}'
 
+    .venv/bin/python bench/judges.py speed --subset dialogue --pairs 50
+
 `train` fits a cross-encoder from all-MiniLM-L6-v2 on the first `--pairs` pairs of the set's
 train split (both answers of each pair) and registers it as `halueval-<set>`. `eval` runs
 `assay judge-eval` on the first `--limit` pairs of the test split and writes the report
@@ -56,6 +58,30 @@ def evaluate(args: argparse.Namespace) -> None:
     print((out / "report.md").read_text())
 
 
+def speed(args: argparse.Namespace) -> None:
+    """Rows per CPU-second of a distilled judge with one torch thread (robust to a loaded
+    machine, unlike wall time), on the first validation rows of a set."""
+    import torch
+
+    from assay.datasets.halueval import as_responses, load_halueval
+    from assay.judges.distilled import DistilledJudge
+
+    torch.set_num_threads(1)
+    rows = as_responses(load_halueval(args.subset, "validation", limit=args.pairs))
+    judge = DistilledJudge(
+        judge=f"halueval-{args.subset}", response_column="response", prompt_column="prompt"
+    )
+    judge.scores(rows[:2])  # load the model first
+    cpu, wall = time.process_time(), time.monotonic()
+    out = judge.scores(rows)
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    chunks = sum(j.extra["chunks"] for j in out) / len(out)
+    print(
+        f"{args.subset}: {len(rows)} rows, {chunks:.1f} chunks/row, {len(rows) / cpu:.1f} rows "
+        f"per CPU-second, {len(rows) / wall:.1f} rows/s wall"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,8 +100,11 @@ def main() -> None:
     e.add_argument("--model", default="local/smollm2-135m")
     e.add_argument("--params", default="", help='judge parameters as JSON, e.g. {"max_claims": 3}')
     e.add_argument("--out", default="bench/out/judges")
+    p = sub.add_parser("speed")
+    p.add_argument("--subset", required=True, choices=["qa", "dialogue", "summarization"])
+    p.add_argument("--pairs", type=int, default=50)
     args = parser.parse_args()
-    {"train": train, "eval": evaluate}[args.command](args)
+    {"train": train, "eval": evaluate, "speed": speed}[args.command](args)
 
 
 if __name__ == "__main__":
