@@ -7,6 +7,13 @@ schema-violating answers (through the responder), rate-limit headers, and hangs.
 billed requests (a 200 response sent, whatever its body) per request hash, and keeps the
 arrival time of every request.
 
+With `quota_rpm`, the server enforces a per-minute quota over fixed windows of
+`quota_window_s` (one second by default, as OpenAI documents): a request beyond
+`quota_rpm / 60 * quota_window_s` in its window gets a 429 with `retry-after` (the time to
+the next window) and `x-ratelimit-remaining-requests: 0`, counted in `quota_429s`. Every
+answer then carries `x-ratelimit-limit-requests`, `-remaining-requests` and
+`-reset-requests` (injected faults included), as OpenAI's do.
+
 Faults are chosen per request by `script` (hash, attempt number) -> fault name or None, or
 at random with `mix` probabilities (seeded). Fault names: "429" or any other status code such as "500", "408", "400",
 "malformed", "hang".
@@ -61,7 +68,15 @@ class FakeOpenAI:
         port: int = 0,
         quote_key_in_errors: bool = False,
         error_detail: str | None = None,
+        quota_rpm: float | None = None,
+        quota_window_s: float = 1.0,
     ) -> None:
+        self.quota_rpm = quota_rpm
+        self.quota_window_s = quota_window_s
+        self.quota_429s = 0
+        self.quota_429_at: list[float] = []  # arrival times of the requests refused
+        self._window = (-1, 0)  # (window index, requests counted in it)
+        self._t0 = time.monotonic()
         self.quote_key_in_errors = quote_key_in_errors
         # appended to every injected error message (e.g. a provider echoing some other key)
         self.error_detail = error_detail
@@ -142,6 +157,7 @@ class FakeOpenAI:
             "rebilled": self.rebilled,
             "attempts": sum(self.attempts.values()),
             "faults": dict(self.faults),
+            "quota_429s": self.quota_429s,
         }
 
     # --- handlers ---------------------------------------------------------------------
@@ -167,8 +183,26 @@ class FakeOpenAI:
         finally:
             self.in_flight -= 1
 
+    def _quota(self, now: float) -> tuple[bool, dict[str, str]]:
+        """Count a request against its window: (over quota?, rate headers to send)."""
+        if self.quota_rpm is None:
+            return False, {}
+        per_window = int(self.quota_rpm / 60 * self.quota_window_s)
+        index = int((now - self._t0) // self.quota_window_s)
+        count = self._window[1] + 1 if self._window[0] == index else 1
+        self._window = (index, count)
+        reset = (index + 1) * self.quota_window_s - (now - self._t0)
+        headers = {
+            "x-ratelimit-limit-requests": str(int(self.quota_rpm)),
+            "x-ratelimit-remaining-requests": str(max(0, per_window - count)),
+            "x-ratelimit-reset-requests": f"{max(1, round(reset * 1000))}ms",
+        }
+        return count > per_window, headers
+
     async def _answer(self, request: web.Request) -> web.StreamResponse:
-        self.arrivals.append(time.monotonic())
+        now = time.monotonic()
+        self.arrivals.append(now)
+        over, quota_headers = self._quota(now)
         body = await request.json()
         self.bodies.append(body)
         self.raw_headers.append(dict(request.headers))
@@ -177,13 +211,22 @@ class FakeOpenAI:
         fault = self._fault(key, self.attempts[key])
         if fault:
             self.faults[fault] += 1
+        if over:
+            self.quota_429s += 1
+            self.quota_429_at.append(now)
+            headers = {**self.headers, **quota_headers}
+            headers["retry-after"] = (
+                f"{int(quota_headers['x-ratelimit-reset-requests'][:-2]) / 1000}"
+            )
+            error = {"error": {"message": "quota exceeded", "type": "requests", "code": 429}}
+            return web.json_response(error, status=429, headers=headers)
         delay = self.latency_s + (self.rng.uniform(-1, 1) * self.jitter_s if self.jitter_s else 0)
         if delay > 0:
             await asyncio.sleep(max(0.0, delay))
         if fault == "hang":
             await asyncio.sleep(self.hang_s)
         if fault == "429":
-            headers = {"retry-after": str(self.retry_after_s), **self.headers}
+            headers = {"retry-after": str(self.retry_after_s), **self.headers, **quota_headers}
             error = {"error": {"message": "rate limited", "type": "rate_limit", "code": 429}}
             return web.json_response(error, status=429, headers=headers)
         if fault and fault.isdigit():
@@ -193,7 +236,7 @@ class FakeOpenAI:
             if self.error_detail:
                 message += f" ({self.error_detail})"
             error = {"error": {"message": message, "type": "server_error"}}
-            return web.json_response(error, status=int(fault))
+            return web.json_response(error, status=int(fault), headers=quota_headers)
         answer = self.responder(body)
         message = {"role": "assistant", "content": answer} if isinstance(answer, str) else answer
         message.setdefault("role", "assistant")
@@ -221,7 +264,8 @@ class FakeOpenAI:
         self.billed[key] += 1
         if fault == "malformed":
             text = text[: len(text) // 2]  # cut off mid-JSON
-        return web.Response(text=text, content_type="application/json", headers=self.headers)
+        headers = {**self.headers, **quota_headers}
+        return web.Response(text=text, content_type="application/json", headers=headers)
 
 
 def json_answers(violation_rate: float, seed: int = 0) -> Responder:
@@ -266,6 +310,7 @@ def main() -> None:
     parser.add_argument("--retry-after", type=float, default=1.0)
     parser.add_argument("--hang", type=float, default=3600.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quota-rpm", type=float, default=None)
     parser.add_argument(
         "--json-violation",
         type=float,
@@ -286,6 +331,7 @@ def main() -> None:
         hang_s=args.hang,
         seed=args.seed,
         port=args.port,
+        quota_rpm=args.quota_rpm,
     )
     with server:
         print(server.port, flush=True)

@@ -23,19 +23,19 @@ def test_transport_settings_are_refused_as_generation_kwargs(key: str) -> None:
 def test_failed_tries_do_not_shrink_the_output_estimate() -> None:
     limiter = Limiter(RateLimits(tpm=100_000))
     for _ in range(3):
-        limiter.settle(10, 100, 10, 500)
+        limiter.settle(None, 10, 100, 10, 500)
     for _ in range(9):
-        limiter.settle(10, 500, None, 0, sample=False)
+        limiter.settle(None, 10, 500, None, 0, sample=False)
     assert limiter.estimate_output(None) == 500
 
 
 def test_unreported_usage_keeps_the_reservation() -> None:
     limiter = Limiter(RateLimits(tpm=600))
-    asyncio.run(limiter.acquire(300, 100))
+    held = asyncio.run(limiter.acquire(300, 100))
     level = limiter.buckets["tokens"].level
-    limiter.settle(300, 100, None, None)
+    limiter.settle(held, 300, 100, None, None)
     assert limiter.buckets["tokens"].level == level  # nothing refunded
-    limiter.settle(300, 100, 10, 10)
+    limiter.settle(held, 300, 100, 10, 10)
     assert limiter.buckets["tokens"].level > level  # reported usage refunds the difference
 
 

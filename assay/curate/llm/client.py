@@ -10,7 +10,15 @@ responses are reused (unless `--no-cache`), new ones are stored before they coun
 and every request is appended to the run's `request_log`.
 
 Model strings starting with a registered prefix (`local/...`) go to that prefix's backend
-factory; everything else goes to litellm.
+factory. Endpoints that speak the OpenAI API (an `api_base` with `openai/`, `hosted_vllm/`
+and the other OpenAI-compatible prefixes; `openai/...` without one, i.e. OpenAI itself) get
+the direct transport (http_backend.py, about a tenth of litellm's CPU per request) unless
+`transport="litellm"`; every other provider goes to litellm. Limits, retries, the cache,
+costs and error classification are the same either way.
+
+The rate limiter is one per (model, endpoint) per process (limits.py `limiter_for`), shared
+by every stage, pipeline segment and event loop; a try holds a concurrency slot only while
+it is on the wire, so a request waiting to retry leaves its place to others.
 
 Cache keys include who answers (identity.py): the normalised `api_base`, and for a backend
 with `weights_id(model)` (the local one) a fingerprint of the weights files.
@@ -31,14 +39,19 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from assay.curate.context import current_stage
 from assay.curate.errors import AssayError
 from assay.curate.llm.cache import LogRow, RequestCache, cache_for
-from assay.curate.llm.identity import answered_by
-from assay.curate.llm.limits import Limiter, RateLimits
+from assay.curate.llm.http_backend import OPENAI_BASE, speaks_openai
+from assay.curate.llm.identity import answered_by, normalise_api_base
+from assay.curate.llm.limits import Limiter, RateLimits, limiter_for
+from assay.curate.llm.litellm_backend import rate_headers
+from assay.curate.llm.rate_headers import is_rate_limit
 from assay.curate.llm.retry import (
     RetryPolicy,
     describe_error,
     first_wait,
     is_retryable,
+    retry_after,
     retrying,
+    status_of,
 )
 from assay.curate.llm.secrets import key_for_request, scrub
 from assay.curate.llm.types import Backend, ChatRequest, ChatResponse
@@ -78,9 +91,11 @@ class LLMSettings(BaseModel):
     retry_max_s: float = 30.0
     retry_jitter_s: float = 1.0
     prices: dict[str, dict[str, float]] | None = None
-    # "litellm" for every provider; "http" talks to an OpenAI-compatible `api_base`
-    # directly (about a tenth of litellm's CPU per request; see http_backend.py)
-    transport: Literal["litellm", "http"] = "litellm"
+    # "auto": the direct transport where the endpoint speaks the OpenAI API, litellm for
+    # every other provider; "litellm" / "http" force one (see http_backend.py)
+    transport: Literal["auto", "litellm", "http"] = "auto"
+    # the limiter admits at most this many seconds of quota in any window this long
+    burst_s: float = Field(default=1.0, gt=0)
 
     def limits(self) -> RateLimits:
         return RateLimits(
@@ -89,7 +104,14 @@ class LLMSettings(BaseModel):
             input_tpm=self.input_tpm,
             output_tpm=self.output_tpm,
             max_concurrency=self.max_concurrency,
+            burst_s=self.burst_s,
         )
+
+    def resolved_transport(self) -> str:
+        """The transport `auto` picks for this model and endpoint."""
+        if self.transport != "auto":
+            return self.transport
+        return "http" if speaks_openai(self.model, self.api_base) else "litellm"
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -124,14 +146,18 @@ def make_backend(settings: LLMSettings) -> Backend:
     factory = _BACKENDS.get(prefix)
     if factory is not None:
         return factory(settings)
-    if settings.transport == "http":
+    if settings.resolved_transport() == "http":
         from assay.curate.llm.http_backend import OpenAIHTTPBackend
 
-        if not settings.api_base:
-            raise ValueError(f"transport='http' needs an api_base (model {settings.model!r})")
-        return OpenAIHTTPBackend(
-            settings.api_base, settings.secret(), settings.timeout_s, settings.prices
-        )
+        api_base, key = settings.api_base, settings.secret()
+        if not api_base:
+            if not settings.model.startswith("openai/"):
+                raise ValueError(f"transport='http' needs an api_base (model {settings.model!r})")
+            # OpenAI itself: where litellm would send it, with the key litellm would use
+            api_base = os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+            api_base = api_base or OPENAI_BASE
+            key = key or os.environ.get("OPENAI_API_KEY")
+        return OpenAIHTTPBackend(api_base, key, settings.timeout_s, settings.prices)
     from assay.curate.llm.litellm_backend import LiteLLMBackend
 
     return LiteLLMBackend(
@@ -158,7 +184,7 @@ class LLMClient:
         self._policy = settings.retry_policy()
         # tenacity takes over from the second try (see `_call`)
         self._retrying = retrying(self._policy, tries_done=1)
-        self._limiters: dict[int, tuple[asyncio.AbstractEventLoop, Limiter]] = {}
+        self._limiter: Limiter | None = None
         self.sent = 0  # tries sent to the backend, for tests and benchmarks
 
     @property
@@ -168,13 +194,12 @@ class LLMClient:
         return self._backend
 
     def limiter(self) -> Limiter:
-        loop = asyncio.get_running_loop()
-        entry = self._limiters.get(id(loop))
-        if entry is None or entry[0] is not loop:
-            # a finished loop's limiter is useless; keep only the current loop's
-            self._limiters = {id(loop): (loop, Limiter(self.settings.limits()))}
-            entry = self._limiters[id(loop)]
-        return entry[1]
+        """The process's limiter for this model and endpoint (shared across stages)."""
+        if self._limiter is None:
+            base = self.settings.api_base
+            endpoint = normalise_api_base(base) if base else None
+            self._limiter = limiter_for(self.settings.model, endpoint, self.settings.limits())
+        return self._limiter
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         return (await self.complete_many([request]))[0]
@@ -266,6 +291,9 @@ class LLMClient:
         who: dict[str, Any] | None = None,
     ) -> ChatResponse:
         limiter = self.limiter()
+        # built (litellm imported: seconds) before a slot is taken, not between the
+        # limiter's admission and the send, which would bunch admitted requests on the wire
+        backend = self.backend
         est_in = _estimate_input(request)
         max_tokens = request.params.get("max_tokens")
         attempts = 0
@@ -274,47 +302,55 @@ class LLMClient:
             nonlocal attempts
             attempts += 1
             est_out = limiter.estimate_output(max_tokens if isinstance(max_tokens, int) else None)
-            await limiter.acquire(est_in, est_out)
-            self.sent += 1
-            try:
-                response = await self.backend.complete(request)
-            except BaseException:
-                # a failed try used a request but no output tokens; the retry-after wait
-                # applies to this request only: a random 429 should not stop every request
-                limiter.settle(est_in, est_out, None, 0, sample=False)
-                raise
+            # the slot is held for this try only: a request waiting to retry leaves it
+            async with limiter.slot():
+                held = await limiter.acquire(est_in, est_out)
+                self.sent += 1
+                try:
+                    response = await backend.complete(request)
+                except BaseException as exc:
+                    # a failed try used a request but no output tokens
+                    limiter.settle(held, est_in, est_out, None, 0, sample=False)
+                    if isinstance(exc, Exception):
+                        _observe_failure(limiter, exc)
+                    raise
             if response.input_tokens or response.output_tokens:
-                limiter.settle(est_in, est_out, response.input_tokens, response.output_tokens)
+                n_in, n_out = response.input_tokens, response.output_tokens
+                limiter.settle(held, est_in, est_out, n_in, n_out)
             else:  # no usage reported: keep the reservation rather than refund it all
-                limiter.settle(est_in, est_out, None, None)
+                limiter.settle(held, est_in, est_out, None, None)
             limiter.observe_headers(response.headers)
             return response
 
-        # the concurrency slot is held until the response is stored, so a crash can
-        # lose (and later re-bill) at most max_concurrency requests
-        async with limiter.concurrency:
-            try:
-                response = await self._call(once)
-            except AssayError:
-                raise  # a configuration error (unknown local model...) stops the run
-            except Exception as exc:
-                error = f"failed after {attempts} tries: {describe_error(exc)}"
-                # provider errors sometimes quote a key (the stage's, or another the SDK
-                # found): none may reach the rejects, the request log or a report
-                error = scrub(error, (self.settings.secret(),))
-                response = ChatResponse(text=None, error=error)
-            response.headers = {}
-            if cache is not None:
-                log = (
-                    LogRow(ctx.run_id, ctx.stage_index, key, request.model, response)
-                    if ctx
-                    else None
-                )
-                # group up to half the slots per commit (a commit costs ~3 ms of CPU);
-                # the other half keeps requests flowing while a group waits
-                group = max(1, self.settings.max_concurrency // 2)
-                await cache.put(request, key, response, log, max_pending=group, answered_by=who)
+        try:
+            response = await self._call(once)
+        except AssayError:
+            raise  # a configuration error (unknown local model...) stops the run
+        except Exception as exc:
+            error = f"failed after {attempts} tries: {describe_error(exc)}"
+            # provider errors sometimes quote a key (the stage's, or another the SDK
+            # found): none may reach the rejects, the request log or a report
+            error = scrub(error, (self.settings.secret(),))
+            response = ChatResponse(text=None, error=error)
+        response.headers = {}
+        if cache is not None:
+            log = LogRow(ctx.run_id, ctx.stage_index, key, request.model, response) if ctx else None
+            # group up to half the slots per commit (a commit costs ~3 ms of CPU);
+            # the other half keeps requests flowing while a group waits
+            group = max(1, self.settings.max_concurrency // 2)
+            await cache.put(request, key, response, log, max_pending=group, answered_by=who)
         return response
+
+
+def _observe_failure(limiter: Limiter, exc: Exception) -> None:
+    """A failed try's rate headers count; a quota 429 pauses the whole endpoint."""
+    headers = getattr(exc, "headers", None) or getattr(exc, "litellm_response_headers", None)
+    if headers:
+        with contextlib.suppress(AttributeError, TypeError):
+            limiter.observe_headers(rate_headers(dict(headers.items())))
+    if is_rate_limit(exc, status_of(exc)):
+        # out of quota: every request to the endpoint waits, not only this one
+        limiter.rate_limited(retry_after(exc))
 
 
 def _estimate_input(request: ChatRequest) -> float:

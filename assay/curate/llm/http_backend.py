@@ -1,12 +1,13 @@
-"""A lean backend for OpenAI-compatible servers (vLLM, SGLang, Ollama, `assay serve`).
+"""The direct backend for endpoints that speak the OpenAI API (OpenAI, vLLM, SGLang, Ollama,
+`assay serve`): the default wherever `speaks_openai(model, api_base)` holds.
 
-`LLMSettings(transport="http")` sends chat completions straight over aiohttp instead of
-through litellm. litellm costs 7-10 ms of CPU per request (the OpenAI SDK's request
+It sends chat completions straight over aiohttp instead of through litellm. litellm costs 7-10 ms of CPU per request (the OpenAI SDK's request
 transforms, its logging and cost hooks: measured on the benchmark's server), raw aiohttp
 under 1 ms; at thousands of requests per minute against a local server that is the
 difference between the client or the GPU being the bottleneck. Same request and response
 contract, same retry classification (status codes, retry-after, bad bodies) as the
-litellm path.
+litellm path; a non-2xx answer raises the error class litellm would (`RateLimitError`,
+`BadRequestError`...), so failed rows read the same on both transports.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ from assay.curate.llm.retry import ResponseError
 from assay.curate.llm.types import ChatRequest, ChatResponse
 
 PROVIDER_PREFIXES = ("openai/", "hosted_vllm/", "openai_like/", "ollama_chat/", "vllm/")
+OPENAI_BASE = "https://api.openai.com/v1"
+
+
+def speaks_openai(model: str, api_base: str | None) -> bool:
+    """Does this endpoint speak the OpenAI chat API (so the direct transport can serve it)?
+
+    An `api_base` with an OpenAI-compatible prefix, or `openai/...` with none (OpenAI).
+    """
+    if api_base:
+        return model.startswith(PROVIDER_PREFIXES)
+    return model.startswith("openai/")
 
 
 class HTTPStatusError(Exception):
@@ -34,6 +46,33 @@ class HTTPStatusError(Exception):
         super().__init__(f"HTTP {status_code}: {body[:300]}")
         self.status_code = status_code
         self.headers = headers
+
+
+def _error_class(name: str) -> type[HTTPStatusError]:
+    return type(name, (HTTPStatusError,), {"__module__": __name__})
+
+
+# the names litellm (and the OpenAI SDK) give these answers
+_BY_STATUS = {
+    code: _error_class(name)
+    for code, name in (
+        (400, "BadRequestError"),
+        (401, "AuthenticationError"),
+        (403, "PermissionDeniedError"),
+        (404, "NotFoundError"),
+        (408, "Timeout"),
+        (422, "UnprocessableEntityError"),
+        (429, "RateLimitError"),
+        (500, "InternalServerError"),
+        (502, "APIConnectionError"),
+        (503, "ServiceUnavailableError"),
+    )
+}
+
+
+def status_error(status: int, body: str, headers: Any) -> HTTPStatusError:
+    default = _BY_STATUS[500] if status >= 500 else HTTPStatusError
+    return _BY_STATUS.get(status, default)(status, body, headers)
 
 
 class OpenAIHTTPBackend:
@@ -47,6 +86,8 @@ class OpenAIHTTPBackend:
         prices: dict[str, dict[str, float]] | None = None,
     ) -> None:
         self.url = api_base.rstrip("/") + "/chat/completions"
+        # OpenAI's own API takes max_completion_tokens (reasoning models refuse max_tokens)
+        self._openai = api_base.rstrip("/").startswith("https://api.openai.com")
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -84,6 +125,8 @@ class OpenAIHTTPBackend:
         body: dict[str, Any] = {"model": _served_name(request.model)}
         body["messages"] = list(request.messages)
         body.update(request.provider_params())
+        if self._openai and "max_tokens" in body and "max_completion_tokens" not in body:
+            body["max_completion_tokens"] = body.pop("max_tokens")
         if request.response_format is not None:
             body["response_format"] = response_format(request.response_format)
         if request.tools:
@@ -93,7 +136,7 @@ class OpenAIHTTPBackend:
         async with session.post(self.url, data=json.dumps(body), headers=self._headers) as resp:
             text = await resp.text()
             if resp.status >= 300:
-                raise HTTPStatusError(resp.status, text, resp.headers)
+                raise status_error(resp.status, text, resp.headers)
             headers = resp.headers
         latency = time.perf_counter() - started
         try:

@@ -1,22 +1,39 @@
-"""Rate limits: token buckets over requests and tokens per minute, and a concurrency cap.
+"""Rate limits: sliding windows over requests and tokens per minute, and a concurrency cap.
+
+A bucket admits at most `burst_s` seconds of its rate in any window of `burst_s` seconds
+(default one second). A server that enforces a per-minute quota over one-second windows,
+as OpenAI documents, therefore never sees more than its quota from a client within it,
+not even at start (a token bucket that starts full sends two seconds' worth in the first).
 
 A request reserves one request and its estimated tokens before it is sent; once the
 provider reports usage, the difference between the estimate and the real count goes back
-to (or comes out of) the buckets. Output tokens are estimated from the mean of what has
-been seen so far. Providers that send `x-ratelimit-*` headers (OpenAI, vLLM behind a
-gateway, Anthropic's `anthropic-ratelimit-*`) set the limits the user left open and pull
-each bucket's level down to what the provider says remains.
+to (or comes out of) its reservation. Output tokens are estimated from the mean seen so far.
 
-Asyncio primitives are bound to one event loop; the executor starts a fresh loop per
-segment, so a `Limiter` is created per loop by the client (`RateLimits` is the plain
-configuration).
+The limits adapt to the server (see `observe_headers` and `rate_limited`):
+- the effective limit is the lower of the configured one and the provider's
+  `x-ratelimit-limit-*` (`anthropic-ratelimit-*`); `remaining` with `reset` holds the
+  bucket down until the server's window resets;
+- a rate-limit 429 pauses every request to the endpoint (its `retry-after`, or one second),
+  then lets the rate come back gradually (half the limit, back to full over `recover_s`).
+
+`limiter_for(model, api_base, limits)` gives one Limiter per (model, endpoint) per process,
+shared by every stage and pipeline segment. Its state is plain data; the asyncio lock and
+concurrency semaphore it waits on are made per event loop (the executor runs one loop per
+segment), so the concurrency cap holds per loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from assay.curate.llm.rate_headers import HEADER_NAMES, first_duration, first_number
 
 
 @dataclass(frozen=True)
@@ -30,55 +47,157 @@ class RateLimits:
     # 64 requests in flight saturates a 100 req/s limit at up to ~600 ms latency without
     # opening more sockets than a laptop or a small vLLM server handles comfortably.
     max_concurrency: int = 64
-    # a bucket holds at most this many seconds of its rate: small bursts are fine, but a
-    # full minute's worth at start would double the rate seen over the first minute
+    # at most this many seconds of quota in any window this long (see the module doc)
     burst_s: float = 1.0
+    # after a rate-limit 429 the rate restarts at half and is back to full after this long
+    recover_s: float = 10.0
 
 
-class TokenBucket:
-    """Continuous refill at `rate_per_min`; a take larger than the level waits, then goes
-    into debt so that requests bigger than the burst capacity still pass."""
+# an entry counts this much longer than its window: requests sent one window apart can
+# arrive closer together than that (network and scheduling jitter), and a server counting
+# per fixed window would then see one too many
+_MARGIN_S = 0.015
 
-    def __init__(self, rate_per_min: float, burst_s: float) -> None:
-        self.set_rate(rate_per_min, burst_s)
-        self.level = self.capacity
-        self.stamp = time.monotonic()
 
-    def set_rate(self, rate_per_min: float, burst_s: float) -> None:
-        self.rate = rate_per_min / 60.0
-        self.capacity = max(1.0, self.rate * burst_s)
+class WindowBucket:
+    """At most `capacity` (= rate x window) taken in any `window` seconds: a sliding log.
 
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
+    A take larger than the capacity waits for an empty window, then passes (so requests
+    bigger than one window's quota still go through, one at a time).
+    """
 
-    def wait_time(self, amount: float) -> float:
-        need = min(amount, self.capacity) - self.level
-        return need / self.rate if need > 0 else 0.0
+    def __init__(self, rate_per_min: float, window_s: float) -> None:
+        self.log: deque[list[float]] = deque()  # [time, amount]; time -1 once expired
+        self.used = 0.0
+        self.set_rate(rate_per_min, window_s)
 
-    def give_back(self, amount: float) -> None:
-        self.level = min(self.capacity, self.level + amount)
+    def set_rate(self, rate_per_min: float, window_s: float) -> None:
+        self.rate = rate_per_min / 60.0  # per second
+        self.window = window_s
+        self.capacity = max(1.0, self.rate * window_s)
+
+    @property
+    def level(self) -> float:
+        """What may still be taken now (negative while in debt)."""
+        self.expire(time.monotonic())
+        return self.capacity - self.used
+
+    def expire(self, now: float) -> None:
+        horizon = now - self.window - _MARGIN_S
+        log = self.log
+        while log and log[0][0] <= horizon:
+            entry = log.popleft()
+            self.used -= entry[1]
+            entry[0] = -1.0
+        if not log:
+            self.used = 0.0  # no float drift across millions of takes
+
+    def wait_time(self, amount: float, now: float, scale: float = 1.0) -> float:
+        """Seconds until `amount` fits (0 if it fits now); `scale` shrinks the capacity."""
+        self.expire(now)
+        capacity = max(1.0, self.capacity * scale)
+        excess = self.used + min(amount, capacity) - capacity
+        if excess <= 1e-9:
+            return 0.0
+        freed = 0.0
+        for stamp, taken in self.log:
+            freed += taken
+            if freed >= excess - 1e-9:
+                return max(1e-3, stamp + self.window + _MARGIN_S - now)
+        return self.window
+
+    def take(self, amount: float, now: float) -> list[float]:
+        entry = [now, amount]
+        self.log.append(entry)
+        self.used += amount
+        return entry
+
+    def adjust(self, entry: list[float], diff: float) -> None:
+        """Give back `diff` of a reservation (negative: charge more), while it counts."""
+        if entry[0] >= 0 and diff:
+            entry[1] -= diff
+            self.used -= diff
+
+    def hold(self, amount: float, until_s: float, now: float) -> None:
+        """Count `amount` as taken until `until_s` seconds from now (a server's window)."""
+        if amount > 0:
+            stamp = now - self.window + min(until_s, self.window)
+            entry = [stamp, amount]
+            # keep the log ordered by time: the entry expires when the server's window does
+            index = len(self.log)
+            while index > 0 and self.log[index - 1][0] > stamp:
+                index -= 1
+            self.log.insert(index, entry)
+            self.used += amount
+
+
+_KINDS = ("requests", "tokens", "input", "output")
 
 
 class Limiter:
-    """Admits requests under every configured bucket and the concurrency cap (one loop)."""
+    """Admits requests under every bucket, the shared pause and the concurrency cap."""
 
     def __init__(self, limits: RateLimits) -> None:
         self.limits = limits
-        self.concurrency = asyncio.Semaphore(limits.max_concurrency)
-        self._lock = asyncio.Lock()  # FIFO: waiters are admitted in arrival order
-        self.buckets: dict[str, TokenBucket] = {}
-        for kind, rate in (
-            ("requests", limits.rpm),
-            ("tokens", limits.tpm),
-            ("input", limits.input_tpm),
-            ("output", limits.output_tpm),
-        ):
+        self.buckets: dict[str, WindowBucket] = {}
+        self._configured: dict[str, float] = {}
+        self._from_headers: dict[str, float] = {}
+        for kind, rate in zip(_KINDS, _rates(limits), strict=True):
             if rate:
-                self.buckets[kind] = TokenBucket(rate, limits.burst_s)
-        self._from_headers: set[str] = set()
+                self._configured[kind] = rate
+                self.buckets[kind] = WindowBucket(rate, limits.burst_s)
         self._out_seen = 0
         self._out_total = 0
+        self.paused_until = 0.0
+        self._recover_from = 0.0  # when the last pause ended (the rate climbs from there)
+        self.pauses = 0  # rate-limit 429s that paused the endpoint
+        self._state = threading.Lock()  # stages in other threads' loops share this state
+        self._per_loop: dict[int, tuple[Any, asyncio.Lock, asyncio.Semaphore]] = {}
+
+    # --- configuration ------------------------------------------------------------------
+
+    def configure(self, limits: RateLimits) -> None:
+        """Another stage's settings for the same endpoint: the lower limit of each wins."""
+        with self._state:
+            for kind, rate in zip(_KINDS, _rates(limits), strict=True):
+                if rate and rate < self._configured.get(kind, float("inf")):
+                    self._configured[kind] = rate
+                    self._set(kind)
+            if limits.max_concurrency < self.limits.max_concurrency:
+                self.limits = replace(self.limits, max_concurrency=limits.max_concurrency)
+                self._per_loop.clear()
+
+    def _set(self, kind: str) -> None:
+        rates = [r for r in (self._configured.get(kind), self._from_headers.get(kind)) if r]
+        rate = min(rates)
+        bucket = self.buckets.get(kind)
+        if bucket is None:
+            self.buckets[kind] = WindowBucket(rate, self.limits.burst_s)
+        elif bucket.rate * 60 != rate:
+            bucket.set_rate(rate, self.limits.burst_s)
+
+    def _loop_parts(self) -> tuple[asyncio.Lock, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        entry = self._per_loop.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            entry = (loop, asyncio.Lock(), asyncio.Semaphore(self.limits.max_concurrency))
+            # a finished loop's primitives are useless; keep only live loops'
+            self._per_loop = {k: v for k, v in self._per_loop.items() if not v[0].is_closed()} | {
+                id(loop): entry
+            }
+        return entry[1], entry[2]
+
+    @property
+    def concurrency(self) -> asyncio.Semaphore:
+        return self._loop_parts()[1]
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of `max_concurrency` places in flight (held for one try only)."""
+        async with self._loop_parts()[1]:
+            yield
+
+    # --- admission ----------------------------------------------------------------------
 
     def estimate_output(self, max_tokens: int | None) -> float:
         """Mean output seen so far; before any, a quarter of max_tokens (or 256)."""
@@ -87,31 +206,40 @@ class Limiter:
             return min(mean, max_tokens) if max_tokens else mean
         return max_tokens / 4 if max_tokens else 256.0
 
-    async def acquire(self, input_tokens: float, output_tokens: float) -> None:
-        """Wait until one request with these estimated tokens fits every bucket."""
-        if not self.buckets:
-            return
+    def _scale(self, now: float) -> float:
+        if not self._recover_from or now >= self._recover_from + self.limits.recover_s:
+            return 1.0
+        return 0.5 + 0.5 * max(0.0, now - self._recover_from) / self.limits.recover_s
+
+    async def acquire(
+        self, input_tokens: float, output_tokens: float
+    ) -> dict[str, list[float]] | None:
+        """Wait until one request with these estimated tokens fits; return its reservation
+        (pass it to `settle`)."""
+        if not self.buckets and not self.paused_until:
+            return None
         amounts = {
             "requests": 1.0,
             "tokens": input_tokens + output_tokens,
             "input": input_tokens,
             "output": output_tokens,
         }
-        async with self._lock:
+        async with self._loop_parts()[0]:  # FIFO: waiters are admitted in arrival order
             while True:
-                now = time.monotonic()
-                wait = 0.0
-                for kind, bucket in self.buckets.items():
-                    bucket.refill(now)
-                    wait = max(wait, bucket.wait_time(amounts[kind]))
-                if wait <= 0:
-                    break
+                with self._state:
+                    now = time.monotonic()
+                    wait = self.paused_until - now
+                    if wait <= 0:
+                        scale = self._scale(now)
+                        for kind, bucket in self.buckets.items():
+                            wait = max(wait, bucket.wait_time(amounts[kind], now, scale))
+                    if wait <= 0:
+                        return {k: b.take(amounts[k], now) for k, b in self.buckets.items()}
                 await asyncio.sleep(wait)
-            for kind, bucket in self.buckets.items():
-                bucket.level -= amounts[kind]
 
     def settle(
         self,
+        reservation: dict[str, list[float]] | None,
         reserved_in: float,
         reserved_out: float,
         input_tokens: int | None,
@@ -126,6 +254,8 @@ class Limiter:
         if output_tokens is not None and sample:
             self._out_seen += 1
             self._out_total += output_tokens
+        if not reservation:
+            return
         used_in = reserved_in if input_tokens is None else input_tokens
         used_out = reserved_out if output_tokens is None else output_tokens
         delta = {
@@ -133,66 +263,67 @@ class Limiter:
             "input": reserved_in - used_in,
             "output": reserved_out - used_out,
         }
-        for kind, diff in delta.items():
-            bucket = self.buckets.get(kind)
-            if bucket is not None:
-                bucket.give_back(diff)
+        with self._state:
+            for kind, diff in delta.items():
+                entry = reservation.get(kind)
+                if entry is not None:
+                    self.buckets[kind].adjust(entry, diff)
+
+    # --- what the server says ---------------------------------------------------------
 
     def observe_headers(self, headers: dict[str, str]) -> None:
-        """Adopt provider limits the user left open; sync levels down to what remains."""
+        """Lower each limit to the provider's; hold buckets to what remains until reset."""
         if not headers:
             return
-        for kind, limit_names, remaining_names in _HEADER_NAMES:
-            limit = _first_number(headers, limit_names)
-            if limit and limit > 0 and kind not in self._configured():
+        with self._state:
+            now = time.monotonic()
+            for kind, limit_names, remaining_names, reset_names in HEADER_NAMES:
+                limit = first_number(headers, limit_names)
+                if limit and limit > 0 and self._from_headers.get(kind) != limit:
+                    self._from_headers[kind] = limit
+                    self._set(kind)
+                remaining = first_number(headers, remaining_names)
                 bucket = self.buckets.get(kind)
-                if bucket is None:
-                    self.buckets[kind] = TokenBucket(limit, self.limits.burst_s)
-                elif kind in self._from_headers and bucket.rate * 60 != limit:
-                    bucket.set_rate(limit, self.limits.burst_s)
-                self._from_headers.add(kind)
-            remaining = _first_number(headers, remaining_names)
-            bucket = self.buckets.get(kind)
-            if remaining is not None and bucket is not None:
-                bucket.level = min(bucket.level, remaining)
+                if remaining is None or bucket is None:
+                    continue
+                bucket.expire(now)
+                extra = bucket.capacity - bucket.used - max(0.0, remaining)
+                if extra > 0:
+                    reset = first_duration(headers, reset_names)
+                    bucket.hold(extra, bucket.window if reset is None else reset, now)
 
-    def _configured(self) -> set[str]:
-        lim = self.limits
-        names = {"requests": lim.rpm, "tokens": lim.tpm, "input": lim.input_tpm}
-        names["output"] = lim.output_tpm
-        return {k for k, v in names.items() if v}
-
-
-_HEADER_NAMES = (
-    (
-        "requests",
-        ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit"),
-        ("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining"),
-    ),
-    (
-        "tokens",
-        ("x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit"),
-        ("x-ratelimit-remaining-tokens", "anthropic-ratelimit-tokens-remaining"),
-    ),
-    (
-        "input",
-        ("anthropic-ratelimit-input-tokens-limit",),
-        ("anthropic-ratelimit-input-tokens-remaining",),
-    ),
-    (
-        "output",
-        ("anthropic-ratelimit-output-tokens-limit",),
-        ("anthropic-ratelimit-output-tokens-remaining",),
-    ),
-)
+    def rate_limited(self, retry_after_s: float | None) -> None:
+        """A rate-limit 429: pause every request to this endpoint, then recover gradually."""
+        with self._state:
+            now = time.monotonic()
+            until = now + (1.0 if retry_after_s is None else min(retry_after_s, 120.0))
+            if until > self.paused_until:
+                self.paused_until = until
+                self._recover_from = until
+                self.pauses += 1
 
 
-def _first_number(headers: dict[str, str], names: tuple[str, ...]) -> float | None:
-    for name in names:
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return float(value)
-            except ValueError:
-                continue
-    return None
+def _rates(limits: RateLimits) -> tuple[float | None, ...]:
+    return (limits.rpm, limits.tpm, limits.input_tpm, limits.output_tpm)
+
+
+_limiters: dict[tuple[str, str | None], Limiter] = {}
+_registry_lock = threading.Lock()
+
+
+def limiter_for(model: str, endpoint: str | None, limits: RateLimits) -> Limiter:
+    """The process's Limiter for (model, endpoint); later callers can only lower limits."""
+    with _registry_lock:
+        limiter = _limiters.get((model, endpoint))
+        if limiter is None:
+            limiter = _limiters[(model, endpoint)] = Limiter(limits)
+        else:
+            limiter.configure(limits)
+        return limiter
+
+
+def reset_limiters() -> None:
+    """Forget every endpoint's learned limits (tests; a long-lived process after a quota
+    change)."""
+    with _registry_lock:
+        _limiters.clear()
