@@ -7,10 +7,12 @@ headers), response (JSON text), created_at.
 
 Writes go through the run store's own connection on the event loop thread (DuckDB
 connections are not thread-safe and the workspace has one writer). Responses that arrive
-in the same loop iteration are written in one transaction ("group commit"): a request is
-done only once its transaction has committed, so a process killed at any moment loses at
-most the requests still in flight, and the commit cost is shared when traffic is high.
-The same transaction appends the requests' rows to the run's `request_log`.
+in the same loop iteration are written in one transaction ("group commit"), so the commit
+cost is shared when traffic is high. Before a response joins a group it is appended to the
+workspace's response journal (journal.py), so a process killed at any moment loses only
+the requests still in flight; journals a dead process left are folded in when the
+workspace is opened. The same transaction appends the requests' rows to the run's
+`request_log`.
 
 The table has no primary key and is append-only: DuckDB's `insert or replace` on a keyed
 table cost ~3 ms of CPU per row (measured); an Arrow insert of 16 rows plus its commit
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import weakref
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +32,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from assay.curate.llm import journal as journals
 from assay.curate.llm.types import ChatRequest, ChatResponse
+
+log = logging.getLogger("assay.llm")
 
 SCHEMA = """
 create table if not exists llm_cache (
@@ -98,15 +104,55 @@ class LogRow:
 class RequestCache:
     """Lookups and group-committed writes over one DuckDB connection (one event loop)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, workspace: Path | None = None) -> None:
         self.con = con
         self.con.execute(SCHEMA)
+        # without a workspace (a bare connection) responses are durable at commit only
+        self.workspace = workspace
+        self._journal: journals.Journal | None = None
+        self.replayed = 0  # responses recovered from a dead process's journal
+        self.commits = 0
         self._rows: list[list[Any]] = []
         self._logs: list[list[Any]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
-        self.commits = 0
+        if workspace is not None:
+            self.replay()
+
+    def replay(self) -> int:
+        """Fold the journals dead processes left into DuckDB (one transaction); delete them."""
+        assert self.workspace is not None
+        files = journals.leftovers(self.workspace)
+        rows: list[list[Any]] = []
+        logs: list[list[Any]] = []
+        for path in files:
+            more_rows, more_logs = journals.read_rows(path)
+            rows += more_rows
+            logs += more_logs
+        if rows:
+            rows, logs = self._not_committed(rows, logs)
+            self._write(rows, logs)
+            log.info("recovered %d responses from an interrupted run's journal", len(rows))
+        for path in files:
+            path.unlink(missing_ok=True)
+        self.replayed += len(rows)
+        return len(rows)
+
+    def _not_committed(
+        self, rows: list[list[Any]], logs: list[list[Any]]
+    ) -> tuple[list[list[Any]], list[list[Any]]]:
+        """Drop journaled rows whose group had committed before the process died."""
+        keys = list({r[0] for r in rows})
+        stored = self.con.execute(
+            "select request_key, created_at from llm_cache "
+            "where request_key in (select unnest(?::varchar[]))",
+            [keys],
+        ).fetchall()
+        done = set(stored)
+        fresh = [r for r in rows if (r[0], r[4]) not in done]
+        kept = {r[0] for r in fresh}
+        return fresh, [g for g in logs if g[2] in kept]
 
     def get_many(self, keys: list[str]) -> dict[str, ChatResponse]:
         """Stored responses for the keys that have one (one query for the whole list)."""
@@ -146,15 +192,20 @@ class RequestCache:
         first of them, whichever comes first.
         """
         if response.error is None:
-            self._rows.append(
-                [
-                    key,
-                    request.model,
-                    request_json(request, answered_by),
-                    response_json(response),
-                    _now(),
-                ]
-            )
+            row = [
+                key,
+                request.model,
+                request_json(request, answered_by),
+                response_json(response),
+                _now(),
+            ]
+            if self.workspace is not None:
+                if self._journal is None:
+                    self._journal = journals.Journal(self.workspace)
+                    weakref.finalize(self, self._journal.close)
+                # durable against a kill from here on: the answer is never bought again
+                self._journal.append(row, log.values if log is not None else None)
+            self._rows.append(row)
         if log is not None:
             self._logs.append(log.values)
         loop = asyncio.get_running_loop()
@@ -181,7 +232,11 @@ class RequestCache:
         if not waiters:
             return
         try:
+            if self._journal is not None:
+                self._journal.sync()
             self._write(rows, logs)
+            if self._journal is not None and not self._rows:
+                self._journal.committed()
         except BaseException as exc:
             for w in waiters:
                 if not w.done():
@@ -260,7 +315,8 @@ def cache_for(store: Any) -> RequestCache:
     """The cache over a RunStore's connection (one per store object)."""
     cache = _caches.get(store)
     if cache is None:
-        cache = RequestCache(store.con)
+        workspace = None if getattr(store, "read_only", False) else store.workspace
+        cache = RequestCache(store.con, workspace)
         _caches[store] = cache
     return cache
 
