@@ -247,7 +247,10 @@ def test_grounding_judge_labels_claims_and_names_unsupported_ones() -> None:
 def test_grounding_reward_needs_the_context_column() -> None:
     with FakeOpenAI(responder=grounding_responder) as server:
         judge = GroundingJudge(**kw(server))
-        scores = judge.reward(["q", "q"], ["A b.", "A b. C d."], context=["A b", "A b"])
+        # TRL also passes keywords that are not columns (trainer_state): they are ignored
+        scores = judge.reward(
+            ["q", "q"], ["A b.", "A b. C d."], context=["A b", "A b"], trainer_state=object()
+        )
         with pytest.raises(KeyError, match="context"):
             judge.reward(["q"], ["x"], document=["y"])
     assert scores == [1.0, 0.5]

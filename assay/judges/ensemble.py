@@ -11,7 +11,13 @@ from pydantic import field_validator
 
 from assay.curate.registry import get_stage, register
 from assay.curate.stage import AsyncStage, Outcome
-from assay.judges.llm_judge import Judgement, LLMJudge, run_sync, write_judgements
+from assay.judges.llm_judge import (
+    Judgement,
+    LLMJudge,
+    columns_at,
+    run_sync,
+    write_judgements,
+)
 
 _TYPES = {"agreement": pa.float64(), "votes": pa.int64(), "scores": pa.list_(pa.float64())}
 
@@ -130,7 +136,7 @@ class JudgeEnsemble(AsyncStage):
     def reward(self, prompts: Any, completions: Any, **columns: Any) -> list[float | None]:
         rows = []
         for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-            values = {k: v[i] for k, v in columns.items()}
+            values = columns_at(columns, i, len(completions))
             row: dict[str, Any] = {}
             for judge in self.judges:
                 row.update(judge.reward_row(p, c, values))

@@ -194,10 +194,20 @@ class LLMJudge(AsyncStage, LLMSettings):
     ) -> list[float | None]:
         """TRL reward form: one score in [0, 1] per completion (None where unscored)."""
         rows = [
-            self.reward_row(p, c, {k: v[i] for k, v in columns.items()})
+            self.reward_row(p, c, columns_at(columns, i, len(completions)))
             for i, (p, c) in enumerate(zip(prompts, completions, strict=True))
         ]
         return [j.score for j in run_sync(self.judge_rows(rows))]
+
+
+def columns_at(columns: dict[str, Any], i: int, n: int) -> dict[str, Any]:
+    """Row `i` of TRL's per-completion keyword columns; other keywords TRL passes (e.g.
+    `trainer_state`) are not columns and are left out."""
+    return {
+        k: v[i]
+        for k, v in columns.items()
+        if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == n
+    }
 
 
 def write_judgements(
