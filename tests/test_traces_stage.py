@@ -131,7 +131,7 @@ def test_keep_shortest_and_distinct(workspace: Path) -> None:
     assert billed == 3 * N  # the second run came from the request cache
     assert shortest.to_arrow()["id"].to_pylist() == ["p0/s0", "p1/s0"]
     reasons = {r["id"]: r["_reason"] for r in shortest.rejects().to_pylist()}
-    assert reasons["p0/s2"] == "longer than the shortest correct trace p0/s0"
+    assert reasons["p0/s2"] == "longer than the shortest correct trace (p0/s0)"
     # s0 and s3 share their reasoning ("a plus b is s."): one collapses; s2 differs and stays
     assert sorted(distinct.to_arrow()["id"].to_pylist()) == ["p0/s0", "p0/s2", "p1/s0", "p1/s2"]
     dreasons = {r["id"]: r["_reason"] for r in distinct.rejects().to_pylist()}

@@ -47,7 +47,7 @@ def select_traces(
         for members in groups.values():
             best = min(members, key=lambda i: (len(reasoning[i]), i))
             drops += [
-                Drop(i, f"longer than the shortest correct trace {ids[best]}")
+                Drop(i, f"longer than the shortest correct trace ({ids[best]})")
                 for i in members
                 if i != best
             ]

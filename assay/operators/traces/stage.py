@@ -49,7 +49,7 @@ class ReasoningTraces(Generate):
     `budget_forced`.
     Rejects: failed requests ("llm request failed: ..."), wrong answers (the verifier's
     reason, e.g. "wrong answer (got 8, gold 7)") unless `keep_incorrect`, and correct samples
-    not selected ("longer than the shortest correct trace <id>", "near duplicate of <id>
+    not selected ("longer than the shortest correct trace (<id>)", "near duplicate of <id>
     (jaccard 0.83)", "correct answer without reasoning"). Rejected samples carry every column, so preference pairs can be
     built from them (assay/datasets/export.py).
 
