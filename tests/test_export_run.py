@@ -1,5 +1,5 @@
 """Exporting a real run (ReasoningTraces against the fake server): the three formats from the
-run's output and rejects, the dataset card from the run store, `assay export`."""
+run's output and rejects, the dataset card from the run store, `assay export-data`."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_assay_export_cli(run: str, workspace: Path, tmp_path: Path) -> None:
     done = cli.invoke(
         app,
         [
-            "export",
+            "export-data",
             run,
             "--out",
             str(out),
@@ -107,7 +107,7 @@ def test_assay_export_cli(run: str, workspace: Path, tmp_path: Path) -> None:
     assert isinstance(rows[0]["prompt"], str) and rows[0]["completion"].startswith("<think>")
     assert not (out / "hf").exists()
     bad = cli.invoke(
-        app, ["export", run, "--out", str(out), "--format", "kto", "-w", str(workspace)]
+        app, ["export-data", run, "--out", str(out), "--format", "kto", "-w", str(workspace)]
     )
     assert bad.exit_code != 0 and "unknown format 'kto'" in str(bad.exception or bad.output)
     assert json.loads(json.dumps(rows[0]))  # plain strings, nothing nested

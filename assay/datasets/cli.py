@@ -1,4 +1,4 @@
-"""`assay export RUN_ID --format ... --out DIR`: a run's output in a TRL format, with its card."""
+"""`assay export-data RUN_ID --format ... --out DIR`: a run's output in a TRL format, with its card."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("export")
+    @app.command("export-data")
     def export(
         run_id: Annotated[str, typer.Argument(help="The run to export (see `assay runs`)")],
         out: Annotated[Path, typer.Option(help="Folder for data/, README.md and hf/")],

@@ -3,7 +3,7 @@
     >>> export_run("20261202-031500-ab12", "out/arith-sft", "messages")
     ExportPaths(root=PosixPath('out/arith-sft'), parquet=..., card=..., hf=..., rows=41)
 
-The same from the command line: `assay export RUN_ID --format messages --out out/arith-sft`.
+The same from the command line: `assay export-data RUN_ID --format messages --out out/arith-sft`.
 """
 
 from __future__ import annotations
