@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, PrivateAttr, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from assay.curate.llm.client import LLMClient, LLMSettings, client_for
+from assay.curate.llm.stage_client import UsesLLM
 from assay.curate.llm.types import ChatRequest, ChatResponse
 from assay.curate.stage import AsyncStage, Outcome, split_by_mask
 from assay.judges.base import completion_text
@@ -78,7 +78,7 @@ def parse_answer(response: ChatResponse, answer: type[BaseModel]) -> BaseModel:
         raise VerdictError(f"verdict off schema at {where}: {first['msg']}") from None
 
 
-class LLMJudge(AsyncStage, LLMSettings):
+class LLMJudge(AsyncStage, UsesLLM):
     """Base class of LLM judges; subclasses implement `calls`, `judge_row`, `row_columns`."""
 
     output_column: str = "judge"
@@ -89,8 +89,6 @@ class LLMJudge(AsyncStage, LLMSettings):
     seed: int | None = 0
     system_prompt: str | None = None
     structured: bool = True
-
-    _client: LLMClient | None = PrivateAttr(default=None)
 
     # --- what a judge defines ------------------------------------------------------------
 
@@ -122,19 +120,6 @@ class LLMJudge(AsyncStage, LLMSettings):
 
     def input_columns(self) -> list[str]:
         return self.row_columns()
-
-    def settings(self) -> LLMSettings:
-        return LLMSettings(**{k: getattr(self, k) for k in LLMSettings.model_fields})
-
-    @property
-    def client(self) -> LLMClient:
-        if self._client is None:
-            self._client = client_for(self.settings())
-        return self._client
-
-    def use_client(self, client: LLMClient) -> LLMJudge:
-        self._client = client
-        return self
 
     def request(self, call: Call, sample_index: int = 0) -> ChatRequest:
         messages = list(call.messages)

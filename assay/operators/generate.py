@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, PlainSerializer, PrivateAttr, field_validator
 
 from assay.curate.errors import StageError
-from assay.curate.llm.client import LLMClient, LLMSettings, client_for
+from assay.curate.llm.stage_client import UsesLLM
 from assay.curate.llm.types import ChatRequest, ChatResponse
 from assay.curate.registry import register
 from assay.curate.stage import ID, PARENT_ID, AsyncStage, Outcome
@@ -39,7 +39,7 @@ def schema_of(value: Any) -> dict[str, Any] | None:
 
 
 @register
-class Generate(AsyncStage, LLMSettings):
+class Generate(AsyncStage, UsesLLM):
     """Ask a model once per row (or `n` times) and write its answer into columns.
 
     The prompt is a Jinja2 template over the row's columns (`prompt`), a Python function of
@@ -90,7 +90,6 @@ class Generate(AsyncStage, LLMSettings):
 
     _template: jinja2.Template | None = PrivateAttr(default=None)
     _system: jinja2.Template | None = PrivateAttr(default=None)
-    _client: LLMClient | None = PrivateAttr(default=None)
 
     @field_validator("response_format", mode="before")
     @classmethod
@@ -127,20 +126,6 @@ class Generate(AsyncStage, LLMSettings):
 
             cols += sorted(meta.find_undeclared_variables(_JINJA.parse(self.prompt or "")))
         return cols
-
-    def settings(self) -> LLMSettings:
-        return LLMSettings(**{k: getattr(self, k) for k in LLMSettings.model_fields})
-
-    @property
-    def client(self) -> LLMClient:
-        if self._client is None:
-            self._client = client_for(self.settings())
-        return self._client
-
-    def use_client(self, client: LLMClient) -> Generate:
-        """Use this client (e.g. one with a custom backend) instead of the shared one."""
-        self._client = client
-        return self
 
     # ---------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from pydantic import PrivateAttr
 
 from assay.curate.errors import StageError
-from assay.curate.llm.client import LLMClient, LLMSettings, client_for
+from assay.curate.llm.stage_client import UsesLLM
 from assay.curate.llm.types import ChatRequest
 from assay.curate.registry import register
 from assay.curate.stage import ID, PARENT_ID, AsyncStage
@@ -102,7 +102,7 @@ def request_messages(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], ..
 
 
 @register
-class ToolRollouts(AsyncStage, LLMSettings):
+class ToolRollouts(AsyncStage, UsesLLM):
     """Run `n` multi-turn tool episodes per task row in a tool environment and score them.
 
     `environment` is `sql` (SqlEnvironment), `bfcl` (BfclEnvironment) or `module:Class`;
@@ -138,26 +138,12 @@ class ToolRollouts(AsyncStage, LLMSettings):
     generation_kwargs: dict[str, Any] = {}
 
     creates_rows = True
-    _client: LLMClient | None = PrivateAttr(default=None)
     _env_cls: type[ToolEnvironment] | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any) -> None:
         if self.n < 1 or self.max_turns < 1:
             raise ValueError("n and max_turns must be at least 1")
         self._env_cls = environment_class(self.environment)
-
-    def settings(self) -> LLMSettings:
-        return LLMSettings(**{k: getattr(self, k) for k in LLMSettings.model_fields})
-
-    @property
-    def client(self) -> LLMClient:
-        if self._client is None:
-            self._client = client_for(self.settings())
-        return self._client
-
-    def use_client(self, client: LLMClient) -> ToolRollouts:
-        self._client = client
-        return self
 
     def params(self) -> dict[str, Any]:
         params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
