@@ -100,7 +100,8 @@ def stage_grpo(args) -> None:
     student = f"{BASE}+bench-sft"
     rows = task_rows("arithmetic", "grpo", 400, "short")[256 : 256 + args.steps * 2]
     out = {"steps": args.steps, "test_n": args.test, "start": student}
-    out["before"] = acc(student, "short", args.test)
+    if not args.skip_before:
+        out["before"] = acc(student, "short", args.test)
     t = time.perf_counter()
     result = grpo(
         rows,
@@ -124,6 +125,7 @@ def stage_grpo(args) -> None:
     out["reward"] = [h["reward"] for h in logs]
     out["frac_reward_zero_std"] = [h["frac_reward_zero_std"] for h in logs]
     out["clipped_ratio"] = [h.get("completions/clipped_ratio") for h in logs]
+    save("grpo", out)
     out["after"] = acc(result.model_name, "short", args.test)
     save("grpo", out)
 
@@ -284,7 +286,7 @@ def stage_report(args) -> None:
             labels[dist[mode]["short"]["model"]] = f"{mode} distillation"
     general = load("general")
     for value in general.values():
-        if isinstance(value, list) and value and "accuracy" in value[0]:
+        if isinstance(value, list) and value and isinstance(value[0], dict):
             results.extend(value)
     write_report(
         RESULTS / "train_report",
@@ -315,6 +317,7 @@ def main() -> None:
     parser.add_argument("--arc-n", type=int, default=40)
     parser.add_argument("--arc-levels", default="easy,challenge")
     parser.add_argument("--models", default=BASE)
+    parser.add_argument("--skip-before", action="store_true", help="grpo: reuse the SFT eval")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     {
