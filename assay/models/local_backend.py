@@ -7,9 +7,12 @@ waiting a few milliseconds for stragglers), runs them through one decode loop
 loop keeps queueing, so the next batch is ready when the CPU frees up.
 
 Requests may name a LoRA adapter (`local/smollm2-135m+sql-intern`); adapters are loaded on
-first use and rows for different adapters share a batch (`multi_lora.py`). `response_format` turns on
-constrained decoding (JSON schema, xgrammar); `tools` go through the chat template and the
-model's `<tool_call>` output is parsed into OpenAI-style `tool_calls`.
+first use and rows for different adapters share a batch (`multi_lora.py`). Registry adapters
+are re-read when `registry.json` changes and fingerprinted (`weights_id`, in the cache key):
+a retrained adapter re-registered under its old name is loaded afresh and answers anew.
+`response_format` turns on constrained decoding (JSON schema, xgrammar); `tools` go through
+the chat template and the model's `<tool_call>` output is parsed into OpenAI-style
+`tool_calls`.
 
 Generation parameters read from `ChatRequest.params`: `max_tokens` (or
 `max_completion_tokens`), `temperature` (default 1.0, OpenAI's; 0 = greedy), `top_p`,
@@ -36,6 +39,7 @@ from assay.models.registry import (
     ModelRegistry,
     ModelSpec,
     load_model,
+    weights_fingerprint,
 )
 
 if TYPE_CHECKING:  # torch is imported only when a batch runs, so registering stays cheap
@@ -83,6 +87,8 @@ class LocalBackend:
         self.gather_s = gather_s
         self.threads = threads
         self.adapter_dirs: dict[str, Path] = {k: Path(v) for k, v in (adapters or {}).items()}
+        self._given_adapters = set(self.adapter_dirs)  # the rest come from the registry
+        self._base_fingerprint: str | None = None
         self._lora: Any = None  # multi_lora.MultiLora, created with the first adapter
         self._model: Any = None
         self._tokenizer: Any = None
@@ -134,12 +140,22 @@ class LocalBackend:
             adapter, base = name, self.name
         if base != self.name:
             raise ValueError(f"model {model!r} is not served by the backend of {self.name!r}")
-        if adapter not in self.adapter_dirs:
+        if adapter not in self._given_adapters:
+            self.registry = self.registry.refreshed()  # a trainer may have re-registered it
             full = f"{self.name}{ADAPTER_SEPARATOR}{adapter}"
             if full not in self.registry.adapters:
                 raise ValueError(f"unknown adapter {adapter!r} for {self.name!r}")
             self.adapter_dirs[adapter] = Path(self.registry.adapters[full])
         return adapter
+
+    def weights_id(self, model: str) -> str:
+        """A fingerprint of the base model's files (+ the adapter's): in the cache key."""
+        if self._base_fingerprint is None:
+            self._base_fingerprint = weights_fingerprint(self.spec.source)
+        adapter = self.adapter_of(model)
+        if adapter is None:
+            return self._base_fingerprint
+        return f"{self._base_fingerprint}+{weights_fingerprint(self.adapter_dirs[adapter])}"
 
     def load(self) -> None:
         """Load the base model now (otherwise the first batch does it)."""
@@ -276,14 +292,18 @@ class LocalBackend:
             self._tokenizer = tokenizer
             self._model = model
 
-    def _ensure_adapter(self, adapter: str) -> None:
-        if self._lora is not None and adapter in self._lora:
-            return
+    def _ensure_adapter(self, adapter: str) -> str:
+        """Load the adapter's current files once; return their name, `<adapter>@<fp>`."""
+        directory = self.adapter_dirs[adapter]
+        loaded = f"{adapter}@{weights_fingerprint(directory)}"
+        if self._lora is not None and loaded in self._lora:
+            return loaded
         from assay.models.multi_lora import MultiLora
 
         if self._lora is None:
             self._lora = MultiLora(self._model)
-        self._lora.load(adapter, self.adapter_dirs[adapter])
+        self._lora.load(loaded, directory)
+        return loaded
 
     def _grammar_compiler(self) -> Any:
         if self._grammars is None:
@@ -299,7 +319,7 @@ class LocalBackend:
         params = request.params
         adapter = self.adapter_of(request.model)
         if adapter is not None:
-            self._ensure_adapter(adapter)
+            adapter = self._ensure_adapter(adapter)
         tools = list(request.tools) if request.tools else None
         # continue_final_message: the model continues a final assistant message (budget.py)
         messages, prefill = split_prefill(list(request.messages), params)
