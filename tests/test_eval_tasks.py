@@ -139,6 +139,10 @@ def test_evaluate_side_by_side_stored_and_cli(tiny, tmp_path):
     assert shown.exit_code == 0 and "| arithmetic (full) | 2 |" in shown.output
     with RunStore(ws) as store:
         run_id = store.runs()[-1]["run_id"]
+    summary = runner.invoke(app, ["show", run_id, "--workspace", ws])
+    assert summary.exit_code == 0, summary.output
+    assert "training: sft on tiny" in summary.output
+    assert "registered as: tiny+cli" in summary.output
     report = write_report(tmp_path / "rep", "t", results, [run_id], {"tiny": "base"}, ws)
     text = report.read_text()
     assert "base: tiny" in text and "![loss curve](loss.png)" in text

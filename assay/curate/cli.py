@@ -132,6 +132,8 @@ def show(
         )
         if info["error"]:
             console.print(f"[red]error:[/] {escape(str(info['error']))}")
+        for line in _plugin_summaries(store, run_id):
+            console.print(escape(line))
         console.print(funnel_table(store, run_id))
         usage = usage_line(store, run_id)
         if usage:
@@ -207,7 +209,8 @@ def serve(
 
 # Verbs that live beside the parts they drive (judges, trainers, viewer): each module defines
 # `register(app)` and keeps heavy imports (torch, trl) inside its commands, so `assay --help`
-# stays fast. A module that is not there (an optional part) adds no verbs.
+# stays fast; it may define `run_summary(store, run_id) -> list[str] | None` for `assay show`.
+# A module that is not there (an optional part) adds no verbs.
 COMMAND_MODULES = ("assay.judges.cli", "assay.train.cli", "assay.viewer.cli", "assay.datasets.cli")
 
 
@@ -222,6 +225,16 @@ def _register_plugins() -> None:
 
 
 _register_plugins()
+
+
+def _plugin_summaries(store: RunStore, run_id: str) -> list[str]:
+    """Lines a plug-in adds to `assay show` (e.g. a training run's rows, loss, adapter)."""
+    lines: list[str] = []
+    for name in COMMAND_MODULES:
+        summary = getattr(sys.modules.get(name), "run_summary", None)
+        if summary is not None:
+            lines += summary(store, run_id) or []
+    return lines
 
 
 def main() -> None:

@@ -232,3 +232,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
     app.command("eval")(eval_cmd)
     app.command("export")(export_cmd)
+
+
+def run_summary(store, run_id: str) -> list[str] | None:  # noqa: ANN001
+    """`assay show` lines for a training run (None for other runs)."""
+    from assay.train.store import training_summary
+
+    return training_summary(store, run_id)
