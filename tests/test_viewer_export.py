@@ -4,6 +4,7 @@ preparation with a tiny random model."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,35 @@ def test_exports_pass_trl_sft_and_dpo_data_preparation(marked, tmp_path) -> None
     labels = prepared[0]["labels"] if "labels" in prepared.column_names else None
     mask = prepared[0].get("completion_mask")
     assert (labels and labels[0] == -100) or (mask and mask[0] == 0 and any(mask))
+
+
+def test_exported_feedback_trains_with_assay_train_dpo_and_sft(marked, tmp_path) -> None:
+    """The export is what `assay train dpo` / `sft` take, unchanged (tiny model, one step)."""
+    from typer.testing import CliRunner
+
+    from assay.curate.cli import app
+
+    ws, _ = marked
+    export_feedback(ws, tmp_path / "fb")
+    env = {"ASSAY_MODEL_CACHE": str(tmp_path / "models")}
+    runner = CliRunner()
+    old = os.environ.get("ASSAY_MODEL_CACHE")
+    os.environ.update(env)
+    try:
+        from assay.models.registry import register_model
+
+        register_model("tiny-fb", build_tiny_model(tmp_path / "tiny"))
+        for method in ("dpo", "sft"):
+            done = runner.invoke(
+                app,
+                ["train", method, str(tmp_path / "fb" / method), "--model", "tiny-fb",
+                 "--name", f"fb-{method}", "--max-steps", "1", "--batch-size", "2",
+                 "--workspace", str(tmp_path / "train-ws")],
+            )  # fmt: skip
+            assert done.exit_code == 0, done.output
+            assert f"registered as local/tiny-fb+fb-{method}" in done.output
+    finally:
+        if old is None:
+            os.environ.pop("ASSAY_MODEL_CACHE", None)
+        else:
+            os.environ["ASSAY_MODEL_CACHE"] = old
