@@ -1,25 +1,29 @@
 """LLM throughput: assay's Generate vs Bespoke Curator against the same local fake server.
 
-    .venv/bin/python bench/llm_throughput.py            # both engines, both scenarios
-    .venv/bin/python bench/llm_throughput.py --only assay
+    .venv/bin/python bench/llm_throughput.py --reps 3 --kills 3   # every engine and scenario
+    .venv/bin/python bench/llm_throughput.py --only assay --scenario clean
 
-Engines: `assay` (Generate through litellm, the default transport), `assay-http`
-(Generate with transport="http": straight to the OpenAI-compatible server over aiohttp),
-`curator` (bespokelabs-curator's OpenAI online backend).
+Engines: `assay` (Generate with default settings: the direct transport for this
+OpenAI-compatible server), `assay-litellm` (transport="litellm"), `curator`
+(bespokelabs-curator's OpenAI online backend).
 
-Scenarios (server latency 200 ms +- 100 ms, uniform):
-- clean: 2,000 requests at 6,000 RPM, 64 concurrent.
-- faults: 1,000 requests at 6,000 RPM with 10% 429 (retry-after 1 s), 5% 500, 3% bodies
-  cut off mid-JSON, 1% hangs (both engines time a request out after 5 s).
+The server (tests/openai_server.py) enforces its per-minute quota over one-second windows,
+as OpenAI documents, with `x-ratelimit-*` headers on every response; latency 200 ms +- 100 ms.
+- clean: 2,000 requests, quota 6,000 RPM, client told 6,000 RPM, 100 concurrent.
+- overquota: 500 requests, quota 1,200 RPM, client told 1,500 RPM, 100 concurrent, with
+  10% 429 (retry-after 1 s), 5% 500, 3% bodies cut off mid-JSON, 1% hangs (every engine
+  times a request out after 5 s). "quota 429s" counts the 429s the quota provoked.
+- kill: 1,000 requests as in clean, the engine's process killed with SIGKILL 5 s in, then
+  run again on the same cache: "bought twice" is answers the server billed twice, next to
+  the requests in flight at the server when the kill came.
 
 Each engine runs in its own process (assay from .venv, Curator from
 bench/out/.venv-curator, installed with `pip install bespokelabs-curator`, not a dependency
 of assay) with a fresh cache; the server runs in a third process, so CPU seconds are the
 engine's alone. CPU is measured around the run itself (imports excluded, reported apart).
-The physical bound is max(requests / rate limit, requests x mean latency / concurrency);
-"of bound" is bound / wall (1.0 = as fast as physics allows). With faults, the bound also
-counts every retried try against the rate limit and one request timeout for the hangs
-("of bound with faults").
+The physical bound is max(requests / server quota, requests x mean latency / concurrency);
+"of bound" is bound / wall (1.0 = as fast as the server allows). In the kill scenario the
+wall time is the rerun's alone.
 """
 
 from __future__ import annotations
@@ -37,33 +41,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CURATOR_PY = ROOT / "bench" / "out" / ".venv-curator" / "bin" / "python"
-RPM = 6000
-CONCURRENCY = 64
+CONCURRENCY = 100
 LATENCY, JITTER = 0.2, 0.1
 TIMEOUT_S = 5
-# assay through litellm (the default transport), assay's direct OpenAI-compatible
-# transport, and the peer
-ENGINES = ["assay", "assay-http", "curator"]
+KILL_AFTER_S = 5.0
+ENGINES = ["assay", "assay-litellm", "curator"]
+FAULTS = "429=0.10,500=0.05,malformed=0.03,hang=0.01"
 SCENARIOS = {
-    "clean": {"n": 2000, "mix": ""},
-    "faults": {"n": 1000, "mix": "429=0.10,500=0.05,malformed=0.03,hang=0.01"},
+    "clean": {"n": 2000, "quota": 6000, "rpm": 6000, "mix": ""},
+    "overquota": {"n": 500, "quota": 1200, "rpm": 1500, "mix": FAULTS},
+    "kill": {"n": 1000, "quota": 6000, "rpm": 6000, "mix": ""},
 }
 
 
-def bound_s(n: int) -> float:
-    return max(n / (RPM / 60), n * LATENCY / CONCURRENCY)
-
-
-def fault_bound_s(attempts: int, hangs: int) -> float:
-    """With faults: every try the server saw had to pass the limiter, and a hung request
-    cannot finish before its timeout (plus one clean try after it)."""
-    return bound_s(attempts) + (TIMEOUT_S + LATENCY if hangs else 0.0)
+def bound_s(n: int, quota: float) -> float:
+    """The physical bound: the server's quota, or latency x requests / concurrency."""
+    return max(n / (quota / 60), n * LATENCY / CONCURRENCY)
 
 
 # --- engines (run in a child process; print one JSON line) ---------------------------
 
 
-def run_assay(base: str, n: int, workdir: str, transport: str = "litellm") -> dict:
+def run_assay(base: str, n: int, workdir: str, rpm: float, transport: str = "auto") -> dict:
     t_import = time.perf_counter()
     from assay.curate.llm import _litellm
     from assay.curate.pipeline import Pipeline
@@ -78,7 +77,7 @@ def run_assay(base: str, n: int, workdir: str, transport: str = "litellm") -> di
         model="openai/fake",
         api_base=base,
         prompt="{{ q }}",
-        rpm=RPM,
+        rpm=rpm,
         max_concurrency=CONCURRENCY,
         timeout_s=TIMEOUT_S,
         max_attempts=6,
@@ -96,7 +95,7 @@ def run_assay(base: str, n: int, workdir: str, transport: str = "litellm") -> di
     return {"wall_s": wall, "cpu_s": cpu, "rows": rows, "import_s": import_s}
 
 
-def run_curator(base: str, n: int, workdir: str) -> dict:
+def run_curator(base: str, n: int, workdir: str, rpm: float) -> dict:
     os.environ["CURATOR_CACHE_DIR"] = str(Path(workdir) / "curator-cache")
     os.environ.setdefault("TELEMETRY_ENABLED", "false")
     os.environ.setdefault("CURATOR_DISABLE_RICH_DISPLAY", "1")
@@ -125,7 +124,7 @@ def run_curator(base: str, n: int, workdir: str) -> dict:
         backend_params={
             "base_url": base,
             "api_key": "EMPTY",
-            "max_requests_per_minute": RPM,
+            "max_requests_per_minute": rpm,
             "max_tokens_per_minute": 10**9,
             "max_concurrent_requests": CONCURRENCY,
             "request_timeout": TIMEOUT_S,
@@ -145,7 +144,7 @@ def run_curator(base: str, n: int, workdir: str) -> dict:
 # --- driver -----------------------------------------------------------------------------
 
 
-def start_server(mix: str) -> tuple[subprocess.Popen, str]:
+def start_server(mix: str, quota: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -160,6 +159,8 @@ def start_server(mix: str) -> tuple[subprocess.Popen, str]:
             "1",
             "--seed",
             "7",
+            "--quota-rpm",
+            str(quota),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -169,38 +170,54 @@ def start_server(mix: str) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
+def child_args(engine: str, root: str, spec: dict, workdir: str) -> list[str]:
+    python = str(CURATOR_PY) if engine == "curator" else sys.executable
+    args = [python, __file__, "--child", engine, "--base", f"{root}/v1"]
+    return args + ["--n", str(spec["n"]), "--workdir", workdir, "--rpm", str(spec["rpm"])]
+
+
+def server_stats(root: str) -> dict:
+    with urllib.request.urlopen(f"{root}/stats") as response:
+        return json.loads(response.read())
+
+
 def run_engine(engine: str, scenario: str) -> dict:
     spec = SCENARIOS[scenario]
-    server, root = start_server(spec["mix"])
+    server, root = start_server(spec["mix"], spec["quota"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed: dict = {}
     try:
-        python = str(CURATOR_PY) if engine == "curator" else sys.executable
         with tempfile.TemporaryDirectory() as workdir:
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
-            args = [python, __file__, "--child", engine, "--base", f"{root}/v1"]
-            args += ["--n", str(spec["n"]), "--workdir", workdir]
+            args = child_args(engine, root, spec, workdir)
+            if scenario == "kill":
+                proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+                time.sleep(KILL_AFTER_S)
+                before = server_stats(root)
+                proc.kill()
+                proc.wait()
+                killed = {"in_flight_at_kill": before["in_flight"]}
+                killed["billed_at_kill"] = server_stats(root)["total_billed"]
             out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
         if out.returncode != 0:
             return {"engine": engine, "scenario": scenario, "error": out.stderr[-2000:]}
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        with urllib.request.urlopen(f"{root}/stats") as response:
-            stats = json.loads(response.read())
+        stats = server_stats(root)
     finally:
         server.terminate()
         server.wait()
     n = spec["n"]
     result.update(
+        killed,
         engine=engine,
         scenario=scenario,
         requests=n,
-        bound_s=bound_s(n),
-        of_bound=bound_s(n) / result["wall_s"],
-        fault_bound_s=fault_bound_s(stats["attempts"], stats["faults"].get("hang", 0)),
-        of_fault_bound=fault_bound_s(stats["attempts"], stats["faults"].get("hang", 0))
-        / result["wall_s"],
+        bound_s=bound_s(n, spec["quota"]),
+        of_bound=bound_s(n, spec["quota"]) / result["wall_s"],
         cpu_per_1k=result["cpu_s"] / n * 1000,
         attempts=stats["attempts"],
         billed=stats["total_billed"],
         rebilled=stats["rebilled"],
+        quota_429s=stats["quota_429s"],
         faults=stats["faults"],
     )
     return result
@@ -208,8 +225,8 @@ def run_engine(engine: str, scenario: str) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| scenario | engine | requests | rows done | wall s | bound s | of bound | "
-        "of bound with faults | CPU s / 1k req | attempts | re-billed | import s |",
+        "| scenario | engine | rep | rows done | wall s | bound s | of bound | "
+        "CPU s / 1k req | attempts | quota 429s | bought twice | in flight at kill |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -217,10 +234,10 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {r['scenario']} | {r['engine']} | failed: see below |" + " |" * 9)
             continue
         lines.append(
-            f"| {r['scenario']} | {r['engine']} | {r['requests']} | {r['rows']} | "
+            f"| {r['scenario']} | {r['engine']} | {r['rep']} | {r['rows']} | "
             f"{r['wall_s']:.2f} | {r['bound_s']:.2f} | {r['of_bound']:.3f} | "
-            f"{r['of_fault_bound']:.3f} | "
-            f"{r['cpu_per_1k']:.2f} | {r['attempts']} | {r['rebilled']} | {r['import_s']:.1f} |"
+            f"{r['cpu_per_1k']:.2f} | {r['attempts']} | {r['quota_429s']} | "
+            f"{r['rebilled']} | {r.get('in_flight_at_kill', '')} |"
         )
     return "\n".join(lines)
 
@@ -231,29 +248,35 @@ def main() -> None:
     parser.add_argument("--base")
     parser.add_argument("--n", type=int)
     parser.add_argument("--workdir")
+    parser.add_argument("--rpm", type=float)
+    parser.add_argument("--reps", type=int, default=1, help="repetitions of clean/overquota")
+    parser.add_argument("--kills", type=int, default=1, help="repetitions of kill")
     parser.add_argument("--only", choices=ENGINES)
     parser.add_argument("--scenario", choices=list(SCENARIOS))
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "llm.json")
     args = parser.parse_args()
     if args.child:
         if args.child == "curator":
-            result = run_curator(args.base, args.n, args.workdir)
+            result = run_curator(args.base, args.n, args.workdir, args.rpm)
         else:
-            transport = "http" if args.child == "assay-http" else "litellm"
-            result = run_assay(args.base, args.n, args.workdir, transport)
+            transport = "litellm" if args.child == "assay-litellm" else "auto"
+            result = run_assay(args.base, args.n, args.workdir, args.rpm, transport)
         print(json.dumps(result))
         return
     engines = [args.only] if args.only else ENGINES
     scenarios = [args.scenario] if args.scenario else list(SCENARIOS)
     results = []
     for scenario in scenarios:
-        for engine in engines:
-            if engine == "curator" and not CURATOR_PY.exists():
-                results.append({"engine": engine, "scenario": scenario, "error": "not installed"})
-                continue
-            r = run_engine(engine, scenario)
-            print(json.dumps(r), flush=True)
-            results.append(r)
+        # engines alternate within each repetition, so load on the shared machine hits all
+        for rep in range(args.kills if scenario == "kill" else args.reps):
+            for engine in engines:
+                if engine == "curator" and not CURATOR_PY.exists():
+                    results.append({"engine": engine, "scenario": scenario, "error": "missing"})
+                    continue
+                r = run_engine(engine, scenario)
+                r["rep"] = rep + 1
+                print(json.dumps(r), flush=True)
+                results.append(r)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     print(table(results))

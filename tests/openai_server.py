@@ -158,6 +158,7 @@ class FakeOpenAI:
             "attempts": sum(self.attempts.values()),
             "faults": dict(self.faults),
             "quota_429s": self.quota_429s,
+            "in_flight": self.in_flight,
         }
 
     # --- handlers ---------------------------------------------------------------------

@@ -319,7 +319,7 @@ class LLMClient:
                 limiter.settle(held, est_in, est_out, n_in, n_out)
             else:  # no usage reported: keep the reservation rather than refund it all
                 limiter.settle(held, est_in, est_out, None, None)
-            limiter.observe_headers(response.headers)
+            limiter.observe_headers(response.headers, response.latency_s)
             return response
 
         try:

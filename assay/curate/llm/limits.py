@@ -57,6 +57,9 @@ class RateLimits:
 # arrive closer together than that (network and scheduling jitter), and a server counting
 # per fixed window would then see one too many
 _MARGIN_S = 0.015
+# aligned to a server's fixed windows: start sending this long after its boundary, stop
+# this long before the next (a request sent late in a window must not land in the next)
+_AFTER_S, _BEFORE_S = 0.02, 0.05
 
 
 class WindowBucket:
@@ -64,12 +67,62 @@ class WindowBucket:
 
     A take larger than the capacity waits for an empty window, then passes (so requests
     bigger than one window's quota still go through, one at a time).
+
+    Once the server's reset headers reveal where its fixed windows start (`align`), takes
+    count against the server's window instead: they expire together at its next start,
+    and nothing is sent in the last `_BEFORE_S` of a window. Scheduling jitter on the
+    client (tens of ms on a loaded machine) then cannot move a request into a window that
+    was already full, which a sliding window with a small margin cannot promise.
     """
 
     def __init__(self, rate_per_min: float, window_s: float) -> None:
         self.log: deque[list[float]] = deque()  # [time, amount]; time -1 once expired
         self.used = 0.0
+        # a server window boundary (monotonic time), learnt from reset headers: `boundary`
+        # is never before the real one, `early` never after (see `align`)
+        self.boundary: float | None = None
+        self.early: float | None = None
+        self._disagreements = 0
         self.set_rate(rate_per_min, window_s)
+
+    def align(self, reset_s: float, now: float, latency_s: float) -> None:
+        """An answer sent `latency_s` ago says the server's window resets in `reset_s`.
+
+        The server counted it somewhere between our send and our receipt, so the boundary
+        lies between `now - latency_s + reset_s` and `now + reset_s`: sending starts after
+        the latest bound and stops before the earliest one, whichever moment a server
+        computes its headers at. Over many answers both bounds tighten.
+        """
+        if self._disagreements > 3 or not 0 < reset_s <= self.window:
+            return
+        late, early = now + reset_s, now - latency_s + reset_s
+        if self.boundary is None or self.early is None:
+            self.boundary, self.early = late, early
+            return
+        half = self.window / 2
+        shift = (late - self.boundary + half) % self.window - half
+        if abs(shift) > 0.3:
+            # not fixed windows (a token-bucket server's reset): slide instead
+            self._disagreements += 1
+            if self._disagreements > 3:
+                self.boundary = self.early = None
+            return
+        self.boundary += min(0.0, shift)
+        shift = (early - self.early + half) % self.window - half
+        self.early += max(0.0, shift)
+
+    def _spread(self) -> float:
+        assert self.boundary is not None and self.early is not None
+        half = self.window / 2
+        # at most half a window: a wider spread would leave no time to send in
+        return min(
+            half - _BEFORE_S, max(0.0, (self.boundary - self.early + half) % self.window - half)
+        )
+
+    def _next_start(self, now: float) -> float:
+        assert self.boundary is not None
+        start = self.boundary + _AFTER_S
+        return start + ((now - start) // self.window + 1) * self.window
 
     def set_rate(self, rate_per_min: float, window_s: float) -> None:
         self.rate = rate_per_min / 60.0  # per second
@@ -94,6 +147,10 @@ class WindowBucket:
 
     def wait_time(self, amount: float, now: float, scale: float = 1.0) -> float:
         """Seconds until `amount` fits (0 if it fits now); `scale` shrinks the capacity."""
+        if self.boundary is not None:
+            until = self._next_start(now) - now
+            if until < _BEFORE_S + _AFTER_S + self._spread():
+                return until  # the end of the server's window: wait for the next
         self.expire(now)
         capacity = max(1.0, self.capacity * scale)
         excess = self.used + min(amount, capacity) - capacity
@@ -106,8 +163,14 @@ class WindowBucket:
                 return max(1e-3, stamp + self.window + _MARGIN_S - now)
         return self.window
 
+    def _stamp(self, now: float) -> float:
+        """When a take at `now` stops counting, less the window (expire's convention)."""
+        if self.boundary is None:
+            return now
+        return self._next_start(now) - self.window - _MARGIN_S
+
     def take(self, amount: float, now: float) -> list[float]:
-        entry = [now, amount]
+        entry = [self._stamp(now), amount]
         self.log.append(entry)
         self.used += amount
         return entry
@@ -121,7 +184,11 @@ class WindowBucket:
     def hold(self, amount: float, until_s: float, now: float) -> None:
         """Count `amount` as taken until `until_s` seconds from now (a server's window)."""
         if amount > 0:
-            stamp = now - self.window + min(until_s, self.window)
+            stamp = (
+                self._stamp(now)
+                if self.boundary is not None
+                else now - self.window + min(until_s, self.window)
+            )
             entry = [stamp, amount]
             # keep the log ordered by time: the entry expires when the server's window does
             index = len(self.log)
@@ -271,8 +338,9 @@ class Limiter:
 
     # --- what the server says ---------------------------------------------------------
 
-    def observe_headers(self, headers: dict[str, str]) -> None:
-        """Lower each limit to the provider's; hold buckets to what remains until reset."""
+    def observe_headers(self, headers: dict[str, str], latency_s: float | None = None) -> None:
+        """Lower each limit to the provider's; hold buckets to what remains until reset;
+        with the answer's `latency_s`, align to the server's windows (WindowBucket)."""
         if not headers:
             return
         with self._state:
@@ -286,10 +354,12 @@ class Limiter:
                 bucket = self.buckets.get(kind)
                 if remaining is None or bucket is None:
                     continue
+                reset = first_duration(headers, reset_names)
+                if reset is not None and latency_s is not None:
+                    bucket.align(reset, now, latency_s)
                 bucket.expire(now)
                 extra = bucket.capacity - bucket.used - max(0.0, remaining)
                 if extra > 0:
-                    reset = first_duration(headers, reset_names)
                     bucket.hold(extra, bucket.window if reset is None else reset, now)
 
     def rate_limited(self, retry_after_s: float | None) -> None:
