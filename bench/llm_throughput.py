@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -181,7 +182,7 @@ def server_stats(root: str) -> dict:
         return json.loads(response.read())
 
 
-def run_engine(engine: str, scenario: str) -> dict:
+def run_engine(engine: str, scenario: str, rep: int = 0) -> dict:
     spec = SCENARIOS[scenario]
     server, root = start_server(spec["mix"], spec["quota"])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -191,7 +192,9 @@ def run_engine(engine: str, scenario: str) -> dict:
             args = child_args(engine, root, spec, workdir)
             if scenario == "kill":
                 proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
-                time.sleep(KILL_AFTER_S)
+                # 5 s plus a random part of a second, so kills land anywhere in the
+                # engines' one-second send cycles (seeded: the same moments for every engine)
+                time.sleep(KILL_AFTER_S + random.Random(rep).uniform(0, 1))
                 before = server_stats(root)
                 proc.kill()
                 proc.wait()
@@ -273,7 +276,7 @@ def main() -> None:
                 if engine == "curator" and not CURATOR_PY.exists():
                     results.append({"engine": engine, "scenario": scenario, "error": "missing"})
                     continue
-                r = run_engine(engine, scenario)
+                r = run_engine(engine, scenario, rep)
                 r["rep"] = rep + 1
                 print(json.dumps(r), flush=True)
                 results.append(r)
