@@ -57,16 +57,37 @@ EXAMPLES = (
         "SELECT COUNT(*) FROM race_results WHERE driver_name = 'Diego Alvarez' AND season = 2019 "
         "AND statusId = 3;",
     ),
+    (
+        "How many times did Mia Larsen start from pole position in 2020?",
+        "SELECT COUNT(*) FROM race_results WHERE driver_name = 'Mia Larsen' AND season = 2020 "
+        "AND grid = 1;",
+    ),
+    (
+        "How many points did Owen Gallagher score in 2018?",
+        "SELECT SUM(points) FROM race_results WHERE driver_name = 'Owen Gallagher' "
+        "AND season = 2018;",
+    ),
+    (
+        "Which constructor did Hana Sato drive for in 2022?",
+        "SELECT DISTINCT constructor FROM race_results WHERE driver_name = 'Hana Sato' "
+        "AND season = 2022;",
+    ),
 )
 
 SYSTEM = "You write one DuckDB SQL query that answers the question. Reply with the SQL only."
 
 
 def full_prompt(question: str) -> list[dict[str, str]]:
-    """The teacher's chat messages: handbook, schema, worked examples, then the question."""
-    shots = "\n\n".join(f"Question: {q}\nSQL: {sql}" for q, sql in EXAMPLES)
-    user = f"{HANDBOOK}\n{SCHEMA}\n\n{shots}\n\nQuestion: {question}\nSQL:"
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    """The teacher's chat messages: the handbook and schema as the system turn, the worked
+    examples as earlier user / assistant turns (a small chat model follows turns far better
+    than examples inlined in one message), then the question."""
+    messages = [{"role": "system", "content": f"{SYSTEM}\n\n{HANDBOOK}\n{SCHEMA}"}]
+    for q, sql in EXAMPLES:
+        messages += [
+            {"role": "user", "content": f"Question: {q}\nSQL:"},
+            {"role": "assistant", "content": sql},
+        ]
+    return [*messages, {"role": "user", "content": f"Question: {question}\nSQL:"}]
 
 
 def short_prompt(question: str) -> list[dict[str, str]]:

@@ -112,7 +112,13 @@ UNSEEN_TEMPLATES = (
 )
 
 # Instances the prompts' worked examples use: never in any split.
-EXAMPLE_INSTANCES = {("wins", "NOV", 2016), ("accidents", "ALV", 2019)}
+EXAMPLE_INSTANCES = {
+    ("wins", "NOV", 2016),
+    ("accidents", "ALV", 2019),
+    ("poles", "LAR", 2020),
+    ("points", "GAL", 2018),
+    ("team", "SAT", 2022),
+}
 HELDOUT_SHARE = 0.3
 
 
