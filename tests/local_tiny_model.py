@@ -7,6 +7,9 @@ code paths without the embedded model's load time.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CHATML = (
@@ -94,3 +97,21 @@ def build_lora_adapter(model_dir: Path, directory: Path, seed: int) -> Path:
     peft_model = get_peft_model(base, config)
     peft_model.save_pretrained(directory)
     return directory
+
+
+@contextmanager
+def registered_tiny_model(root: Path, alias: str = "tiny") -> Iterator[Path]:
+    """A tiny model registered as `alias` in a private model cache under `root` (the
+    environment's ASSAY_MODEL_CACHE is restored on exit)."""
+    from assay.models.registry import register_model
+
+    old = os.environ.get("ASSAY_MODEL_CACHE")
+    os.environ["ASSAY_MODEL_CACHE"] = str(root / "cache")
+    try:
+        register_model(alias, build_tiny_model(root / "model"))
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("ASSAY_MODEL_CACHE", None)
+        else:
+            os.environ["ASSAY_MODEL_CACHE"] = old

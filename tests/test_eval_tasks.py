@@ -3,11 +3,9 @@ evaluate an untrained adapter as if it were trained, the run-store records and t
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from local_tiny_model import build_tiny_model
+from local_tiny_model import registered_tiny_model
 from typer.testing import CliRunner
 
 from assay.train.runner import TrainingSignalError
@@ -16,17 +14,8 @@ from assay.train.tasks import arithmetic_rows, get_task
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    old = os.environ.get("ASSAY_MODEL_CACHE")
-    os.environ["ASSAY_MODEL_CACHE"] = str(root / "cache")
-    from assay.models.registry import register_model
-
-    register_model("tiny", build_tiny_model(root / "model"))
-    yield root
-    if old is None:
-        os.environ.pop("ASSAY_MODEL_CACHE", None)
-    else:
-        os.environ["ASSAY_MODEL_CACHE"] = old
+    with registered_tiny_model(tmp_path_factory.mktemp("eval")) as root:
+        yield root
 
 
 def test_arithmetic_task_splits_prompts_and_verifier():

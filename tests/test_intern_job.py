@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
-from local_tiny_model import build_tiny_model
+from local_tiny_model import registered_tiny_model
 from openai_server import FakeOpenAI
 
 from assay.curate.recipes import load_job
@@ -34,16 +33,8 @@ def teacher(body: dict) -> str:
 
 @pytest.fixture
 def tiny_student(tmp_path: Path):
-    old = os.environ.get("ASSAY_MODEL_CACHE")
-    os.environ["ASSAY_MODEL_CACHE"] = str(tmp_path / "models")
-    from assay.models.registry import register_model
-
-    register_model("tiny-intern", build_tiny_model(tmp_path / "tiny"))
-    yield "tiny-intern"
-    if old is None:
-        os.environ.pop("ASSAY_MODEL_CACHE", None)
-    else:
-        os.environ["ASSAY_MODEL_CACHE"] = old
+    with registered_tiny_model(tmp_path / "student", alias="tiny-intern"):
+        yield "tiny-intern"
 
 
 def test_intern_job_curates_trains_evaluates_and_reports(tmp_path: Path, tiny_student: str):

@@ -4,11 +4,10 @@ step rewarded by an assay verifier, on a tiny random model."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
-from local_tiny_model import build_tiny_model
+from local_tiny_model import registered_tiny_model
 
 from assay.judges.base import Verdict, Verifier
 from assay.train.runner import TrainingSignalError
@@ -16,17 +15,8 @@ from assay.train.runner import TrainingSignalError
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-rl")
-    old = os.environ.get("ASSAY_MODEL_CACHE")
-    os.environ["ASSAY_MODEL_CACHE"] = str(root / "cache")
-    from assay.models.registry import register_model
-
-    register_model("tiny", build_tiny_model(root / "model"))
-    yield root
-    if old is None:
-        os.environ.pop("ASSAY_MODEL_CACHE", None)
-    else:
-        os.environ["ASSAY_MODEL_CACHE"] = old
+    with registered_tiny_model(tmp_path_factory.mktemp("train-rl")) as root:
+        yield root
 
 
 def test_kd_loss_equals_hand_computed_kl():

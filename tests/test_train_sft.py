@@ -4,11 +4,10 @@ registration, the run store, resume, packing, and the no-trainable-token guard."
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
-from local_tiny_model import build_tiny_model
+from local_tiny_model import registered_tiny_model
 
 from assay.curate.store import RunStore
 from assay.train import data
@@ -17,17 +16,8 @@ from assay.train.runner import TrainingSignalError
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-sft")
-    old = os.environ.get("ASSAY_MODEL_CACHE")
-    os.environ["ASSAY_MODEL_CACHE"] = str(root / "cache")
-    from assay.models.registry import register_model
-
-    register_model("tiny", build_tiny_model(root / "model"))
-    yield root
-    if old is None:
-        os.environ.pop("ASSAY_MODEL_CACHE", None)
-    else:
-        os.environ["ASSAY_MODEL_CACHE"] = old
+    with registered_tiny_model(tmp_path_factory.mktemp("train-sft")) as root:
+        yield root
 
 
 def qa_rows(n: int) -> list[dict]:

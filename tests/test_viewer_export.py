@@ -4,14 +4,13 @@ preparation with a tiny random model."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import datasets
 import pytest
-from local_tiny_model import build_tiny_model
+from local_tiny_model import build_tiny_model, registered_tiny_model
 from test_viewer_fixtures import LEAKED, REPO, trace_run
 
 from assay.viewer.export import export_feedback
@@ -145,14 +144,8 @@ def test_exported_feedback_trains_with_assay_train_dpo_and_sft(marked, tmp_path)
 
     ws, _ = marked
     export_feedback(ws, tmp_path / "fb")
-    env = {"ASSAY_MODEL_CACHE": str(tmp_path / "models")}
     runner = CliRunner()
-    old = os.environ.get("ASSAY_MODEL_CACHE")
-    os.environ.update(env)
-    try:
-        from assay.models.registry import register_model
-
-        register_model("tiny-fb", build_tiny_model(tmp_path / "tiny"))
+    with registered_tiny_model(tmp_path / "student", alias="tiny-fb"):
         for method in ("dpo", "sft"):
             done = runner.invoke(
                 app,
@@ -162,8 +155,3 @@ def test_exported_feedback_trains_with_assay_train_dpo_and_sft(marked, tmp_path)
             )  # fmt: skip
             assert done.exit_code == 0, done.output
             assert f"registered as local/tiny-fb+fb-{method}" in done.output
-    finally:
-        if old is None:
-            os.environ.pop("ASSAY_MODEL_CACHE", None)
-        else:
-            os.environ["ASSAY_MODEL_CACHE"] = old
