@@ -159,3 +159,23 @@ def test_misses_go_to_the_rejects_and_reward_scores(database: str) -> None:
         gold_sql=["SELECT COUNT(*) FROM people", "SELECT 4"],
     )
     assert scores == [1.0, 0.0]
+
+
+def test_batches_in_worker_threads_get_their_own_connection(database: str, tmp_path) -> None:
+    import threading
+
+    from assay.curate.executors.local import LocalExecutor
+    from assay.curate.pipeline import Pipeline
+
+    verifier = SqlExecutionVerifier(database=database, column="sql", drop_incorrect=False)
+    seen: list[object] = []
+    worker = threading.Thread(target=lambda: seen.append(verifier.connection(database)))
+    worker.start()
+    worker.join()
+    assert seen[0] is not verifier.connection(database)  # never shared between threads
+
+    rows = [{"id": str(i), "sql": f"SELECT {i}", "gold_sql": f"SELECT {i}"} for i in range(40)]
+    out = Pipeline([verifier]).run(
+        rows, workspace=tmp_path / "ws", progress="quiet", executor=LocalExecutor(4, cpu_workers=2)
+    )
+    assert out.to_arrow()["correct"].to_pylist() == [True] * 40

@@ -274,7 +274,11 @@ class SqlExecutionVerifier(Verifier):
     row_limit: int = 10_000
     rel_tol: float = 1e-6
 
-    _connections: dict[str, duckdb.DuckDBPyConnection] = PrivateAttr(default_factory=dict)
+    # one connection per (database, thread): the executor runs batches in worker threads, and
+    # a DuckDB connection must not run two queries at once
+    _connections: dict[tuple[str, int], duckdb.DuckDBPyConnection] = PrivateAttr(
+        default_factory=dict
+    )
     _gold_cache: dict[tuple[str, str], QueryResult] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any) -> None:
@@ -285,9 +289,10 @@ class SqlExecutionVerifier(Verifier):
         return [self.database_column] if self.database_column else []
 
     def connection(self, database: str) -> duckdb.DuckDBPyConnection:
-        con = self._connections.get(database)
+        key = (database, threading.get_ident())
+        con = self._connections.get(key)
         if con is None:
-            con = self._connections[database] = open_read_only(database)
+            con = self._connections[key] = open_read_only(database)
         return con
 
     def check(self, candidate: Any, gold: Any, row: dict[str, Any]) -> Verdict:
