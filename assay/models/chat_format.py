@@ -13,6 +13,8 @@ import json
 import re
 from typing import Any
 
+from assay.curate.llm.types import ChatResponse
+
 TOOL_SYSTEM_PROMPT = (
     "You are an expert in composing functions. You are given a question and a set of possible "
     "functions. Based on the question, you will need to make one or more function/tool calls "
@@ -150,3 +152,46 @@ def tool_call_schema(
     if not parallel:
         schema["maxItems"] = 1
     return schema
+
+
+def chat_response(
+    text: str,
+    finish_reason: str,
+    parse_tools: bool,
+    input_tokens: int,
+    output_tokens: int,
+    latency_s: float,
+) -> ChatResponse:
+    """A local generation as a `ChatResponse`: with `parse_tools` (the request offered tools),
+    `<tool_call>` blocks become OpenAI `tool_calls` and the finish reason `"tool_calls"`."""
+    answer: str | None = text
+    tool_calls = None
+    if parse_tools:
+        answer, tool_calls = parse_tool_calls(text)
+        if tool_calls:
+            finish_reason = "tool_calls"
+    return ChatResponse(
+        text=answer,
+        tool_calls=tool_calls,
+        finish_reason=finish_reason,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        latency_s=latency_s,
+    )
+
+
+def decoding_format(request: Any) -> dict[str, Any] | None:
+    """The format decoding must follow for a `ChatRequest`: its `response_format` (none for
+    `{"type": "text"}`), else, when it offers tools, the tool-call schema (`tool_choice`
+    "required" or a named function makes the answer a tool call)."""
+    response_format = request.response_format
+    if response_format and response_format.get("type") == "text":
+        response_format = None
+    if request.tools and not response_format:
+        params = request.params
+        response_format = tool_call_schema(
+            list(request.tools),
+            params.get("tool_choice"),
+            params.get("parallel_tool_calls") is not False,
+        )
+    return response_format

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from assay.curate.llm.types import ChatRequest, ChatResponse, InvalidRequestError, sample_seed
 from assay.models.budget import split_prefill
-from assay.models.chat_format import parse_tool_calls, render_prompt, tool_call_schema
+from assay.models.chat_format import chat_response, decoding_format, render_prompt
 from assay.models.registry import (
     ADAPTER_SEPARATOR,
     ModelRegistry,
@@ -330,14 +330,7 @@ class LocalBackend:
         seed = params.get("seed")
         if seed is not None:
             seed = sample_seed(int(seed), request.sample_index)
-        response_format = request.response_format
-        if response_format and response_format.get("type") == "text":
-            response_format = None
-        if tools and not response_format:
-            # tool_choice "required" or a named function: the answer must be a tool call
-            response_format = tool_call_schema(
-                tools, params.get("tool_choice"), params.get("parallel_tool_calls") is not False
-            )
+        response_format = decoding_format(request)
         grammar = None
         if response_format:
             compiler = self._grammar_compiler()
@@ -365,20 +358,13 @@ class LocalBackend:
     def _response(
         self, job: _Job, result: GenerationResult, prompt_len: int, finished: float
     ) -> ChatResponse:
-        text: str | None = result.text
-        tool_calls = None
-        finish = result.finish_reason
-        if job.request.tools:
-            text, tool_calls = parse_tool_calls(result.text)
-            if tool_calls:
-                finish = "tool_calls"
-        return ChatResponse(
-            text=text,
-            tool_calls=tool_calls,
-            finish_reason=finish,
-            input_tokens=prompt_len,
-            output_tokens=len(result.token_ids),
-            latency_s=finished - job.queued_at,
+        return chat_response(
+            result.text,
+            result.finish_reason,
+            bool(job.request.tools),
+            prompt_len,
+            len(result.token_ids),
+            finished - job.queued_at,
         )
 
 

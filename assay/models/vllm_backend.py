@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from assay.curate.llm.types import ChatRequest, ChatResponse, sample_seed
-from assay.models.chat_format import render_prompt, tool_call_schema
+from assay.models.chat_format import chat_response, decoding_format, render_prompt
 from assay.models.constrained import harden_schema, schema_of
 from assay.models.local_backend import DEFAULT_MAX_TOKENS, LocalBackend, _Job
 from assay.models.registry import materialize
@@ -95,12 +95,8 @@ class VllmBackend(LocalBackend):
             kwargs["top_k"] = int(p["top_k"])
         if p.get("seed") is not None:
             kwargs["seed"] = sample_seed(int(p["seed"]), request.sample_index)
-        response_format = request.response_format
-        if tools and not response_format:
-            response_format = tool_call_schema(
-                tools, p.get("tool_choice"), p.get("parallel_tool_calls") is not False
-            )
-        if response_format and response_format.get("type") != "text":
+        response_format = decoding_format(request)
+        if response_format:
             kwargs.update(_structured(schema_of(response_format)))
         adapter = self.adapter_of(request.model)
         lora = None
@@ -112,23 +108,14 @@ class VllmBackend(LocalBackend):
         return prompt, SamplingParams(**kwargs), lora
 
     def _vllm_response(self, job: _Job, output: Any, finished: float) -> ChatResponse:
-        from assay.models.chat_format import parse_tool_calls
-
         choice = output.outputs[0]
-        text: str | None = choice.text
-        tool_calls = None
-        finish = choice.finish_reason or "stop"
-        if job.request.tools:
-            text, tool_calls = parse_tool_calls(choice.text)
-            if tool_calls:
-                finish = "tool_calls"
-        return ChatResponse(
-            text=text,
-            tool_calls=tool_calls,
-            finish_reason=finish,
-            input_tokens=len(output.prompt_token_ids or []),
-            output_tokens=len(choice.token_ids),
-            latency_s=finished - job.queued_at,
+        return chat_response(
+            choice.text,
+            choice.finish_reason or "stop",
+            bool(job.request.tools),
+            len(output.prompt_token_ids or []),
+            len(choice.token_ids),
+            finished - job.queued_at,
         )
 
 
