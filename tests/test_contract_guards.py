@@ -33,12 +33,17 @@ def _failed_run(workspace: Path, tmp_path: Path, source, executor=None) -> tuple
 
 def test_a_stage_that_duplicates_a_row_is_refused(workspace: Path) -> None:
     with pytest.raises(StageError, match=r"row id '3'.*never be dropped silently"):
-        Pipeline([Duplicates()], batch_size=4).run(ROWS, workspace=workspace, progress="quiet")
+        # one batch at a time: the first batch's error is the one raised
+        Pipeline([Duplicates()]).run(
+            ROWS, workspace=workspace, progress="quiet", executor=LocalExecutor(4, cpu_workers=1)
+        )
 
 
 def test_a_creating_stage_that_drops_parents_is_refused(workspace: Path) -> None:
     with pytest.raises(StageError, match=r"HalfChildren.*row id '2'.*neither the parent"):
-        Pipeline([HalfChildren()], batch_size=4).run(ROWS, workspace=workspace, progress="quiet")
+        Pipeline([HalfChildren()]).run(
+            ROWS, workspace=workspace, progress="quiet", executor=LocalExecutor(4, cpu_workers=1)
+        )
 
 
 def test_a_created_row_that_is_its_own_parent_is_refused(workspace: Path) -> None:
