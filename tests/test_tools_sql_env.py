@@ -12,7 +12,7 @@ from transformers.utils import get_json_schema
 
 from assay.operators.tools.api import ToolSchemaError, tool_schema
 from assay.operators.tools.sql_demo import build_shop, demo_tasks
-from assay.operators.tools.sql_env import SqlEnvironment
+from assay.operators.tools.sql_env import SqlEnvironment, intern_tasks, resolve_database
 from assay.operators.tools.trl import as_trl_environment
 
 TASK = {
@@ -142,3 +142,30 @@ def test_the_trl_adapter_exposes_exactly_the_tools_and_the_reward(shop: str) -> 
     instance.reset(**TASK)
     assert instance.run_query("SELECT 0").splitlines()[-1] == "0"
     assert instance.get_reward() == 0.0
+
+
+def test_the_intern_database_is_a_named_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))  # default_database builds under it
+    monkeypatch.setenv("ASSAY_TOOLS_CACHE", str(tmp_path / "tools"))  # the shop's
+    tasks = intern_tasks("train", limit=5)
+    assert {t["database"] for t in tasks} == {"intern_sql"}
+    assert len({t["template"] for t in tasks}) == 5  # interleaved templates
+    env = SqlEnvironment(database="intern_sql")
+    assert Path(env.database) == tmp_path / "tasks" / "intern_sql-0.duckdb"
+    assert run(env, "list_tables").content == "race_results"
+    for task in tasks:
+        env.reset({k: v for k, v in task.items() if k != "database"})
+        (gold,) = env.gold.rows[0]
+        run(env, "describe_table", table="race_results")
+        run(env, "run_query", sql=task["gold_sql"])
+        env.end_turn(f"The answer is {gold}.")
+        assert env.score().correct, task["id"]
+    # a row naming the database overrides the environment's; the shop stays the default
+    shop_env = SqlEnvironment()
+    assert Path(shop_env.database).name.startswith("shop")
+    shop_env.reset(tasks[0])
+    assert shop_env.database == env.database
+    assert resolve_database("intern_sql:1").endswith("intern_sql-1.duckdb")
+    assert resolve_database("/data/x.duckdb") == "/data/x.duckdb"

@@ -12,7 +12,11 @@ An episode is scored by its final answer and by its discipline:
 - discipline: `list_tables` or `describe_table` was called before the first `run_query`.
 `reward = 0.7 * answer + 0.3 * discipline`; `correct` is the answer check.
 
-Task rows: `question` (string), `gold_sql` (string); `database` (a DuckDB path) overrides
+Databases: a DuckDB path, or a name from `DATABASES`: `shop` (the default: a seeded shop
+with unobvious column names, sql_demo.py) or `intern_sql` (the intern task's racing results,
+`assay.datasets.intern_sql.default_database()`; its questions: `intern_tasks()`).
+
+Task rows: `question` (string), `gold_sql` (string); `database` (a path or a name) overrides
 the environment's database for that row.
 """
 
@@ -38,6 +42,8 @@ from assay.judges.sql import (
 from assay.operators.tools.api import tool
 from assay.operators.tools.environment import EpisodeScore, ToolEnvironment
 
+DATABASES = ("shop", "intern_sql")
+
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 INSTRUCTIONS = (
     "Answer the question using the database tools. First call list_tables and describe_table "
@@ -46,8 +52,47 @@ INSTRUCTIONS = (
 )
 
 
+def resolve_database(database: str | Path | None) -> str:
+    """A DuckDB path for `database`: None or "shop" is the seeded shop, "intern_sql" the
+    intern task's database (seed 0; "intern_sql:<seed>" another seed), anything else a path."""
+    name = str(database) if database is not None else "shop"
+    if name == "shop":
+        from assay.operators.tools.sql_demo import demo_database
+
+        return str(demo_database())
+    base, _, seed = name.partition(":")
+    if base == "intern_sql" and (not seed or seed.isdigit()):
+        from assay.datasets.intern_sql import default_database
+
+        return str(default_database(int(seed or 0)))
+    return name
+
+
+def intern_tasks(
+    split: str = "train", limit: int | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Task rows over the `intern_sql` database: `id`, `question`, `gold_sql`, `template`,
+    `database` ("intern_sql" or "intern_sql:<seed>"), from the intern task's questions."""
+    from assay.datasets.intern_sql.questions import questions
+
+    database = "intern_sql" if seed == 0 else f"intern_sql:{seed}"
+    return [
+        {
+            "id": row["id"],
+            "question": row["question"],
+            "gold_sql": row["gold_sql"],
+            "template": row["template"],
+            "database": database,
+        }
+        for row in questions(split, limit=limit, seed=seed)
+    ]
+
+
 class SqlEnvironment(ToolEnvironment):
-    """A DuckDB database behind `list_tables`, `describe_table` and `run_query`."""
+    """A DuckDB database behind `list_tables`, `describe_table` and `run_query`.
+
+    `database`: a DuckDB path or a name, "shop" (default) or "intern_sql" (see
+    `resolve_database`)."""
 
     def __init__(
         self,
@@ -57,11 +102,7 @@ class SqlEnvironment(ToolEnvironment):
         shown_rows: int = 20,
     ) -> None:
         super().__init__()
-        if database is None:
-            from assay.operators.tools.sql_demo import demo_database
-
-            database = demo_database()
-        self.database = str(database)
+        self.database = resolve_database(database)
         self.timeout_s = timeout_s
         self.row_limit = row_limit
         self.shown_rows = shown_rows
@@ -84,7 +125,7 @@ class SqlEnvironment(ToolEnvironment):
     def reset(self, row: dict[str, Any]) -> str:
         super().__init__()
         if row.get("database"):
-            self.database = str(row["database"])
+            self.database = resolve_database(row["database"])
         self.question = str(row.get("question") or "")
         if not self.question:
             raise ValueError(f"task row {row.get('id')!r} has no question")
