@@ -19,7 +19,7 @@ from markupsafe import Markup
 
 from assay.viewer import feedback, runinfo
 from assay.viewer.charts import funnel_bars
-from assay.viewer.queries import OPS, ColumnFilter, ParquetTable, display
+from assay.viewer.queries import OPS, ColumnFilter, ParquetTable, display, warm
 from assay.viewer.redact import add_secret, redact, redact_value
 from assay.viewer.rows import interpret, pretty, trajectory
 from assay.viewer.security import AccessMiddleware
@@ -75,6 +75,9 @@ def create_app(
     """The viewer for one workspace. `token`: required from every client when set."""
     ws = Workspace(workspace)
     env = _environment()
+    for name in env.list_templates(extensions=["html"]):
+        env.get_template(name)  # compiled now, not on the first visit (~50 ms each)
+    warm()  # DuckDB opened now, not on the first dataset page
     add_secret(token)
     app = FastAPI(title="assay viewer", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(AccessMiddleware, token=token, loopback_only=loopback_only)

@@ -3,7 +3,10 @@
 The browser gets one page of rows; everything else stays in DuckDB. Rows keep the shards'
 order (DuckDB preserves insertion order for a scan with no ORDER BY), so page k is stable.
 Totals are counted once per (shards, filter) and kept, so paging through a filtered set
-costs one LIMIT/OFFSET scan per page.
+costs one LIMIT/OFFSET scan per page. A text search is answered from the dataset's search
+index (assay/viewer/search.py, built in the background from the first page) when the index
+holds every column the page needs, and from the Parquet shards otherwise: both give the
+same rows in the same order (`Page.via` says which answered).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from assay.viewer import search as search_index
 from assay.viewer.workspace import ViewerError
 
 NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
@@ -47,6 +51,7 @@ class Page:
     offset: int
     limit: int
     schema: dict[str, str] = field(default_factory=dict)
+    via: str = "parquet"  # or "index": the search index answered
 
     @property
     def has_next(self) -> bool:
@@ -90,6 +95,13 @@ def _cursor() -> duckdb.DuckDBPyConnection:
         return _DB.cursor()
 
 
+def warm() -> None:
+    """Open the process's DuckDB databases now (the first open costs ~50-200 ms), so the
+    first page a person opens does not pay for it."""
+    _cursor().close()
+    search_index.cursor().close()
+
+
 _TOTALS = _LRU(512)
 
 
@@ -112,6 +124,8 @@ class ParquetTable:
             return {}
         cached = _SCHEMAS.get(self.key)
         if cached is None:
+            self.count()  # reads every footer at once into the metadata cache: describe
+            # then reuses them (describing first reads them one by one: 2-3x slower)
             with self._connect() as con:
                 rows = con.execute(
                     f"describe select * from {self._from()}", {"files": self.files}
@@ -184,6 +198,13 @@ class ParquetTable:
                 raise ViewerError(f"cannot sort by unknown column {sort!r}")
             tie = ", id" if "id" in schema and sort != "id" else ""
             order = f" order by {quote(sort)} {'desc' if descending else 'asc'} nulls last{tie}"
+        index = search_index.index_for(self.key, self.files, schema, self.count())
+        if search and index is not None:
+            fast = self._indexed_page(
+                index, filters or [], search, cols, sort, descending, offset, limit, where, params
+            )
+            if fast is not None:
+                return fast
         total = self.count(where, params)
         offset = max(0, min(offset, max(total - 1, 0)))
         sql = (
@@ -195,6 +216,66 @@ class ParquetTable:
             names = [d[0] for d in cur.description]
             rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         return Page(cols, rows, total, offset, limit, schema)
+
+    def _indexed_page(
+        self,
+        index: search_index.SearchIndex,
+        filters: list[ColumnFilter],
+        search: str,
+        cols: list[str],
+        sort: str | None,
+        descending: bool,
+        offset: int,
+        limit: int,
+        where: str,
+        params: dict[str, Any],
+    ) -> Page | None:
+        """The page from the search index, or None where only the Parquet path can answer."""
+        schema = index.schema
+        needed = {f.column for f in filters} | set(cols) | ({sort, "id"} if sort else set())
+        if not (needed & set(schema)) <= index.columns:
+            return None
+        lowered = search_index.usable(search)
+        if lowered is None or not index.wait():
+            return None
+        clauses: list[str] = []
+        fast: dict[str, Any] = {}
+        for i, f in enumerate(filters):  # the Parquet path's clauses, on the same values
+            clauses.append(_clause(f, schema[f.column], f"v{i}", fast))
+        if index.text:
+            fast["q"] = lowered
+            clauses.append(f"contains({search_index.TEXT}, $q)")
+        else:
+            clauses.append("false")
+        fast_where = " where " + " and ".join(clauses)
+        order = f" order by {search_index.POS}"
+        if sort:
+            tie = ", id" if "id" in schema and sort != "id" else ""
+            way = "desc" if descending else "asc"
+            order = f" order by {quote(sort)} {way} nulls last{tie}, {search_index.POS}"
+        # the same key as the Parquet path's count: either path fills it for the other
+        key = (self.key, where, tuple(sorted(params.items())))
+        try:
+            with search_index.cursor() as con:
+                total = _TOTALS.get(key)
+                if total is None:
+                    sql = f"select count(*) from {index.name}{fast_where}"
+                    total = int(con.execute(sql, fast).fetchone()[0])
+                    _TOTALS.put(key, total)
+                offset = max(0, min(offset, max(total - 1, 0)))
+                # the page's positions first (a top-N over narrow columns), then its rows
+                pos = search_index.POS
+                cur = con.execute(
+                    f"select {', '.join(quote(c) for c in cols)} from {index.name} "
+                    f"where {pos} in (select {pos} from {index.name}{fast_where}{order} "
+                    f"limit {int(limit)} offset {int(offset)}){order}",
+                    fast,
+                )
+                names = [d[0] for d in cur.description]
+                rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        except duckdb.CatalogException:  # dropped (evicted) meanwhile
+            return None
+        return Page(cols, rows, total, offset, limit, dict(schema), via="index")
 
     def row(self, row_id: str) -> dict[str, Any] | None:
         schema = self.schema()
