@@ -4,7 +4,9 @@ Builds a workspace with one run whose output is N reasoning-trace rows (the trac
 plus verifier columns) in 10,000-row shards, serves it with `assay view` (a real uvicorn
 process) and times HTTP GETs of the pages a person clicks through: first page, a deep page,
 the last page, filters (cold, then the next page of the same filter), a text search, a sort
-and a row page. Each page: the first (cold) time and the median of 5 repeats.
+and a row page. Each page: the first (cold) time and the median of 5 repeats. Then a new
+server: its first dataset page and a search straight after it, while the search index is
+still being built (the worst case for a first search).
 
 Baselines measured in the same run, per page of a filter: pyarrow reading the shards into
 memory then filtering and slicing (what a notebook or a load-it-all viewer does), and a
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import socket
 import statistics
@@ -85,6 +88,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_up(client: httpx.Client) -> None:
+    for _ in range(100):
+        try:
+            client.get("/")
+            return
+        except httpx.TransportError:
+            time.sleep(0.3)
+
+
+def rss(pid: int) -> float:
+    """Resident memory of a process in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def timed(client: httpx.Client, url: str, params: list | None = None) -> float:
     start = time.perf_counter()
     r = client.get(url, params=params)
@@ -99,6 +119,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg())
     tmp = Path(tempfile.mkdtemp(prefix="assay-viewer-bench-"))
     ws = tmp / "ws"
     t0 = time.perf_counter()
@@ -110,12 +131,8 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=120) as client:
-            for _ in range(100):
-                try:
-                    client.get("/")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.3)
+            wait_up(client)
+            rss0 = rss(proc.pid)
             data = f"/runs/{run}/data"
             last = -(-args.rows // 50)
             wrong = [("col", "correct"), ("op", "is false"), ("val", "")]
@@ -132,6 +149,13 @@ def main() -> None:
                 ("same filter, page 5,000", data, [*wrong, ("page", "5000")]),
                 ("two filters (pass_rate, score)", data, two),
                 ("text search 'seven nine'", data, [("q", "seven nine")]),
+                ("same search, page 900", data, [("q", "seven nine"), ("page", "900")]),
+                ("text search 'q12345/' (4 rows)", data, [("q", "q12345/")]),
+                (
+                    "search + filter + sort",
+                    data,
+                    [*wrong, ("q", "eight two"), ("sort", "pass_rate")],
+                ),
                 (
                     "sort by pass_rate desc, page 3",
                     data,
@@ -144,17 +168,33 @@ def main() -> None:
                 cold = timed(client, url, params)
                 warm = statistics.median(timed(client, url, params) for _ in range(args.repeats))
                 results.append((name, cold, warm))
+        rss_mb = rss(proc.pid)
+        proc.terminate()
+        proc.wait(timeout=10)
+        # worst case: a search straight after a new server's first page (index still building)
+        proc = subprocess.Popen([assay, "view", "--workspace", str(ws), "--port", str(port)])
+        with httpx.Client(base_url=base, timeout=120) as client:
+            wait_up(client)
+            first = timed(client, data)
+            early = timed(client, data, [("q", "nine seven")])
+            results.append(("new server: dataset page 1", first, float("nan")))
+            results.append(("new server: search right after it", early, float("nan")))
         files = sorted(str(p) for p in (ws / "runs" / run / "output").glob("*.parquet"))
         base_rows = baselines(files)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    load = os.getloadavg()
+    print(
+        f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; at the start: {load0}"
+    )
+    print(f"server resident memory: {rss0:.0f} MB at start, {rss_mb:.0f} MB after the pages")
     print(
         f"| page ({args.rows:,} rows, {len(files)} shards) | first ms | median of {args.repeats} ms |"
     )
     print("|---|---:|---:|")
     for name, cold, warm in results:
-        print(f"| {name} | {cold:.0f} | {warm:.0f} |")
+        print(f"| {name} | {cold:.0f} | {'-' if warm != warm else f'{warm:.0f}'} |")
     print()
     print("| baseline: filter correct is false, page 2 (50 rows) | ms |")
     print("|---|---:|")

@@ -4,6 +4,7 @@ path (real Parquet shards, real DuckDB), and falls back where it could differ.""
 from __future__ import annotations
 
 import itertools
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -141,3 +142,26 @@ def test_evicted_index_falls_back_to_parquet(tables, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(queries, "_TOTALS", queries._LRU(8))
     a, b = fast.page([], "größe"), slow.page([], "größe")
     assert a.via == "parquet" and (a.total, a.rows) == (b.total, b.rows)
+
+
+def test_search_while_the_index_builds_takes_the_parquet_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = shards(tmp_path / "ws" / "runs" / "r1" / "output")
+    gate = threading.Event()
+    build = search.SearchIndex.build
+
+    def slow_build(self: search.SearchIndex) -> None:
+        gate.wait(30)
+        build(self)
+
+    monkeypatch.setattr(search.SearchIndex, "build", slow_build)
+    table = ParquetTable(files)
+    cols = ["id", "question", "notes"]
+    early = table.page([], "größe", 0, 10, cols)
+    assert early.via == "parquet" and early.total > 0
+    gate.set()
+    index = search.index_for(table.key, files, table.schema(), table.count(), start=False)
+    assert index is not None and index.wait(30)
+    late = table.page([], "größe", 0, 10, cols)
+    assert late.via == "index" and (late.total, late.rows) == (early.total, early.rows)

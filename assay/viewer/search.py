@@ -3,7 +3,8 @@
 A text search over Parquet reads every VARCHAR column of every row and runs one ILIKE per
 column (0.6 s for 1M rows idle, 2.4 s on the loaded bench machine). The index is built once
 per set of shards, in a background thread started by the dataset's first page, in a DuckDB
-database of its own (in memory, never in the workspace):
+database of its own (in memory, never in the workspace); a search made while it builds
+takes the Parquet path:
 
     __assay_pos   BIGINT   the row's position in shard order (file offset + file_row_number)
     __assay_text  VARCHAR  lower(concat_ws(chr(31), <every VARCHAR column>)): the haystack
@@ -37,7 +38,6 @@ TEXT = "__assay_text"
 SEP = "\x1f"
 MAX_INDEXES = 3
 MAX_ROWS = 5_000_000
-WAIT_S = 120.0
 NESTED = ("[]", "STRUCT(", "MAP(", "UNION(", "BLOB")
 
 _DB: duckdb.DuckDBPyConnection | None = None
@@ -107,7 +107,7 @@ class SearchIndex:
         finally:
             self.ready.set()
 
-    def wait(self, timeout: float = WAIT_S) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         return self.ready.wait(timeout) and self.error is None and not self.dropped
 
     def drop(self) -> None:
