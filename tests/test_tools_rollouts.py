@@ -248,3 +248,18 @@ def test_rollout_trajectories_pass_trl_sft_data_preparation(
     assert '<tool_call>{"name": "describe_table", "arguments": {"table": "customers"}}' in text
     assert "<|im_start|>tool\ncustomers\norders\nproducts" in text  # a tool result turn
     assert '"name": "run_query"' in text.split("</tools>")[0]  # the tools column
+
+
+def test_force_tools_requires_a_tool_call_for_the_first_calls_of_each_turn(
+    workspace: Path, shop: str
+) -> None:
+    with FakeOpenAI(responder=disciplined) as server:
+        result = Pipeline([rollouts(server, shop, force_tools=2)]).run(
+            [TASK], workspace=workspace, progress="quiet"
+        )
+        bodies = list(server.bodies)
+    assert [b.get("tool_choice") for b in bodies] == ["required", "required", None, None]
+    (row,) = result.to_arrow().to_pylist()
+    assert (row["correct"], row["finish"]) == (True, "answer")
+    with pytest.raises(ValueError, match="force_tools"):
+        ToolRollouts(model="openai/fake", environment="sql", force_tools=-1)

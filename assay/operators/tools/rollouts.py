@@ -106,7 +106,9 @@ class ToolRollouts(AsyncStage, UsesLLM):
     """Run `n` multi-turn tool episodes per task row in a tool environment and score them.
 
     `environment` is `sql` (SqlEnvironment), `bfcl` (BfclEnvironment) or `module:Class`;
-    `environment_kwargs` go to its constructor (e.g. `{database: shop.duckdb}`).
+    `environment_kwargs` go to its constructor (e.g. `{database: intern_sql}`).
+    `force_tools: k` sends the first k model calls after each user message with
+    `tool_choice: required` (a small model that never calls tools by itself is made to).
 
     Input columns: what the environment reads (sql: `question`, `gold_sql`; bfcl: `id`).
     Output columns: `id` (`<task id>/r<k>`), `parent_id` (the task id), `messages` (the
@@ -136,6 +138,10 @@ class ToolRollouts(AsyncStage, UsesLLM):
     max_tokens: int | None = 256
     seed: int | None = None
     generation_kwargs: dict[str, Any] = {}
+    # the first `force_tools` model calls after each user message are sent with
+    # tool_choice="required" (on the local backend: constrained decoding to a tool call);
+    # later calls use generation_kwargs' tool_choice (auto by default), so the model can answer
+    force_tools: int = 0
 
     creates_rows = True
     _env_cls: type[ToolEnvironment] | None = PrivateAttr(default=None)
@@ -143,6 +149,8 @@ class ToolRollouts(AsyncStage, UsesLLM):
     def model_post_init(self, context: Any) -> None:
         if self.n < 1 or self.max_turns < 1:
             raise ValueError("n and max_turns must be at least 1")
+        if self.force_tools < 0:
+            raise ValueError("force_tools must be 0 or more")
         self._env_cls = environment_class(self.environment)
 
     def params(self) -> dict[str, Any]:
@@ -170,13 +178,18 @@ class ToolRollouts(AsyncStage, UsesLLM):
         offered = env.tool_schemas()
         log: list[dict[str, Any]] = []
         finish, turns, error = "turn_limit", 0, None
+        calls_this_turn = 0  # model calls since the last user message
         while turns < self.max_turns:
             tools = env.tool_schemas()
             offered += [t for t in tools if t not in offered]
+            params = self.params()
+            if calls_this_turn < self.force_tools and tools:
+                params["tool_choice"] = "required"
+            calls_this_turn += 1
             request = ChatRequest(
                 model=self.model,
                 messages=request_messages(messages),
-                params=self.params(),
+                params=params,
                 tools=tuple(tools),
                 sample_index=k,
             )
@@ -222,6 +235,7 @@ class ToolRollouts(AsyncStage, UsesLLM):
                 finish = "answer"
                 break
             messages.append(message("user", follow_up))
+            calls_this_turn = 0
         score = env.score()
         episode = {
             "environment": self.environment,
