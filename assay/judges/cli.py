@@ -30,7 +30,13 @@ def register(app: typer.Typer) -> None:
     @app.command("judge-eval")
     def judge_eval(
         judge: Annotated[str, typer.Argument(help="GroundingJudge, distilled:<name>, length...")],
-        data: Annotated[str, typer.Option(help="halueval:<qa|dialogue|summarization> or a file")],
+        data: Annotated[
+            str,
+            typer.Option(
+                help="halueval:<qa|dialogue|summarization>, a labelled file, or the "
+                "step_labels/ folder of `assay feedback export` (human step labels)"
+            ),
+        ],
         split: Annotated[str, typer.Option(help="HaluEval split")] = "test",
         limit: Annotated[int | None, typer.Option(help="First N pairs (HaluEval) or rows")] = None,
         model: Annotated[str, typer.Option(help="Model of an LLM judge")] = "local/smollm2-135m",

@@ -7,6 +7,15 @@ Data: `halueval:<qa|dialogue|summarization>` (both answers of each pair, labelle
 JSONL / Parquet / CSV file with `context`, `response`, the label column (bool: grounded)
 and optionally `prompt`, `parent_id` (rows sharing a parent with one grounded and one
 ungrounded answer form a pair for the pairwise metric) and `id`.
+Or human step labels: the `step_labels/` folder (or a Parquet file of it) that `assay
+feedback export` writes (`id`, `run_id`, `row_id`, `question`, `step_index`,
+`previous_steps`, `step`, `correct`). Each labelled step is one row, labelled by `correct`
+(the label column is not used): `prompt` = the question, `context` = the question and the
+steps before it, `response` = the step, `parent_id` = its trace (so pairwise accuracy asks
+whether a trace's correct step scores above its wrong one). A step judge (`StepJudge`, any
+judge with a `steps_column`) judges each trace once, its steps rebuilt from the labels up to
+the last labelled step, and a step's score is the judge's step reward (1.0 before the first
+wrong step, 0.0 from it on); other judges score each step as a response to its context.
 Judges: a registered LLM judge (`GroundingJudge`, `RubricJudge`, ...; built with `model`
 and `params`), a trained distilled judge (`distilled:<name>` or its name), or a baseline
 (`length`, `overlap`). Scores are read as P(grounded): `score >= 0.5` predicts grounded;
@@ -28,6 +37,7 @@ from assay.judges.baselines import BASELINES
 from assay.judges.metrics import best_threshold, classification_metrics, pairwise_accuracy
 
 COLUMNS = {"context": "context", "prompt": "prompt", "response": "response"}
+STEP_LABELS = ("row_id", "step_index", "previous_steps", "step", "correct", "question")
 
 
 @dataclass
@@ -61,6 +71,10 @@ def load_rows(
         train = as_responses(load_halueval(subset, "train", 2000))  # type: ignore[arg-type]
         return rows, train, dataset_card(subset, split)  # type: ignore[arg-type]
     rows = read_table(Path(data))
+    if rows and all(c in rows[0] for c in STEP_LABELS):
+        steps = step_label_rows(rows)
+        card = f"Human step labels from `assay feedback export` ({data}): {len(steps)} steps."
+        return (steps[:limit] if limit else steps), None, card
     for i, row in enumerate(rows):
         for column in ("context", "response", label_column):
             if row.get(column) is None:
@@ -71,7 +85,83 @@ def load_rows(
     return (rows[:limit] if limit else rows), None, ""
 
 
+def step_label_rows(labels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows to evaluate from a step-label export: one per labelled step (see the module)."""
+    out = []
+    for i, label in enumerate(labels):
+        if label.get("correct") is None or label.get("step") is None:
+            raise AssayError(f"step label {i} (id {label.get('id')!r}) has no 'correct' or 'step'")
+        previous = [str(s) for s in label.get("previous_steps") or []]
+        question = str(label.get("question") or "")
+        out.append(
+            {
+                "id": str(label.get("id") or i),
+                "parent_id": f"{label.get('run_id')}/{label['row_id']}",
+                "prompt": question,
+                "context": "\n".join([question, *previous]),
+                "response": str(label["step"]),
+                "grounded": bool(label["correct"]),
+                "question": question,
+                "step_index": int(label["step_index"]),
+                "previous_steps": previous,
+            }
+        )
+    return out
+
+
+def _step_scores(
+    cls: Any, rows: list[dict[str, Any]], model: str, params: dict[str, Any] | None
+) -> tuple[list[float | None], float]:
+    """A step judge on the traces rebuilt from step-label rows: each step's reward."""
+    import pyarrow as pa
+
+    from assay.judges.llm_judge import run_sync
+
+    traces: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        trace = traces.setdefault(row["parent_id"], {"question": row["question"], "steps": {}})
+        for k, text in enumerate(row["previous_steps"]):
+            trace["steps"].setdefault(k, text)
+        trace["steps"][row["step_index"]] = row["response"]
+    ids = {parent: f"t{i}" for i, parent in enumerate(traces)}
+    table = pa.table(
+        {
+            "id": list(ids.values()),
+            "question": [t["question"] for t in traces.values()],
+            "steps": [
+                [
+                    {"step_id": f"{ids[p]}#{k}", "text": t["steps"].get(k, "")}
+                    for k in range(max(t["steps"]) + 1)
+                ]
+                for p, t in traces.items()
+            ],
+        }
+    )
+    stage = cls(
+        **{"model": model, "question_column": "question", **(params or {}), "steps_column": "steps"}
+    )
+    out = run_sync(stage.aprocess(table))
+    if not isinstance(out, pa.Table):
+        raise AssayError(f"{cls.__name__} with a threshold drops traces: evaluate it without one")
+    prefix = stage.output_column  # type: ignore[attr-defined]
+    rewards = dict(zip(out["id"].to_pylist(), out[f"{prefix}_rewards"].to_pylist(), strict=True))
+    cost = sum(c or 0.0 for c in out[f"{prefix}_cost"].to_pylist())
+    scores: list[float | None] = []
+    for row in rows:
+        got = rewards.get(ids[row["parent_id"]]) or []
+        k = row["step_index"]
+        scores.append(float(got[k]) if k < len(got) and got[k] is not None else None)
+    return scores, cost
+
+
 def read_table(path: Path) -> list[dict[str, Any]]:
+    if path.is_dir():  # an assay export folder (data/*.parquet) or a folder of shards
+        import pyarrow.parquet as pq
+
+        shards = sorted((path / "data").glob("*.parquet")) or sorted(path.glob("*.parquet"))
+        if not shards:
+            raise AssayError(f"{path}: no data/*.parquet or *.parquet in this folder")
+        return [r for shard in shards for r in pq.read_table(shard).to_pylist()]
     if not path.exists():
         raise AssayError(f"no data file {path}")
     if path.suffix == ".jsonl":
@@ -113,6 +203,9 @@ def score_with(
         known = ", ".join([*BASELINES, "distilled:<name>", *stages()])
         raise AssayError(f"unknown judge {judge!r}; use one of {known}")
     cls = get_stage(judge)
+    if "steps_column" in cls.model_fields and rows and "step_index" in rows[0]:
+        scores, cost = _step_scores(cls, rows, model, params)
+        return scores, time.monotonic() - started, cost
     kwargs: dict[str, Any] = {"model": model}
     for key in ("context_column", "response_column", "prompt_column"):
         if key in cls.model_fields:
