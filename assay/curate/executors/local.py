@@ -3,7 +3,8 @@
 The stage list is split into segments at every stage that `needs_fit` (a global pass, such
 as deduplication). Within a segment, batches stream through the stages and each finished
 batch is committed: its output written as a Parquet shard (temporary name, then an atomic
-rename), then its counts, rejects and lineage recorded in the run store in one transaction
+rename; a segment's output that only the next segment reads is written uncompressed, see
+`shards.py`), then its counts, rejects and lineage recorded in the run store in one transaction
 (shared by the batches that finish within `COMMIT_INTERVAL_S`).
 A segment's output is the next segment's input, so a fit stage reads a complete, durable
 input and memory stays bounded by the batches in flight.
@@ -13,7 +14,7 @@ redone from its input (its LLM requests come back from the request cache).
 
 Several batches are in flight at once: up to `max_batches_in_flight` when a segment waits on
 an LLM, up to `cpu_workers` (one per core by default) when it only computes. CPU stages run in
-worker threads (pyarrow and polars release the GIL), so a stage's `process` must not mutate
+the segment's worker threads, one per batch in flight (pyarrow and polars release the GIL), so a stage's `process` must not mutate
 state shared between batches. Shards are named by batch index, so output order does not depend
 on which batch finishes first, and memory stays bounded by the batches in flight.
 """
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import functools
 import os
 import time
 from collections.abc import Coroutine
@@ -30,11 +33,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from assay.curate.context import StageContext, current_stage
 from assay.curate.errors import AssayError, StageError
 from assay.curate.executors.checks import check_result, check_unchanged, fingerprint
+from assay.curate.executors.shards import fsync_dir, write_atomic
 from assay.curate.progress import Progress, QuietProgress
 from assay.curate.sources import ParquetSource, Source, read_batches
 from assay.curate.stage import ID, Outcome, Stage
@@ -115,6 +118,7 @@ class LocalExecutor:
                 runner = _SegmentRun(
                     self, segment, current, store, run_id, run_dir, out_dir, progress, no_cache
                 )
+                runner.scratch = not last
                 n_batches = run_coroutine(runner.run())
                 store.complete_segment(run_id, segment.index, n_batches)
             current = ParquetSource(out_dir)
@@ -146,11 +150,27 @@ class _SegmentRun:
         self.concurrent = any(s.is_async for s in segment.stages)
         self.in_flight = executor.max_batches_in_flight if self.concurrent else executor.cpu_workers
         self.threaded = self.concurrent or self.in_flight > 1
+        # one worker thread per batch in flight: stages and shard writes run there
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # a segment's output that the next segment reads, not the run's: see shards.py
+        self.scratch = False
         self.unsynced_dirs: set[Path] = set()
         self.finished: list[FinishedBatch] = []
         self.last_commit = time.monotonic()
 
     async def run(self) -> int:
+        if self.threaded:
+            self.pool = concurrent.futures.ThreadPoolExecutor(
+                self.in_flight, thread_name_prefix=f"assay-seg{self.segment.index}"
+            )
+        try:
+            return await self._run()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+                self.pool = None
+
+    async def _run(self) -> int:
         seg = self.segment
         for j, stage in enumerate(seg.stages):
             if stage.needs_fit:
@@ -220,7 +240,9 @@ class _SegmentRun:
                 )
             )
             self.progress.advance(index, rows_at_start, rows_in, table.num_rows, n_rejected)
-        await self._off_loop(self._write_shard, table, self.out_dir / f"part-{b:06d}.parquet")
+        await self._off_loop(
+            self._write_shard, table, self.out_dir / f"part-{b:06d}.parquet", self.scratch
+        )
         self.finished.append(
             FinishedBatch(
                 seg.index,
@@ -244,7 +266,7 @@ class _SegmentRun:
         if not self.finished:
             return
         for folder in sorted(self.unsynced_dirs):
-            _fsync_dir(folder)
+            fsync_dir(folder)
         self.unsynced_dirs.clear()
         self.store.commit_batches(self.run_id, self.finished)
         self.finished = []
@@ -264,12 +286,14 @@ class _SegmentRun:
 
     async def _off_loop(self, fn: Any, *args: Any) -> Any:
         """Call `fn` in a worker thread when batches overlap, else inline."""
-        if self.threaded:
-            return await asyncio.to_thread(fn, *args)
+        if self.pool is not None:
+            ctx = contextvars.copy_context()  # the stage context travels with the call
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, functools.partial(ctx.run, fn, *args))
         return fn(*args)
 
-    def _write_shard(self, table: pa.Table, path: Path) -> None:
-        _write_atomic(table, path)
+    def _write_shard(self, table: pa.Table, path: Path, scratch: bool = False) -> None:
+        write_atomic(table, path, scratch)
         self.unsynced_dirs.add(path.parent)
 
     def _write_rejects(self, index: int, stage: Stage, b: int, rejected: pa.Table) -> pa.Table:
@@ -328,23 +352,3 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="assay-run") as pool:
         return pool.submit(asyncio.run, coro).result()
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    """Write under a temporary name, fsync, rename: a reader never sees a partial shard."""
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
