@@ -4,8 +4,8 @@ The stage list is split into segments at every stage that `needs_fit` (a global 
 as deduplication). Within a segment, batches stream through the stages and each finished
 batch is committed: its output written as a Parquet shard (temporary name, then an atomic
 rename; a segment's output that only the next segment reads is written uncompressed, see
-`shards.py`), then its counts, rejects and lineage recorded in the run store in one transaction
-(shared by the batches that finish within `COMMIT_INTERVAL_S`).
+`shards.py`), then its counts, rejects and lineage recorded in the run store in one
+transaction (shared by the batches that finish within `COMMIT_INTERVAL_S`).
 A segment's output is the next segment's input, so a fit stage reads a complete, durable
 input and memory stays bounded by the batches in flight.
 
@@ -13,10 +13,11 @@ Resume skips every committed batch; a batch that was in flight when the process 
 redone from its input (its LLM requests come back from the request cache).
 
 Several batches are in flight at once: up to `max_batches_in_flight` when a segment waits on
-an LLM, up to `cpu_workers` (one per core by default) when it only computes. CPU stages run in
-the segment's worker threads, one per batch in flight (pyarrow and polars release the GIL), so a stage's `process` must not mutate
-state shared between batches. Shards are named by batch index, so output order does not depend
-on which batch finishes first, and memory stays bounded by the batches in flight.
+an LLM, up to `cpu_workers` (one per core by default) when it only computes. CPU stages run
+in the segment's worker threads, one per batch in flight (pyarrow and polars release the
+GIL), so a stage's `process` must not mutate state shared between batches. Shards are named
+by batch index, so output order does not depend on which batch finishes first, and memory
+stays bounded by the batches in flight.
 """
 
 from __future__ import annotations
