@@ -92,6 +92,8 @@ class SearchIndex:
                 text = ", ".join(quote(c) for c in self.text) or "''"
                 cols = ", ".join(quote(c) for c in self.schema if c in self.columns)
                 with cursor() as con:
+                    # one thread (this niced one) builds: pages keep the other core
+                    con.execute("set threads = 1")
                     offsets = file_offsets(con, self.files)
                     con.execute(
                         f"create table {self.name} as select "
@@ -100,6 +102,7 @@ class SearchIndex:
                         "from read_parquet($files, union_by_name = true, file_row_number = true)",
                         {"files": self.files, "offsets": offsets},
                     )
+                    con.execute("set threads = 2")
                     if self.dropped:
                         con.execute(f"drop table if exists {self.name}")
         except BaseException as exc:  # a failed build means the Parquet path, not an error
