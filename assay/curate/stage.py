@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -47,6 +47,24 @@ class Outcome:
     kept: pa.Table
     rejected: pa.Table
     reasons: pa.Array | str
+    # set by `split_by_mask`: the table that `kept` and `rejected` partition (by construction,
+    # so the executor need not compare ids; see executors/checks.py)
+    split_of: pa.Table | None = field(default=None, repr=False, compare=False)
+    _parts: tuple[pa.Table, pa.Table] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.split_of is not None:
+            self._parts = (self.kept, self.rejected)
+
+    def is_split_of(self) -> pa.Table | None:
+        """The table this outcome partitions, when `split_by_mask` made it unchanged."""
+        if self._parts is None or self._parts[0] is not self.kept:
+            return None
+        if self._parts[1] is not self.rejected:
+            return None
+        return self.split_of
 
     def reason_array(self) -> pa.Array:
         if isinstance(self.reasons, str):
@@ -168,7 +186,9 @@ def split_by_mask(stage: str, table: pa.Table, mask: Any, reasons: Any) -> pa.Ta
         return table
     if not isinstance(reasons, str):
         reasons = _as_array(reasons).filter(drop)
-    return Outcome(kept=table.filter(mask), rejected=table.filter(drop), reasons=reasons)
+    return Outcome(
+        kept=table.filter(mask), rejected=table.filter(drop), reasons=reasons, split_of=table
+    )
 
 
 def _as_array(values: Any) -> pa.Array:

@@ -46,6 +46,7 @@ def check_result(
     stage: Stage, table: pa.Table, result: object, b: int
 ) -> tuple[pa.Table, pa.Table | None, pa.Table | None]:
     """Validate a stage's result; return (kept, rejected with `_reason`, new lineage)."""
+    partition_of: pa.Table | None = None  # a table whose ids are the input's, partitioned
     if isinstance(result, Outcome):
         kept, rejected = result.kept, result.rejected
         reasons = result.reason_array()
@@ -54,8 +55,10 @@ def check_result(
                 stage.name,
                 f"batch {b}: {len(reasons)} reasons for {rejected.num_rows} rejected rows",
             )
+        partition_of = result.is_split_of()
     elif isinstance(result, pa.Table):
         kept, rejected, reasons = result, None, None
+        partition_of = kept
     else:
         raise StageError(
             stage.name,
@@ -66,6 +69,15 @@ def check_result(
         if part is not None and ID not in part.column_names:
             raise StageError(stage.name, f"batch {b}: its {what} lost the {ID!r} column", column=ID)
     in_ids = table[ID]
+    if (
+        not stage.creates_rows
+        and partition_of is not None
+        and ID in partition_of.column_names
+        and same_values(partition_of[ID], in_ids)
+    ):
+        # kept (and rejected) are the input's own rows, split by a mask: every input row is
+        # accounted for exactly once without comparing ids
+        return kept, _with_reasons(rejected, reasons), None
     rejected_ids = rejected[ID] if rejected is not None else pa.chunked_array([], pa.string())
     if stage.creates_rows and rejected is not None:
         # a creating stage may reject rows it made itself (a sample whose request failed):
@@ -121,11 +133,35 @@ def check_result(
                 f"batch {b}: got {table.num_rows} rows but returned {kept.num_rows} kept + "
                 f"{len(rejected_ids)} rejected; each row must be kept or rejected exactly once",
             )
-    if rejected is not None:
-        if "_reason" in rejected.column_names:
-            rejected = rejected.drop_columns(["_reason"])
-        rejected = rejected.append_column("_reason", reasons)
-    return kept, rejected, created
+    return kept, _with_reasons(rejected, reasons), created
+
+
+def _with_reasons(rejected: pa.Table | None, reasons: pa.Array | None) -> pa.Table | None:
+    if rejected is None:
+        return None
+    if "_reason" in rejected.column_names:
+        rejected = rejected.drop_columns(["_reason"])
+    return rejected.append_column("_reason", reasons)
+
+
+def same_values(a: pa.ChunkedArray, b: pa.ChunkedArray) -> bool:
+    """Whether `a` and `b` are views of the same memory (so equal), checked without reading
+    their values: same type, chunks, offsets, lengths and buffers. False says nothing."""
+    if a.type != b.type or a.num_chunks != b.num_chunks or len(a) != len(b):
+        return False
+    for x, y in zip(a.chunks, b.chunks, strict=True):
+        if x.offset != y.offset or len(x) != len(y):
+            return False
+        xb, yb = x.buffers(), y.buffers()
+        if len(xb) != len(yb):
+            return False
+        for p, q in zip(xb, yb, strict=True):
+            if p is None or q is None:
+                if p is not q:
+                    return False
+            elif p.address != q.address or p.size != q.size:
+                return False
+    return True
 
 
 def _rejected_accounts(
