@@ -29,7 +29,7 @@ def _columns(path: Path) -> dict[str, pq.ColumnChunkMetaData]:
 
 def test_scratch_shard_is_uncompressed_without_dictionary_or_statistics(tmp_path: Path) -> None:
     path = tmp_path / "part-000000.parquet"
-    write_atomic(TABLE, path, scratch=True)
+    write_atomic(TABLE, path, True)
     assert pq.read_table(path).equals(TABLE)
     for column in _columns(path).values():
         assert column.compression == "UNCOMPRESSED"
@@ -56,7 +56,7 @@ def test_nested_and_empty_tables_round_trip(tmp_path: Path) -> None:
     for i, table in enumerate((nested, empty)):
         for scratch in (False, True):
             path = tmp_path / f"{i}-{scratch}.parquet"
-            write_atomic(table, path, scratch=scratch)
+            write_atomic(table, path, scratch)
             assert pq.read_table(path).equals(table)
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from assay.curate.errors import AssayError
@@ -143,6 +142,8 @@ class RunResult:
 
     def rejects(self) -> pa.Table:
         """Every removed row with its stage (`_stage`) and reason (`_reason`)."""
+        import pyarrow.dataset as pads  # imports pandas: only when asked
+
         tables = []
         for stage_dir in sorted((self.run_dir / "rejects").glob("*")):
             files = sorted(stage_dir.glob("*.parquet"))

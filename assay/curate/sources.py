@@ -55,7 +55,14 @@ class FileSource(Source):
 
 
 class ParquetSource(FileSource):
-    """One Parquet file, or every `*.parquet` under a directory in name order."""
+    """One Parquet file, or every `*.parquet` under a directory in name order.
+
+    `rows`: the row count when the caller knows it (saves reading every file's footer).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], rows: int | None = None) -> None:
+        super().__init__(path)
+        self.rows = rows
 
     def files(self) -> list[Path]:
         if self.path.is_dir():
@@ -72,6 +79,8 @@ class ParquetSource(FileSource):
                 raise SourceError(f"cannot read Parquet file {str(file)!r}: {exc}") from exc
 
     def count_rows(self) -> int | None:
+        if self.rows is not None:
+            return self.rows
         try:
             return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files())
         except (pa.ArrowException, OSError) as exc:

@@ -288,6 +288,14 @@ class RunStore:
             [run_id, segment, batches, _now()],
         )
 
+    def segment_rows(self, run_id: str, segment: int) -> int:
+        """Rows out of a segment's committed batches."""
+        row = self.con.execute(
+            "select coalesce(sum(rows_out), 0) from batches where run_id = ? and segment = ?",
+            [run_id, segment],
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def segment_complete(self, run_id: str, segment: int) -> bool:
         row = self.con.execute(
             "select count(*) from segments where run_id = ? and segment = ?", [run_id, segment]

@@ -38,15 +38,16 @@ import pyarrow as pa
 from assay.curate.context import StageContext, current_stage
 from assay.curate.errors import AssayError, StageError
 from assay.curate.executors.checks import check_result, check_unchanged, fingerprint
-from assay.curate.executors.shards import fsync_dir, write_atomic
+from assay.curate.executors.shards import fsync_dir, write_atomic, write_options
 from assay.curate.progress import Progress, QuietProgress
 from assay.curate.sources import ParquetSource, Source, read_batches
 from assay.curate.stage import ID, Outcome, Stage
 from assay.curate.store import FinishedBatch, RunStore, StageCount
 
 # Batches finishing within this interval share one DuckDB transaction (a commit costs an
-# fsync, ~10 ms here); a crash loses at most this much finished work, which a resume redoes.
-COMMIT_INTERVAL_S = 0.2
+# fsync and ~10 ms of CPU here); a crash loses at most this much finished work (its shards
+# are on disk, but uncommitted), which a resume redoes.
+COMMIT_INTERVAL_S = 1.0
 
 # 10,000 rows keeps a batch of long documents in the tens of MB while amortising the
 # per-batch commit (one DuckDB transaction and one Parquet file) to well under 1% of runtime.
@@ -122,7 +123,8 @@ class LocalExecutor:
                 runner.scratch = not last
                 n_batches = run_coroutine(runner.run())
                 store.complete_segment(run_id, segment.index, n_batches)
-            current = ParquetSource(out_dir)
+            # the next segment reads this one's shards; their row count is in the store
+            current = ParquetSource(out_dir, rows=store.segment_rows(run_id, segment.index))
         return run_dir / "output"
 
 
@@ -156,6 +158,7 @@ class _SegmentRun:
         # a segment's output that the next segment reads, not the run's: see shards.py
         self.scratch = False
         self.unsynced_dirs: set[Path] = set()
+        self.write_options: dict[tuple[Path, pa.Schema], dict[str, Any]] = {}
         self.finished: list[FinishedBatch] = []
         self.last_commit = time.monotonic()
 
@@ -294,7 +297,12 @@ class _SegmentRun:
         return fn(*args)
 
     def _write_shard(self, table: pa.Table, path: Path, scratch: bool = False) -> None:
-        write_atomic(table, path, scratch)
+        # the write options are judged on a folder's first shard of each schema
+        key = (path.parent, table.schema)
+        options = self.write_options.get(key)
+        if options is None:
+            options = self.write_options[key] = write_options(table, scratch)
+        write_atomic(table, path, options)
         self.unsynced_dirs.add(path.parent)
 
     def _write_rejects(self, index: int, stage: Stage, b: int, rejected: pa.Table) -> pa.Table:

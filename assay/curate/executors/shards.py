@@ -47,10 +47,15 @@ def write_options(table: pa.Table, scratch: bool) -> dict[str, Any]:
     return {"compression": "snappy", "use_dictionary": dictionary, "write_statistics": statistics}
 
 
-def write_atomic(table: pa.Table, path: Path, scratch: bool = False) -> None:
-    """Write under a temporary name, fsync, rename: a reader never sees a partial shard."""
+def write_atomic(table: pa.Table, path: Path, options: bool | dict[str, Any] = False) -> None:
+    """Write under a temporary name, fsync, rename: a reader never sees a partial shard.
+
+    `options`: `write_options`' result, or `scratch` to have them judged on this table.
+    """
+    if not isinstance(options, dict):
+        options = write_options(table, scratch=options)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, **write_options(table, scratch))
+    pq.write_table(table, tmp, **options)
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
