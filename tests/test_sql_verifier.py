@@ -179,3 +179,26 @@ def test_batches_in_worker_threads_get_their_own_connection(database: str, tmp_p
         rows, workspace=tmp_path / "ws", progress="quiet", executor=LocalExecutor(4, cpu_workers=2)
     )
     assert out.to_arrow()["correct"].to_pylist() == [True] * 40
+
+
+def test_test_suite_catches_a_query_that_matches_the_gold_by_chance(
+    database: str, tmp_path: Path
+) -> None:
+    """On `people.duckdb` team 40 has no one, so a wrong filter that returns nobody matches
+    the gold's 0; a second database where team 40 has a member tells them apart."""
+    other = tmp_path / "other.duckdb"
+    with duckdb.connect(str(other)) as con:
+        con.execute("CREATE TABLE people (id INTEGER, name VARCHAR, team_id INTEGER)")
+        con.execute("INSERT INTO people VALUES (1, 'ada', 40), (2, 'bob', 10)")
+    gold = "SELECT COUNT(*) FROM people WHERE team_id = 40"
+    wrong = "SELECT COUNT(*) FROM people WHERE name = 'nobody'"
+    single = SqlExecutionVerifier(database=database)
+    suite = SqlExecutionVerifier(database=database, test_suite=[str(other)])
+
+    assert single.check(wrong, gold, {}).correct  # the false positive one database allows
+    verdict = suite.check(wrong, gold, {})
+    assert not verdict.correct
+    assert "test-suite database 1 (other.duckdb)" in verdict.reason
+    assert "got (0.0,), gold (1.0,)" in verdict.reason
+    right = suite.check("SELECT COUNT(id) FROM people WHERE team_id = 40", gold, {})
+    assert right.correct and right.reason.endswith("on 2 databases")

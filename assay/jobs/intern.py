@@ -33,7 +33,12 @@ import pyarrow as pa
 
 from assay.curate.pipeline import Pipeline, RunResult
 from assay.curate.stage import Map
-from assay.datasets.intern_sql import default_database, extract_sql, task_rows
+from assay.datasets.intern_sql import (
+    default_database,
+    extract_sql,
+    task_rows,
+    test_suite_databases,
+)
 from assay.jobs import intern_task  # noqa: F401  (registers the eval tasks for `assay eval`)
 from assay.jobs.intern_report import write_intern_report
 
@@ -97,6 +102,21 @@ class ExtractSql(Map):
         return table.append_column(self.output_column, values)
 
 
+def sql_verifier(database: Path, seed: int, drop_incorrect: bool = True) -> Any:
+    """Execution match on the task database and its test suite (three more, other data): a
+    wrong query that returns the gold's value by chance on one database (a count of 0 for a
+    driver with no wins) fails on another, so it neither trains nor scores."""
+    from assay.judges.sql import SqlExecutionVerifier
+
+    return SqlExecutionVerifier(
+        database=str(database),
+        test_suite=[str(path) for path in test_suite_databases(seed)],
+        column="sql",
+        gold_column="gold_sql",
+        drop_incorrect=drop_incorrect,
+    )
+
+
 def curation_stages(
     profile: InternProfile,
     teacher: str,
@@ -109,7 +129,6 @@ def curation_stages(
     `teacher_options` are further `Generate` settings for the teacher (`api_base`,
     `api_key_env`, `rpm`, ...).
     """
-    from assay.judges.sql import SqlExecutionVerifier
     from assay.operators.dedupe import Decontaminate, ExactDedupe
     from assay.operators.generate import Generate
 
@@ -128,7 +147,7 @@ def curation_stages(
     return [
         generate,
         ExtractSql(),
-        SqlExecutionVerifier(database=str(database), column="sql", gold_column="gold_sql"),
+        sql_verifier(database, profile.seed),
         ExactDedupe(columns=["question", "sql"]),
         # questions are shorter than 30 words: each is compared whole with every held-out one
         Decontaminate(columns=["question"], eval_sets={"heldout": held_out}, ngram=30),
@@ -253,7 +272,6 @@ def evaluate_sql(
     Returns the summary (accuracy, its standard error, prompt tokens and seconds per query)
     and one row per question with the answer and its verdict.
     """
-    from assay.judges.sql import SqlExecutionVerifier
     from assay.operators.generate import Generate
 
     column = "teacher_messages" if style == "full" else "student_messages"
@@ -270,12 +288,7 @@ def evaluate_sql(
                 **(options or {}),
             ),
             ExtractSql(),
-            SqlExecutionVerifier(
-                database=str(database),
-                column="sql",
-                gold_column="gold_sql",
-                drop_incorrect=False,
-            ),
+            sql_verifier(database, p.seed, drop_incorrect=False),
         ],  # fmt: skip
         name=f"eval-{split}",
         batch_size=64,

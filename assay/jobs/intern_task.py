@@ -2,7 +2,7 @@
 training templates) and `intern-sql-unseen` (templates never trained on).
 
 Each is a `GenerationTask`: rows, the full (teacher) and short (student) prompts, and the
-`SqlExecutionVerifier` over the task database as its verifier (the same object filters the
+`SqlExecutionVerifier` over the task database and its test suite as its verifier (the same object filters the
 teacher's answers and can reward GRPO).
 """
 
@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from assay.datasets.intern_sql import default_database, full_prompt, short_prompt, task_rows
+from assay.datasets.intern_sql import (
+    default_database,
+    full_prompt,
+    short_prompt,
+    task_rows,
+    test_suite_databases,
+)
 from assay.train.tasks import GenerationTask, register_task
 
 
@@ -34,7 +40,10 @@ def intern_task(test_split: str = "heldout") -> GenerationTask:
         rows=rows,
         prompt=_prompt,
         verifier=SqlExecutionVerifier(
-            database=str(default_database()), column="generation", gold_column="gold_sql"
+            database=str(default_database()),
+            test_suite=[str(path) for path in test_suite_databases()],
+            column="generation",
+            gold_column="gold_sql",
         ),
         target=lambda row: row["gold_sql"] + ";",
         max_new_tokens=64,

@@ -253,6 +253,12 @@ class SqlExecutionVerifier(Verifier):
     rows. Results are compared as multisets of rows (as lists when the gold query ends in
     ORDER BY), ignoring column names, numbers equal within `rel_tol`.
 
+    `test_suite` (more DuckDB files with the same schema and other data) makes the check a
+    test-suite execution match (Zhong et al., 2020): the candidate must also give the gold
+    query's result on every one of them. One database lets a wrong query pass when both
+    happen to return the same value (a `COUNT(*)` of 0 is common); a few differently seeded
+    ones catch that.
+
     Input columns: `column` (candidate SQL or answer text), `gold_column` (gold SQL),
     `database_column` if set (a DuckDB path per row; otherwise `database`).
     Output columns: `output_column` (bool), `<output_column>_score`, `<output_column>_reason`.
@@ -273,6 +279,7 @@ class SqlExecutionVerifier(Verifier):
     timeout_s: float = 5.0
     row_limit: int = 10_000
     rel_tol: float = 1e-6
+    test_suite: list[str] = []
 
     # one connection per (database, thread): the executor runs batches in worker threads, and
     # a DuckDB connection must not run two queries at once
@@ -301,23 +308,36 @@ class SqlExecutionVerifier(Verifier):
         )
         if not database:
             return Verdict(False, 0.0, "no database for this row")
-        con = self.connection(str(database))
         gold_sql = extract_sql(str(gold or ""))
-        key = (str(database), gold_sql)
+        sql = extract_sql(candidate if isinstance(candidate, str) else None)
+        detail = ""
+        for i, path in enumerate([str(database), *self.test_suite]):
+            same, detail = self._compare(path, sql, gold_sql)
+            if same is None:
+                return Verdict(False, 0.0, detail)
+            if not same:
+                where = f" on test-suite database {i} ({Path(path).name})" if i else ""
+                return Verdict(False, 0.0, f"different results{where}: {detail}")
+        if self.test_suite:
+            detail += f" on {1 + len(self.test_suite)} databases"
+        return Verdict(True, 1.0, detail)
+
+    def _compare(self, database: str, sql: str, gold_sql: str) -> tuple[bool | None, str]:
+        """(same results?, detail) on one database; None when the candidate cannot run."""
+        con = self.connection(database)
+        key = (database, gold_sql)
         if key not in self._gold_cache:
             try:
                 self._gold_cache[key] = run_read_only(con, gold_sql, self.timeout_s, self.row_limit)
             except (UnsafeSqlError, SqlRunError) as exc:
-                raise AssayError(f"{self.name}: the gold SQL {gold_sql!r} fails: {exc}") from None
+                raise AssayError(
+                    f"{self.name}: the gold SQL {gold_sql!r} fails on {database}: {exc}"
+                ) from None
         expected = self._gold_cache[key]
-        sql = extract_sql(candidate if isinstance(candidate, str) else None)
         try:
             got = run_read_only(con, sql, self.timeout_s, self.row_limit)
         except UnsafeSqlError as exc:
-            return Verdict(False, 0.0, f"unsafe SQL: {exc}")
+            return None, f"unsafe SQL: {exc}"
         except SqlRunError as exc:
-            return Verdict(False, 0.0, f"candidate failed: {exc}")
-        same, detail = same_results(got.rows, expected.rows, is_ordered(gold_sql), self.rel_tol)
-        if same:
-            return Verdict(True, 1.0, detail)
-        return Verdict(False, 0.0, f"different results: {detail}")
+            return None, f"candidate failed: {exc}"
+        return same_results(got.rows, expected.rows, is_ordered(gold_sql), self.rel_tol)

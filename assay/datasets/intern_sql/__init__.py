@@ -9,6 +9,7 @@ name and the question (`short_prompt`).
     >>> rows = task_rows("train", limit=64)      # id, question, gold_sql, template, split,
     ...                                          # teacher_messages, student_messages
     >>> db = default_database()                  # ~/.cache/assay/tasks/intern_sql-0.duckdb
+    >>> suite = test_suite_databases()           # 3 more, other data: test-suite matching
 
 Splits (see `questions.py`): `train`, `heldout` (same templates, no shared instance) and
 `unseen` (templates never trained on).
@@ -41,6 +42,7 @@ __all__ = [
     "full_prompt",
     "short_prompt",
     "task_rows",
+    "test_suite_databases",
     "write_source",
 ]
 
@@ -77,3 +79,10 @@ def write_source(path: str | Path, split: str, limit: int | None = None, seed: i
         for row in task_rows(split, limit=limit, seed=seed):
             out.write(json.dumps(row) + "\n")
     return path
+
+
+def test_suite_databases(seed: int = 0, size: int = 3) -> list[Path]:
+    """`size` more databases with the same schema and other data (seeds 1000 + seed + k):
+    the test suite `SqlExecutionVerifier(test_suite=...)` also runs a query on, so a wrong
+    query that matches the gold on one database by chance (a count of 0) fails."""
+    return [default_database(1000 + seed + k) for k in range(size)]
