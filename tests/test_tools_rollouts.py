@@ -263,3 +263,15 @@ def test_force_tools_requires_a_tool_call_for_the_first_calls_of_each_turn(
     assert (row["correct"], row["finish"]) == (True, "answer")
     with pytest.raises(ValueError, match="force_tools"):
         ToolRollouts(model="openai/fake", environment="sql", force_tools=-1)
+
+
+def test_force_tools_as_a_list_names_the_tool_of_each_call(workspace: Path, shop: str) -> None:
+    plan = ["list_tables", "describe_table", "run_query"]
+    with FakeOpenAI(responder=disciplined) as server:
+        Pipeline([rollouts(server, shop, force_tools=plan)]).run(
+            [TASK], workspace=workspace, progress="quiet"
+        )
+        bodies = list(server.bodies)
+    choices = [b.get("tool_choice") for b in bodies]
+    assert choices[:3] == [{"type": "function", "function": {"name": n}} for n in plan]
+    assert choices[3] is None

@@ -108,7 +108,8 @@ class ToolRollouts(AsyncStage, UsesLLM):
     `environment` is `sql` (SqlEnvironment), `bfcl` (BfclEnvironment) or `module:Class`;
     `environment_kwargs` go to its constructor (e.g. `{database: intern_sql}`).
     `force_tools: k` sends the first k model calls after each user message with
-    `tool_choice: required` (a small model that never calls tools by itself is made to).
+    `tool_choice: required` (a small model that never calls tools by itself is made to);
+    `force_tools: [list_tables, describe_table, run_query]` forces those tools in order.
 
     Input columns: what the environment reads (sql: `question`, `gold_sql`; bfcl: `id`).
     Output columns: `id` (`<task id>/r<k>`), `parent_id` (the task id), `messages` (the
@@ -138,10 +139,11 @@ class ToolRollouts(AsyncStage, UsesLLM):
     max_tokens: int | None = 256
     seed: int | None = None
     generation_kwargs: dict[str, Any] = {}
-    # the first `force_tools` model calls after each user message are sent with
-    # tool_choice="required" (on the local backend: constrained decoding to a tool call);
+    # the first model calls after each user message are sent with a forced tool_choice (on
+    # the local backend: constrained decoding to a tool call): `k` -> "required" for the
+    # first k calls; a list -> call i uses entry i, a tool name (that tool) or "required";
     # later calls use generation_kwargs' tool_choice (auto by default), so the model can answer
-    force_tools: int = 0
+    force_tools: int | list[str] = 0
 
     creates_rows = True
     _env_cls: type[ToolEnvironment] | None = PrivateAttr(default=None)
@@ -149,9 +151,23 @@ class ToolRollouts(AsyncStage, UsesLLM):
     def model_post_init(self, context: Any) -> None:
         if self.n < 1 or self.max_turns < 1:
             raise ValueError("n and max_turns must be at least 1")
-        if self.force_tools < 0:
-            raise ValueError("force_tools must be 0 or more")
+        if isinstance(self.force_tools, int) and self.force_tools < 0:
+            raise ValueError("force_tools must be 0 or more, or a list of tool names")
         self._env_cls = environment_class(self.environment)
+
+    def forced_choice(self, k: int, tools: list[dict[str, Any]]) -> Any:
+        """The tool_choice of the k-th model call (from 0) after a user message, or None."""
+        plan = self.force_tools
+        if isinstance(plan, int):
+            return "required" if k < plan and tools else None
+        if k >= len(plan) or not tools:
+            return None
+        if plan[k] in ("required", "auto", "none"):
+            return plan[k]
+        names = {t.get("function", t).get("name") for t in tools}
+        if plan[k] not in names:
+            return "required"  # the named tool is not offered (yet): any tool
+        return {"type": "function", "function": {"name": plan[k]}}
 
     def params(self) -> dict[str, Any]:
         params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
@@ -183,8 +199,9 @@ class ToolRollouts(AsyncStage, UsesLLM):
             tools = env.tool_schemas()
             offered += [t for t in tools if t not in offered]
             params = self.params()
-            if calls_this_turn < self.force_tools and tools:
-                params["tool_choice"] = "required"
+            forced = self.forced_choice(calls_this_turn, tools)
+            if forced is not None:
+                params["tool_choice"] = forced
             calls_this_turn += 1
             request = ChatRequest(
                 model=self.model,

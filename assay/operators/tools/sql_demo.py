@@ -141,6 +141,11 @@ def demo_tasks() -> list[dict[str, Any]]:
             "What is the average unit price of kitchen products, in euros?",
             "SELECT ROUND(AVG(unit_price_eur), 2) FROM products WHERE category = 'kitchen'",
         ),
+        # one table, no condition: the simplest tasks (list_tables shows the table, one
+        # COUNT(*) answers), where a small model's trajectories can be right
+        ("How many customers are there?", "SELECT COUNT(*) FROM customers"),
+        ("How many products are there?", "SELECT COUNT(*) FROM products"),
+        ("How many orders are there?", "SELECT COUNT(*) FROM orders"),
     ]
     return [
         {"id": f"shop-{k}", "question": q, "gold_sql": sql} for k, (q, sql) in enumerate(templates)
