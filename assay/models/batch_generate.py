@@ -19,6 +19,7 @@ generic one (transformers' forward with a `DynamicCache`, for everything else or
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -281,6 +282,18 @@ def _shared_prefix_len(items: list[GenerationItem]) -> int:
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
+def _cache_argument(model: Any) -> str:
+    """`cache` where the model's forward takes it (newer transformers deprecate
+    `past_key_values` with a warning on every call), else `past_key_values`."""
+    return _CACHE_ARGUMENT.setdefault(
+        type(model),
+        "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values",
+    )
+
+
+_CACHE_ARGUMENT: dict[type, str] = {}
+
+
 def _forward(
     model: Any,
     rows: list[_Row],
@@ -295,7 +308,7 @@ def _forward(
         "input_ids": input_ids,
         "attention_mask": attention,
         "position_ids": positions,
-        "past_key_values": cache,
+        _cache_argument(model): cache,
         "use_cache": True,
         "logits_to_keep": 1,
     }
