@@ -69,3 +69,19 @@ def test_a_split_of_another_table_gets_the_full_check() -> None:
     result = split_by_mask("Short", other, [True, False, True], "x")
     with pytest.raises(StageError, match="not in its input"):
         check_result(Short(), TABLE, result, 0)
+
+
+def test_engine_output_is_read_back_unchecked_and_a_source_is_checked(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from assay.curate.errors import SourceError
+    from assay.curate.sources import ParquetSource, read_batches
+
+    repeated = pa.table({"id": ["a", "a"], "text": ["x", "y"]})
+    pq.write_table(repeated, tmp_path / "part-000000.parquet")
+    source = ParquetSource(tmp_path, rows=2)
+    assert source.count_rows() == 2
+    # a segment's own output: its ids passed the checks when it was written
+    assert next(read_batches(source, 10, checked=True)).equals(repeated)
+    with pytest.raises(SourceError, match="'a' appears more than once"):
+        next(read_batches(source, 10))

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -178,15 +179,23 @@ def as_source(obj: Any) -> Source:
     raise SourceError(f"cannot read rows from a {type(obj).__name__}")
 
 
-def read_batches(source: Source, batch_size: int, unique_ids: bool = False) -> Iterator[pa.Table]:
+def read_batches(
+    source: Source, batch_size: int, unique_ids: bool = False, checked: bool = False
+) -> Iterator[pa.Table]:
     """The source's rows in batches of `batch_size`, each row with its stable `id`.
 
     With `unique_ids`, an `id` the source gives itself is also refused when an earlier batch
     had it (ids are unique within a batch either way; positional ids always are).
+    `checked`: the rows are the engine's own (a segment's output, written from batches that
+    passed its checks, with unique ids), so their ids and UTF-8 are not checked again.
     """
     offset = 0
     seen = _SeenIds() if unique_ids else None
     for table in rebatch(source.record_batches(), batch_size):
+        if checked and ID in table.column_names:
+            yield table
+            offset += table.num_rows
+            continue
         _check_utf8(table, offset, source)
         own_ids = ID in table.column_names
         table = with_ids(table, offset, source)
@@ -260,7 +269,7 @@ def with_ids(table: pa.Table, offset: int, source: Source | None = None) -> pa.T
             dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"]
             raise SourceError(f"{_where(source)}{ID!r} {dup.as_py()!r} appears more than once")
         return table
-    ids = pc.cast(pa.array(range(offset, offset + table.num_rows), pa.int64()), pa.string())
+    ids = pc.cast(pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)), pa.string())
     return table.add_column(0, ID, ids)
 
 

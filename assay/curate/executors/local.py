@@ -28,7 +28,7 @@ import contextvars
 import functools
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,6 +112,7 @@ class LocalExecutor:
         progress = progress or QuietProgress()
         segments = split_segments(stages)
         current: Source = source
+        created = False  # whether an earlier segment has a stage that creates rows
         for segment in segments:
             last = segment.index == len(segments) - 1
             out_dir = run_dir / "output" if last else run_dir / "work" / f"seg-{segment.index}"
@@ -121,10 +122,13 @@ class LocalExecutor:
                     self, segment, current, store, run_id, run_dir, out_dir, progress, no_cache
                 )
                 runner.scratch = not last
+                # an earlier segment's output: ids already checked, unless a stage made new ones
+                runner.checked_input = segment.index > 0 and not created
                 n_batches = run_coroutine(runner.run())
                 store.complete_segment(run_id, segment.index, n_batches)
             # the next segment reads this one's shards; their row count is in the store
             current = ParquetSource(out_dir, rows=store.segment_rows(run_id, segment.index))
+            created = created or any(s.creates_rows for s in segment.stages)
         return run_dir / "output"
 
 
@@ -157,6 +161,7 @@ class _SegmentRun:
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         # a segment's output that the next segment reads, not the run's: see shards.py
         self.scratch = False
+        self.checked_input = False
         self.unsynced_dirs: set[Path] = set()
         self.write_options: dict[tuple[Path, pa.Schema], dict[str, Any]] = {}
         self.finished: list[FinishedBatch] = []
@@ -179,7 +184,7 @@ class _SegmentRun:
         for j, stage in enumerate(seg.stages):
             if stage.needs_fit:
                 with _stage_context(self, seg.offset + j, stage):
-                    stage.fit(lambda: read_batches(self.source, self.batch_size))
+                    stage.fit(self._read_input)
         done = self.store.done_batches(self.run_id, seg.index)
         total = self.source.count_rows()
         self.progress.start_segment(
@@ -188,7 +193,9 @@ class _SegmentRun:
         pending: set[asyncio.Task[None]] = set()
         n_batches = 0
         try:
-            batches = read_batches(self.source, self.batch_size, unique_ids=seg.index == 0)
+            batches = read_batches(
+                self.source, self.batch_size, unique_ids=seg.index == 0, checked=self.checked_input
+            )
             for b, table in enumerate(batches):
                 n_batches = b + 1
                 if b in done:
@@ -208,6 +215,10 @@ class _SegmentRun:
             self.commit()  # what finished is kept, even when another batch failed
             self.progress.end_segment()
         return n_batches
+
+    def _read_input(self) -> Iterator[pa.Table]:
+        """A fresh pass over the segment's input (what a fit stage reads)."""
+        return read_batches(self.source, self.batch_size, checked=self.checked_input)
 
     async def _batch(self, b: int, table: pa.Table) -> None:
         seg = self.segment
