@@ -152,3 +152,20 @@ def test_rollouts_of_the_ground_truth_through_the_fake_server_score_as_correct(
     episode = json.loads(row["episode"])
     assert [c["passed"] for c in episode["checks"]] == [True, True, True, True]
     assert "GorillaFileSystem" in episode["final_state"]
+
+
+def test_first_turns_plays_and_scores_only_a_prefix_of_the_task() -> None:
+    env = BfclEnvironment(first_turns=1)
+    env.reset({"id": "multi_turn_base_1"})
+    assert len(env.task["questions"]) == len(env.task["ground_truth"]) == 1
+    (gt,) = env.task["ground_truth"]
+    env.step_calls([openai_call(c, env.docs, i) for i, c in enumerate(gt)])
+    assert env.end_turn("done") is None and env.done  # one turn: the episode is over
+    score = env.score()
+    assert (score.correct, score.reward, len(score.checks)) == (True, 1.0, 1)
+
+    env.reset({"id": "multi_turn_base_1"})  # no call in the only turn: BFCL fails it
+    env.end_turn("I cannot do that.")
+    assert not env.score().correct
+    with pytest.raises(ValueError, match="first_turns"):
+        BfclEnvironment(first_turns=0)

@@ -78,8 +78,13 @@ def openai_call(call: str, docs: list[dict[str, Any]], index: int = 0) -> dict[s
 class BfclEnvironment(ToolEnvironment):
     """One BFCL multi-turn task per episode."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_turns: int | None = None) -> None:
+        """`first_turns`: play and score only the task's first `first_turns` user turns
+        (BFCL's checker on that prefix of the ground truth), a shorter, easier task."""
         super().__init__()
+        if first_turns is not None and first_turns < 1:
+            raise ValueError("first_turns must be at least 1")
+        self.first_turns = first_turns
         bfcl.bfcl_package()
         from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
 
@@ -106,6 +111,11 @@ class BfclEnvironment(ToolEnvironment):
             "ground_truth": _json(task["ground_truth"]),
             "missed": _json(task.get("missed_function") or "{}") or {},
         }
+        if self.first_turns is not None:
+            keep = self.first_turns
+            self.task["questions"] = self.task["questions"][:keep]
+            self.task["ground_truth"] = self.task["ground_truth"][:keep]
+            self.task["missed"] = {t: f for t, f in self.task["missed"].items() if int(t) < keep}
         held_out = {n for names in self.task["missed"].values() for n in names}
         self.docs = [
             d
