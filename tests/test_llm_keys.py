@@ -90,3 +90,48 @@ def test_every_visible_key_is_scrubbed_from_errors(
     blob = (workspace / "assay.duckdb").read_bytes()
     for key in (PLANTED, OTHER, NAMED):
         assert key.encode() not in blob
+
+
+@pytest.fixture
+def no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "MY_UNSET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_openai_model_without_key_or_api_base_is_a_configuration_error(
+    no_openai_env: None, transport: str
+) -> None:
+    import asyncio
+
+    from assay.curate.llm.client import LLMClient, LLMSettings
+    from assay.curate.llm.secrets import MissingCredentialsError
+    from assay.curate.llm.types import ChatRequest
+
+    # litellm: the OpenAI SDK refuses to send and litellm calls that a 500; the direct
+    # transport refuses before sending. Either way one try at most, then the run stops.
+    client = LLMClient(LLMSettings(model="openai/gpt-4o-mini", transport=transport))
+    request = ChatRequest(model="openai/gpt-4o-mini", messages=({"role": "user", "content": "hi"},))
+    with pytest.raises(MissingCredentialsError) as caught:
+        asyncio.run(client.complete(request))
+    message = str(caught.value)
+    assert "'openai/gpt-4o-mini'" in message
+    assert "OPENAI_API_KEY is not set" in message and "no api_base" in message
+    assert client.sent == (1 if transport == "litellm" else 0)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_unset_api_key_env_is_named_and_the_run_stops(
+    no_openai_env: None, workspace: Path, transport: str
+) -> None:
+    from assay.curate.llm.secrets import MissingCredentialsError
+
+    stage = Generate(
+        model="openai/gpt-4o-mini",
+        api_key_env="MY_UNSET_KEY",
+        prompt="{{ q }}",
+        transport=transport,
+        max_attempts=6,
+    )
+    with pytest.raises(MissingCredentialsError, match="api_key_env names 'MY_UNSET_KEY'"):
+        Pipeline([stage]).run(rows(), workspace=workspace, progress="quiet")

@@ -53,7 +53,7 @@ from assay.curate.llm.retry import (
     retrying,
     status_of,
 )
-from assay.curate.llm.secrets import key_for_request, scrub
+from assay.curate.llm.secrets import key_for_request, missing_credentials, scrub
 from assay.curate.llm.types import Backend, ChatRequest, ChatResponse
 
 BackendFactory = Callable[["LLMSettings"], Backend]
@@ -157,6 +157,8 @@ def make_backend(settings: LLMSettings) -> Backend:
             api_base = os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
             api_base = api_base or OPENAI_BASE
             key = key or os.environ.get("OPENAI_API_KEY")
+            if not key:  # the OpenAI SDK refuses to send without one; so does this path
+                raise missing_credentials(settings.model, None, settings.api_key_env)
         return OpenAIHTTPBackend(api_base, key, settings.timeout_s, settings.prices)
     from assay.curate.llm.litellm_backend import LiteLLMBackend
 
@@ -166,6 +168,7 @@ def make_backend(settings: LLMSettings) -> Backend:
         api_key=key_for_request(settings.secret(), settings.api_base),
         timeout_s=settings.timeout_s,
         prices=settings.prices,
+        api_key_env=settings.api_key_env,
     )
 
 

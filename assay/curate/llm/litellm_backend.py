@@ -23,7 +23,7 @@ from typing import Any
 from assay.curate.llm import _litellm
 from assay.curate.llm.pricing import cost_of
 from assay.curate.llm.retry import ResponseError
-from assay.curate.llm.secrets import key_for_request
+from assay.curate.llm.secrets import is_missing_credentials, key_for_request, missing_credentials
 from assay.curate.llm.types import ChatRequest, ChatResponse
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
@@ -54,9 +54,11 @@ class LiteLLMBackend:
         timeout_s: float = 60.0,
         prices: dict[str, dict[str, float]] | None = None,
         extra: dict[str, Any] | None = None,
+        api_key_env: str | None = None,
     ) -> None:
         self.api_base = api_base
         self._api_key = api_key
+        self.api_key_env = api_key_env  # named in the error when no key is found
         self.timeout_s = timeout_s
         self.prices = prices
         self.extra = extra or {}
@@ -83,17 +85,23 @@ class LiteLLMBackend:
         started = time.perf_counter()
         # litellm's own timeout covers the HTTP call; wait_for is the backstop for a
         # provider path that ignores it, so a hung request can never stall a run
-        response = await asyncio.wait_for(
-            self._litellm.acompletion(
-                model=request.model,
-                messages=list(request.messages),
-                timeout=self.timeout_s,
-                max_retries=0,
-                num_retries=0,
-                **kwargs,
-            ),
-            timeout=self.timeout_s + 5.0,
-        )
+        try:
+            response = await asyncio.wait_for(
+                self._litellm.acompletion(
+                    model=request.model,
+                    messages=list(request.messages),
+                    timeout=self.timeout_s,
+                    max_retries=0,
+                    num_retries=0,
+                    **kwargs,
+                ),
+                timeout=self.timeout_s + 5.0,
+            )
+        except Exception as exc:
+            # the SDK had no key to send (litellm reports it as a 500): configuration
+            if not api_key and is_missing_credentials(exc):
+                raise missing_credentials(request.model, self.api_base, self.api_key_env) from exc
+            raise
         latency = time.perf_counter() - started
         return self._convert(request, response, latency)
 
