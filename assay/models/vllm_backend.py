@@ -5,7 +5,9 @@ alias, model directory or `base+adapter` name from the registry). Requests queue
 in `LocalBackend`; each batch the scheduler forms goes to one `LLM.generate` call, where
 vLLM's own continuous batching and paged attention take over. Prompts are rendered with the
 same chat-format code as the local backend (so tools and tool-call parsing match), LoRA
-adapters become `LoRARequest`s, and `response_format` becomes vLLM's structured outputs.
+adapters become `LoRARequest`s (one per adapter path and weights fingerprint, so an adapter
+retrained under its old name is loaded afresh), and `response_format` becomes vLLM's
+structured outputs.
 
 Not exercised by the CPU test suite: `tests/test_local_vllm.py` runs only where `vllm`
 imports and CUDA is present.
@@ -14,13 +16,14 @@ imports and CUDA is present.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from assay.curate.llm.types import ChatRequest, ChatResponse, sample_seed
 from assay.models.chat_format import chat_response, decoding_format, render_prompt
 from assay.models.constrained import harden_schema, schema_of
 from assay.models.local_backend import DEFAULT_MAX_TOKENS, LocalBackend, _Job
-from assay.models.registry import materialize
+from assay.models.registry import materialize, weights_fingerprint
 
 
 class VllmBackend(LocalBackend):
@@ -34,6 +37,7 @@ class VllmBackend(LocalBackend):
         self.max_lora_rank = max_lora_rank
         options.setdefault("max_batch_size", 256)
         super().__init__(model, **options)
+        # vLLM keeps a loaded adapter by its int id: one id per (path, weights), see lora_key
         self._lora_ids: dict[str, int] = {}
 
     def _ensure_loaded(self) -> None:
@@ -103,9 +107,21 @@ class VllmBackend(LocalBackend):
         if adapter is not None:
             from vllm.lora.request import LoRARequest
 
-            lora_id = self._lora_ids.setdefault(adapter, len(self._lora_ids) + 1)
-            lora = LoRARequest(adapter, lora_id, str(self.adapter_dirs[adapter]))
+            lora = LoRARequest(*self.lora_request_args(adapter))
         return prompt, SamplingParams(**kwargs), lora
+
+    def lora_request_args(self, adapter: str) -> tuple[str, int, str]:
+        """`(lora_name, lora_int_id, lora_path)` for the adapter's files as they are now.
+
+        Keyed by `lora_key`, not by the adapter's name: an adapter retrained in place or
+        registered again under its old name gets a new id (vLLM loads it afresh instead of
+        serving the weights it cached under the old id); the same files under two names
+        share one.
+        """
+        directory = self.adapter_dirs[adapter]
+        key = lora_key(directory)
+        lora_id = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)
+        return f"{directory.name}@{key.rsplit('@', 1)[1]}", lora_id, str(directory.resolve())
 
     def _vllm_response(self, job: _Job, output: Any, finished: float) -> ChatResponse:
         choice = output.outputs[0]
@@ -117,6 +133,16 @@ class VllmBackend(LocalBackend):
             len(choice.token_ids),
             finished - job.queued_at,
         )
+
+
+def lora_key(directory: str | Path) -> str:
+    """`<resolved path>@<weights fingerprint>`: which adapter weights a LoRA request serves.
+
+    The fingerprint is the one the request cache's identity uses (`weights_fingerprint`:
+    content hashes, memoised per file stat), so a key changes exactly when the files do.
+    """
+    path = Path(directory).resolve()
+    return f"{path}@{weights_fingerprint(path)}"
 
 
 def _structured(schema: dict[str, Any] | None) -> dict[str, Any]:
