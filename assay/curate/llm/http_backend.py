@@ -16,14 +16,15 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from assay.curate.llm.litellm_backend import rate_headers, response_format, split_reasoning
 from assay.curate.llm.pricing import cost_of
 from assay.curate.llm.retry import ResponseError
 from assay.curate.llm.types import ChatRequest, ChatResponse
+
+if TYPE_CHECKING:  # aiohttp is imported by the first backend built (0.15 s), not by
+    import aiohttp  # everything that imports the client
 
 PROVIDER_PREFIXES = ("openai/", "hosted_vllm/", "openai_like/", "ollama_chat/", "vllm/")
 OPENAI_BASE = "https://api.openai.com/v1"
@@ -91,6 +92,8 @@ class OpenAIHTTPBackend:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        import aiohttp
+
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.prices = prices
         self._session: aiohttp.ClientSession | None = None
@@ -111,6 +114,8 @@ class OpenAIHTTPBackend:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # no per-host cap: the client's concurrency limit is the cap
+            import aiohttp
+
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         return self._session
