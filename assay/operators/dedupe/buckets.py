@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 _WINDOW = 3
@@ -41,6 +40,8 @@ def candidate_pairs(files: list[Path], bands: int) -> tuple[np.ndarray, np.ndarr
     empty = np.empty(0, np.uint64)
     if not files:
         return empty, empty
+    import pyarrow.dataset as pads  # here, not at import: pyarrow.dataset imports pandas
+
     dataset = pads.dataset([str(f) for f in files], format="parquet")
     stars: list[np.ndarray] = []
     windows: list[np.ndarray] = []
