@@ -266,12 +266,21 @@ def test_force_tools_requires_a_tool_call_for_the_first_calls_of_each_turn(
 
 
 def test_force_tools_as_a_list_names_the_tool_of_each_call(workspace: Path, shop: str) -> None:
-    plan = ["list_tables", "describe_table", "run_query"]
+    plan = ["list_tables", "describe_table", "run_query", "none"]
     with FakeOpenAI(responder=disciplined) as server:
-        Pipeline([rollouts(server, shop, force_tools=plan)]).run(
+        result = Pipeline([rollouts(server, shop, force_tools=plan)]).run(
             [TASK], workspace=workspace, progress="quiet"
         )
         bodies = list(server.bodies)
     choices = [b.get("tool_choice") for b in bodies]
-    assert choices[:3] == [{"type": "function", "function": {"name": n}} for n in plan]
-    assert choices[3] is None
+    assert choices[:3] == [{"type": "function", "function": {"name": n}} for n in plan[:3]]
+    assert choices[3] is None and not bodies[3].get("tools")  # "none": asked without tools
+    assert all(b.get("tools") for b in bodies[:3])
+    (row,) = result.to_arrow().to_pylist()
+    assert (row["correct"], row["finish"]) == (True, "answer")
+    # the tools column still lists what the episode offered
+    assert {t["function"]["name"] for t in json.loads(row["tools"])} == {
+        "list_tables",
+        "describe_table",
+        "run_query",
+    }

@@ -109,7 +109,8 @@ class ToolRollouts(AsyncStage, UsesLLM):
     `environment_kwargs` go to its constructor (e.g. `{database: intern_sql}`).
     `force_tools: k` sends the first k model calls after each user message with
     `tool_choice: required` (a small model that never calls tools by itself is made to);
-    `force_tools: [list_tables, describe_table, run_query]` forces those tools in order.
+    `force_tools: [list_tables, describe_table, run_query, none]` forces those tools in
+    order, then an answer (a call sent without tools).
 
     Input columns: what the environment reads (sql: `question`, `gold_sql`; bfcl: `id`).
     Output columns: `id` (`<task id>/r<k>`), `parent_id` (the task id), `messages` (the
@@ -141,7 +142,8 @@ class ToolRollouts(AsyncStage, UsesLLM):
     generation_kwargs: dict[str, Any] = {}
     # the first model calls after each user message are sent with a forced tool_choice (on
     # the local backend: constrained decoding to a tool call): `k` -> "required" for the
-    # first k calls; a list -> call i uses entry i, a tool name (that tool) or "required";
+    # first k calls; a list -> call i uses entry i: a tool name (that tool), "required" or
+    # "none" (an answer: the call is sent without tools);
     # later calls use generation_kwargs' tool_choice (auto by default), so the model can answer
     force_tools: int | list[str] = 0
 
@@ -200,7 +202,11 @@ class ToolRollouts(AsyncStage, UsesLLM):
             offered += [t for t in tools if t not in offered]
             params = self.params()
             forced = self.forced_choice(calls_this_turn, tools)
-            if forced is not None:
+            if forced == "none":
+                # an answer, not a call: the request offers no tools (providers and local
+                # models differ in how they honour tool_choice "none"; without tools, all answer)
+                tools = []
+            elif forced is not None:
                 params["tool_choice"] = forced
             calls_this_turn += 1
             request = ChatRequest(
