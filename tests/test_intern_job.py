@@ -107,3 +107,16 @@ def test_job_recipes_are_recognised_and_checked(tmp_path: Path) -> None:
         load_job(recipe)
     recipe.write_text("name: x\nstages: [Normalize]\n")
     assert load_job(recipe) is None
+
+
+def test_context_rows_give_the_teacher_the_long_prompt_and_the_student_the_short_one() -> None:
+    from assay.jobs.intern import context_rows
+
+    row = task_rows("train", limit=1)[0]
+    row.update(generation="```sql\nSELECT 1\n```", sql="SELECT 1")
+    out = context_rows([row])[0]
+    assert out["prompt"] == row["student_messages"]
+    assert out["teacher_prompt"] == row["teacher_messages"]
+    assert "handbook" in json.dumps(out["teacher_prompt"]).lower()
+    assert "handbook" not in json.dumps(out["prompt"]).lower()
+    assert out["completion"] == "SELECT 1;"

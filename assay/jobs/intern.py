@@ -4,12 +4,16 @@ teacher, and curation is what makes the difference.
 The steps, in the order they run (each a library call you can run alone):
 
 1. Teacher generation: the teacher answers every training question with the long prompt
-   (handbook, commented schema, worked examples), `samples` times at temperature 0.7.
-2. Curation: execute each answer's SQL against the database and keep those whose result set
-   equals the gold query's (`SqlExecutionVerifier`); drop exact duplicates of
-   (question, SQL); decontaminate against both held-out sets (whole-question match).
+   (handbook, commented schema, worked examples), `samples` times at `temperature`.
+2. Curation: execute each answer's SQL and keep those whose result set equals the gold
+   query's on the task database and on a test suite of three more databases with other data
+   (`SqlExecutionVerifier(test_suite=...)`); drop exact duplicates of (question, SQL);
+   decontaminate against both held-out sets (whole-question match).
 3. Training: the student (LoRA on the embedded model) learns (short prompt -> verified SQL);
-   the ablation trains the same student on as many *uncurated* teacher samples.
+   the ablation trains the same student on as many *uncurated* teacher samples; with
+   `context_distillation` (the full profile) a third student learns the same rows by context
+   distillation (the base model reading the long prompt is its teacher of token
+   distributions).
 4. Evaluation on the held-out questions and on unseen templates: base (short prompt), teacher
    (long prompt), student (short), uncurated student (short); plus the general set
    (MMLU / ARC) for base and student. Accuracy, prompt tokens per query, latency.
@@ -40,7 +44,7 @@ from assay.datasets.intern_sql import (
     test_suite_databases,
 )
 from assay.jobs import intern_task  # noqa: F401  (registers the eval tasks for `assay eval`)
-from assay.jobs.intern_report import write_intern_report
+from assay.jobs.intern_report import goal_lines, write_intern_report
 
 TEACHER = "local/smollm2-135m"
 STUDENT = "smollm2-135m"
@@ -51,17 +55,20 @@ class InternProfile:
     """How big a run is. `quick` is `make demo`'s (minutes on 2 cores); `full` is the one the
     README's table comes from."""
 
-    train_questions: int = 80
-    samples: int = 4
+    train_questions: int = 240
+    samples: int = 2
     heldout: int = 60
     unseen: int = 30
     general: int = 40  # questions per general-set task (MMLU, ARC-Easy, ARC-Challenge)
-    epochs: float = 3.0
+    epochs: float = 6.0
     batch_size: int = 8
     learning_rate: float = 5e-4
     max_new_tokens: int = 64
     # 0.7 gave 2-5% verified answers from the 135M teacher, 0.3 gave 22% (20 questions x 4)
     temperature: float = 0.3
+    # also train a context-distilled student (the base model reading the long prompt is the
+    # teacher of token distributions) on the same rows, and compare it in the report
+    context_distillation: bool = False
     seed: int = 0
 
 
@@ -75,6 +82,7 @@ PROFILES = {
         general=200,
         epochs=3.0,
         batch_size=16,
+        context_distillation=True,
     ),  # fmt: skip
 }
 
@@ -165,6 +173,20 @@ def student_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def context_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Context-distillation rows: the student's short prompt, the teacher's long one, and the
+    verified SQL as the completion both read (`assay.train.distill`, mode "context")."""
+    return [
+        {
+            "id": row["id"],
+            "prompt": row["student_messages"],
+            "teacher_prompt": row["teacher_messages"],
+            "completion": (row.get("sql") or extract_sql(row["generation"])) + ";",
+        }
+        for row in rows
+    ]
+
+
 def run_intern(
     profile: str | InternProfile = "quick",
     teacher: str = TEACHER,
@@ -175,7 +197,7 @@ def run_intern(
     teacher_options: dict[str, Any] | None = None,
 ) -> Path:
     """Run every step; return the report's path."""
-    from assay.train.eval import evaluate_choices, load_eval_model
+    from assay.train.eval import evaluate_choices, load_eval_model, results_table
     from assay.train.sft import sft
     from assay.train.tasks import get_task
 
@@ -214,6 +236,17 @@ def run_intern(
     )  # fmt: skip
     curated_fit = sft(student_rows(curated), name=f"intern-{tag}", **options)
     uncurated_fit = sft(student_rows(uncurated), name=f"intern-raw-{tag}", **options)
+    fits = [curated_fit, uncurated_fit]
+    if p.context_distillation:
+        from assay.train.distill import distill
+
+        log("      and a context-distilled student on the same curated rows")
+        # the teacher's side reads the long prompt: max_length must hold it and the answer
+        context_fit = distill(
+            context_rows(curated), mode="context", name=f"intern-ctx-{tag}",
+            **{**options, "max_length": 1024},
+        )  # fmt: skip
+        fits.append(context_fit)
     timings["training"] = time.perf_counter() - started
 
     log("[3/4] evaluating base, teacher, student and uncurated student")
@@ -224,6 +257,8 @@ def run_intern(
         "student": (f"local/{curated_fit.model_name}", "short", {}),
         "uncurated student": (f"local/{uncurated_fit.model_name}", "short", {}),
     }
+    if p.context_distillation:
+        models["context-distilled student"] = (f"local/{context_fit.model_name}", "short", {})
     results, answers = [], {}
     for label, (name, style, options) in models.items():
         for split, limit in (("heldout", p.heldout), ("unseen", p.unseen)):
@@ -246,11 +281,13 @@ def run_intern(
         workspace=workspace,
         results=results,
         answers=answers,
-        training_runs=[curated_fit.run_id, uncurated_fit.run_id],
+        training_runs=[fit.run_id for fit in fits],
         train_rows=curated,
         config={"profile": asdict(p), "teacher": teacher, "student": student},
         timings=timings,
     )
+    log(results_table(results))
+    log("\n".join(goal_lines(results)))
     log(json.dumps({"report": str(report)}))
     return report
 
@@ -324,4 +361,12 @@ def run_job(config: dict[str, Any], workspace: str | Path, progress: str) -> Pat
     )
 
 
-__all__ = ["PROFILES", "InternProfile", "RunResult", "run_intern", "run_job", "student_rows"]
+__all__ = [
+    "PROFILES",
+    "InternProfile",
+    "RunResult",
+    "context_rows",
+    "run_intern",
+    "run_job",
+    "student_rows",
+]
