@@ -70,3 +70,52 @@ def test_minhash_fit_stats_count_pairs_edges_and_removals() -> None:
     stats = stage.fit_stats
     assert (stats.rows, stats.clusters, stats.removed) == (5, 1, 3)
     assert stats.pairs >= stats.edges >= 3  # four copies need three edges at least
+
+
+def _assignment() -> ClusterAssignment:
+    # clusters {k1: m1, m2} and {k2: m3}; the batch below also has ids of no cluster
+    return ClusterAssignment(
+        pa.array(["k1", "m1", "m2", "k2", "m3"]),
+        pa.array(["k1", "k1", "k1", "k2", "k2"]),
+        "near duplicate of {match} ({score})",
+        scores=np.array([np.nan, 0.91, 0.876, np.nan, 1.0]),
+        matches=pa.array(["k1", "k1", "m1", "k2", "k2"]),
+    )
+
+
+BATCH = pa.table({"id": ["m2", "x", "k1", "m1", "y", "m3"], "n": [0, 1, 2, 3, 4, 5]})
+
+
+def test_apply_finds_members_by_their_sorted_hashes_and_rejects_non_keepers() -> None:
+    out = _assignment().apply("dedupe", BATCH, "cluster_id")
+    assert isinstance(out, Outcome)
+    assert out.kept["id"].to_pylist() == ["x", "k1", "y"]
+    assert out.kept["cluster_id"].to_pylist() == ["x", "k1", "y"]
+    assert out.rejected["id"].to_pylist() == ["m2", "m1", "m3"]
+    assert out.rejected["cluster_id"].to_pylist() == ["k1", "k1", "k2"]
+    assert out.reasons.to_pylist() == [
+        "near duplicate of m1 (0.88)",
+        "near duplicate of k1 (0.91)",
+        "near duplicate of k2 (1.00)",
+    ]
+
+
+def test_apply_gives_the_same_outcome_as_the_join_it_falls_back_to() -> None:
+    # the join runs only when two member ids share a 64-bit hash: force it to compare
+    fast, joined = _assignment(), _assignment()
+    joined._lookup = None
+    for batch in (BATCH, BATCH.slice(1, 1), BATCH.slice(0, 0), BATCH.slice(2, 1)):
+        a, b = fast.apply("d", batch, "cluster_id"), joined.apply("d", batch, "cluster_id")
+        if isinstance(a, Outcome):
+            assert isinstance(b, Outcome)
+            assert a.kept.equals(b.kept) and a.rejected.equals(b.rejected)
+            assert a.reasons.equals(b.reasons) and a.reasons.type == b.reasons.type
+        else:
+            assert a.equals(b) and a.schema == b.schema
+
+
+def test_apply_with_no_duplicates_keeps_every_row_as_its_own_cluster() -> None:
+    empty = ClusterAssignment(pa.array([], pa.string()), pa.array([], pa.string()), "dup")
+    out = empty.apply("dedupe", BATCH, "cluster_id")
+    assert isinstance(out, pa.Table)
+    assert out["cluster_id"].to_pylist() == BATCH["id"].to_pylist()

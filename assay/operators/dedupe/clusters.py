@@ -5,7 +5,9 @@ row of the cluster in input order), optionally the row it was matched with (when
 are connected components, a row can be linked to the keeper through others) and the
 similarity of that match. Rows without a duplicate are not stored: they keep themselves.
 `apply` adds the cluster column to a batch and sends every non-keeper to the rejects with a
-reason naming the row it duplicates.
+reason naming the row it duplicates. The members' id hashes are sorted once per fit, so a
+batch finds its members by binary search (and a string comparison), not by a join that
+would hash every member id again for each batch.
 
 A stage's fit describes its clusters by row position (`ClusterFit`); `from_fit` turns the
 positions into ids. Ids must be unique: an id given to two rows could not say which of
@@ -51,6 +53,7 @@ class ClusterAssignment:
         self.frame = pl.DataFrame(columns)
         check_unique(self.frame["_row"])
         self.reason = reason
+        self._lookup = _HashLookup.build(self.frame["_row"])
 
     @classmethod
     def from_fit(cls, fit: ClusterFit, reason: str) -> ClusterAssignment:
@@ -67,15 +70,26 @@ class ClusterAssignment:
 
     def apply(self, stage: str, table: pa.Table, cluster_column: str) -> pa.Table | Outcome:
         """Add `cluster_column` (keeper id) to `table`; reject rows that are not keepers."""
-        ids = pl.DataFrame({"_row": pl.Series(table[ID]).cast(pl.String)})
-        joined = ids.join(self.frame, on="_row", how="left", maintain_order="left")
-        cluster = joined["_keeper"].fill_null(joined["_row"])
-        keep = (cluster == joined["_row"]).to_arrow()
-        reasons = joined.select(self._reason_expr()).to_series().to_arrow()
+        rows = pl.Series(table[ID]).cast(pl.String)
+        if self._lookup is None:  # two member ids share a 64-bit hash: join instead
+            at, found = self._joined(rows)
+        else:
+            at, found = self._lookup.find(rows, self.frame)
+        cluster = rows.clone().scatter(at, found["_keeper"])
+        keep = (cluster == rows).to_arrow()
+        reasons = pl.Series("_reason", [], pl.String).extend_constant(None, len(rows))
+        reasons = reasons.scatter(at, found.select(self._reason_expr()).to_series()).to_arrow()
         if cluster_column in table.column_names:
             table = table.drop_columns([cluster_column])
         table = table.append_column(cluster_column, cluster.to_arrow().cast(pa.string()))
         return split_by_mask(stage, table, keep, reasons)
+
+    def _joined(self, rows: pl.Series) -> tuple[np.ndarray, pl.DataFrame]:
+        """(positions in `rows` of cluster members, their rows of `frame`) by a hash join."""
+        ids = pl.DataFrame({"_row": rows})
+        joined = ids.join(self.frame, on="_row", how="left", maintain_order="left")
+        at = joined["_keeper"].is_not_null().arg_true().to_numpy()
+        return at, joined[at]
 
     def _reason_expr(self) -> pl.Expr:
         parts: list[str | pl.Expr] = []
@@ -93,6 +107,37 @@ class ClusterAssignment:
             else:
                 raise ValueError(f"unknown field {{{field}}} in reason {self.reason!r}")
         return pl.concat_str(parts).alias("_reason")
+
+
+@dataclass(frozen=True)
+class _HashLookup:
+    """The member ids' 64-bit hashes, sorted once per fit: a batch's rows are found by
+    binary search on their hashes (then compared as strings), instead of a hash join that
+    rebuilt a table of every member id for each batch."""
+
+    hashes: np.ndarray  # sorted, as int64 (numpy searches int64 ~2.5x faster than uint64)
+    order: np.ndarray  # hashes[i] belongs to frame row order[i]
+
+    @classmethod
+    def build(cls, ids: pl.Series) -> _HashLookup | None:
+        """The lookup of `ids` (unique), or None if two of them share a hash."""
+        hashes = ids.hash(seed=0).to_numpy().view(np.int64)
+        order = np.argsort(hashes, kind="stable")
+        hashes = hashes[order]
+        if len(hashes) > 1 and bool((hashes[1:] == hashes[:-1]).any()):
+            return None
+        return cls(hashes, order)
+
+    def find(self, rows: pl.Series, frame: pl.DataFrame) -> tuple[np.ndarray, pl.DataFrame]:
+        """(positions in `rows` of ids in `frame["_row"]`, those rows of `frame`)."""
+        if len(self.hashes) == 0:
+            return np.empty(0, np.int64), frame.clear()
+        wanted = rows.hash(seed=0).to_numpy().view(np.int64)
+        slot = np.searchsorted(self.hashes, wanted).clip(max=len(self.hashes) - 1)
+        at = np.flatnonzero(self.hashes[slot] == wanted)
+        found = frame[self.order[slot[at]]]
+        same = (found["_row"] == rows.gather(at)).fill_null(False).to_numpy()
+        return at[same], found.filter(same)
 
 
 @dataclass
