@@ -1,14 +1,17 @@
 """Tool rollouts on the embedded model: rollouts per minute and pass rate (the baseline).
 
-Runs recipes/tools_sql.yaml (18 shop questions x 2 episodes) and recipes/tools_bfcl.yaml
-(20 BFCL v4 multi-turn base tasks: ids multi_turn_base_0, _10, ..., _190) with
-`local/smollm2-135m`, each in a fresh workspace (no cached answers), and writes
-bench/results/tools.md: episodes, wall seconds, rollouts per minute, model calls, tool calls,
-pass rate (`correct`), mean reward, how episodes ended, and the tool-discipline rate (SQL).
+Runs the tool recipes with `local/smollm2-135m`, each in a fresh workspace (no cached
+answers): `sql` (recipes/tools_sql.yaml), `sql_free` (the same tasks, the model left to call
+tools by itself: no force_tools), `sql_intern`, `bfcl` (recipes/tools_bfcl.yaml: 20 BFCL v4
+multi-turn base tasks, ids multi_turn_base_0, _10, ..., _190) and `bfcl_first_turn`. It
+prints, per run: episodes, wall seconds, rollouts per minute, model calls, tool calls, pass
+rate (`correct`), mean reward, how episodes ended, the tool-discipline rate (SQL), the load
+average before and after; and trivial baselines scored by the same environments without a
+model (`--baselines`): SQL answered without calling a tool, BFCL with no call in any turn,
+and the ground truth replayed (the ceiling).
 
-    nice .venv/bin/python bench/tools.py            # both
-    nice .venv/bin/python bench/tools.py --only sql
-    .venv/bin/python bench/tools.py --limit 5 --n 1 --max-turns 4   # a smaller run
+    nice -n 10 .venv/bin/python bench/tools.py --only sql bfcl_first_turn --baselines
+    nice -n 10 .venv/bin/python bench/tools.py --only bfcl --limit 3   # a smaller run
 """
 
 from __future__ import annotations
@@ -25,15 +28,24 @@ from pathlib import Path
 from assay.curate.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = {"sql": ROOT / "recipes/tools_sql.yaml", "bfcl": ROOT / "recipes/tools_bfcl.yaml"}
+RECIPES = {
+    "sql": ROOT / "recipes/tools_sql.yaml",
+    "sql_free": ROOT / "recipes/tools_sql.yaml",
+    "sql_intern": ROOT / "recipes/tools_sql_intern.yaml",
+    "bfcl": ROOT / "recipes/tools_bfcl.yaml",
+    "bfcl_first_turn": ROOT / "recipes/tools_bfcl_first_turn.yaml",
+}
 
 
 def run(name: str, limit: int | None, overrides: dict[str, int]) -> dict[str, object]:
     """Run one recipe (its first `limit` tasks; stage parameters overridden) from scratch."""
     pipeline = load_recipe(RECIPES[name])
+    if name == "sql_free":
+        overrides = {"force_tools": 0, "generation_kwargs": {}, **overrides}
     pipeline.stages = [pipeline.stages[0].model_copy(update=overrides), *pipeline.stages[1:]]
     tasks = [json.loads(line) for line in Path(str(pipeline.source)).read_text().splitlines()]
     tasks = tasks[:limit] if limit else tasks
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix=f"bench-tools-{name}-") as tmp:
         start = time.perf_counter()
         result = pipeline.run(tasks, workspace=Path(tmp) / "ws", progress="quiet")
@@ -55,16 +67,77 @@ def run(name: str, limit: int | None, overrides: dict[str, int]) -> dict[str, ob
         "pass_rate": round(sum(r["correct"] for r in rows) / len(rows), 3),
         "mean_reward": round(sum(r["reward"] for r in rows) / len(rows), 3),
         "finish": dict(Counter(r["finish"] for r in rows)),
+        "tasks_solved": len({r["parent_id"] for r in rows if r["correct"]}),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    if name == "sql":
+    if name.startswith("sql"):
         inspected = [e["final_state"]["inspected_before_query"] for e in episodes]
         out["inspected_before_query"] = round(sum(inspected) / len(rows), 3)
     return out
 
 
+def baselines(limit: int | None) -> dict[str, object]:
+    """Trivial policies scored by the environments themselves (no model)."""
+    from assay.operators.tools.bfcl_env import BfclEnvironment, openai_call
+    from assay.operators.tools.sql_env import SqlEnvironment
+
+    out: dict[str, object] = {}
+    for name in ("sql", "sql_intern"):
+        pipeline = load_recipe(RECIPES[name])
+        stage = pipeline.stages[0]
+        tasks = [json.loads(x) for x in Path(str(pipeline.source)).read_text().splitlines()]
+        tasks = tasks[:limit] if limit else tasks
+        env = SqlEnvironment(**stage.environment_kwargs)
+        passed = {"no_tools_empty_answer": 0, "no_tools_answer_0": 0, "gold_sql_replayed": 0}
+        for task in tasks:
+            for policy in passed:
+                env.reset(task)
+                if policy == "gold_sql_replayed":
+                    env.step({"function": {"name": "list_tables", "arguments": "{}"}})
+                    env.step(
+                        {
+                            "function": {
+                                "name": "run_query",
+                                "arguments": json.dumps({"sql": task["gold_sql"]}),
+                            }
+                        }
+                    )
+                    env.end_turn(", ".join(str(v) for r in env.last_result.rows for v in r))
+                else:
+                    env.end_turn("" if policy == "no_tools_empty_answer" else "0")
+                passed[policy] += env.score().correct
+        out[name] = {
+            "tasks": len(tasks),
+            **{k: round(v / len(tasks), 3) for k, v in passed.items()},
+        }
+    for name, first_turns in (("bfcl", None), ("bfcl_first_turn", 1)):
+        pipeline = load_recipe(RECIPES[name])
+        tasks = [json.loads(x) for x in Path(str(pipeline.source)).read_text().splitlines()]
+        tasks = tasks[:limit] if limit else tasks
+        env = BfclEnvironment(first_turns=first_turns)
+        passed = {"no_calls": 0, "ground_truth_replayed": 0}
+        for task in tasks:
+            for policy in passed:
+                env.reset(task)
+                for turn in env.task["ground_truth"]:
+                    if policy == "ground_truth_replayed" and turn:
+                        env.step_calls([openai_call(c, env.docs, i) for i, c in enumerate(turn)])
+                    env.end_turn("done")
+                passed[policy] += env.score().correct
+        out[name] = {
+            "tasks": len(tasks),
+            **{k: round(v / len(tasks), 3) for k, v in passed.items()},
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=sorted(RECIPES))
+    parser.add_argument(
+        "--only", nargs="*", choices=sorted(RECIPES), help="runs (none: only --baselines)"
+    )
+    parser.add_argument("--baselines", action="store_true", help="score the trivial policies")
     parser.add_argument("--limit", type=int, help="first N tasks of each recipe's source")
     parser.add_argument("--n", type=int, help="episodes per task (recipe's by default)")
     parser.add_argument("--max-turns", type=int, help="model calls per episode")
@@ -73,11 +146,17 @@ def main() -> None:
     overrides = {
         k: v for k, v in {"n": args.n, "max_turns": args.max_turns}.items() if v is not None
     }
-    names = [args.only] if args.only else ["sql", "bfcl"]
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": {}}
+    names = ["sql", "bfcl"] if args.only is None else args.only
+    results: dict[str, object] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "runs": {},
+    }
+    if args.baselines:
+        results["baselines"] = baselines(args.limit)
+        print("baselines", json.dumps(results["baselines"]), flush=True)
     for name in names:
-        results["runs"][name] = run(name, args.limit, overrides)
-        print(name, json.dumps(results["runs"][name]), flush=True)
+        results["runs"][name] = run(name, args.limit, overrides)  # type: ignore[index]
+        print(name, json.dumps(results["runs"][name]), flush=True)  # type: ignore[index]
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 
 
