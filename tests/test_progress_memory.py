@@ -84,3 +84,17 @@ def test_streaming_holds_a_few_batches_not_the_source(workspace: Path, tmp_path:
     peak = int(high_water.read_text())
     assert peak < 8 * batch_bytes, f"peak {peak:,} bytes vs batch {batch_bytes:,}"
     assert peak < source_bytes / 5
+
+
+def test_slow_stage_rates_keep_their_digits() -> None:
+    """A model stage at 0.17 rows/s reads "0.17 rows/s", not "0 rows/s"."""
+    import time
+
+    from assay.curate.progress import _Tally
+
+    tally = _Tally("Generate")
+    tally.add(240, 480, 0)
+    tally.started = time.perf_counter() - 1435.7
+    assert tally.rate_text() == "0.17 rows/s"
+    tally.started = time.perf_counter() - 2.0
+    assert tally.rate_text() == "120 rows/s"

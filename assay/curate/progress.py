@@ -62,6 +62,11 @@ class _Tally:
         seconds = time.perf_counter() - self.started
         return self.rows_in / seconds if seconds > 0 else 0.0
 
+    def rate_text(self) -> str:
+        """Rows per second, with a decimal below 10 (a model stage makes 0.2 rows/s, not 0)."""
+        rate = self.rate()
+        return f"{rate:,.0f} rows/s" if rate >= 10 else f"{rate:.2g} rows/s"
+
 
 class LineProgress(Progress):
     """For logs and CI: one line per stage when its segment ends."""
@@ -93,7 +98,7 @@ class LineProgress(Progress):
             seconds = time.perf_counter() - t.started
             print(
                 f"[assay] stage {index} {t.name}: {t.rows_in:,} in, {t.rows_out:,} out, "
-                f"{t.rejected:,} rejected, {seconds:.1f}s ({t.rate():,.0f} rows/s)",
+                f"{t.rejected:,} rejected, {seconds:.1f}s ({t.rate_text()})",
                 file=self.stream,
                 flush=True,
             )
@@ -136,7 +141,7 @@ class RichProgress(Progress):
     ) -> None:
         tally = self.tallies[index]
         tally.add(rows_in, rows_out, rejected)
-        rate = f"{tally.rate():,.0f} rows/s"
+        rate = tally.rate_text()
         if self.bar:
             self.bar.update(
                 self.tasks[index], advance=batch_rows, kept=f"kept {tally.rows_out:,}", rate=rate
