@@ -104,7 +104,8 @@ def test_apply_gives_the_same_outcome_as_the_join_it_falls_back_to() -> None:
     # the join runs only when two member ids share a 64-bit hash: force it to compare
     fast, joined = _assignment(), _assignment()
     joined._lookup = None
-    for batch in (BATCH, BATCH.slice(1, 1), BATCH.slice(0, 0), BATCH.slice(2, 1)):
+    nulls = pa.table({"id": ["m1", None, "k2"], "n": [0, 1, 2]})  # a null id is dropped
+    for batch in (BATCH, BATCH.slice(1, 1), BATCH.slice(0, 0), BATCH.slice(2, 1), nulls):
         a, b = fast.apply("d", batch, "cluster_id"), joined.apply("d", batch, "cluster_id")
         if isinstance(a, Outcome):
             assert isinstance(b, Outcome)
