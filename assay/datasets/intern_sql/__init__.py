@@ -49,11 +49,15 @@ __all__ = [
 
 def default_database(seed: int = 0) -> Path:
     """The task database for `seed`, built once under the assay cache."""
+    return _cached_database(f"intern_sql-{seed}.duckdb", seed)
+
+
+def _cached_database(name: str, seed: int, **variant: Any) -> Path:
     root = Path(os.environ.get("ASSAY_CACHE", Path.home() / ".cache" / "assay")) / "tasks"
-    path = root / f"intern_sql-{seed}.duckdb"
+    path = root / name
     if not path.exists():
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        build_database(tmp, seed=seed)
+        build_database(tmp, seed=seed, **variant)
         os.replace(tmp, path)
     return path
 
@@ -82,7 +86,15 @@ def write_source(path: str | Path, split: str, limit: int | None = None, seed: i
 
 
 def test_suite_databases(seed: int = 0, size: int = 3) -> list[Path]:
-    """`size` more databases with the same schema and other data (seeds 1000 + seed + k):
-    the test suite `SqlExecutionVerifier(test_suite=...)` also runs a query on, so a wrong
-    query that matches the gold on one database by chance (a count of 0) fails."""
-    return [default_database(1000 + seed + k) for k in range(size)]
+    """`size` more databases with the task's schema and other data, built to tell queries
+    apart: 64 rounds a season and every driver equally fast, so every driver has wins, poles
+    and accidents in almost every season. `SqlExecutionVerifier(test_suite=...)` also runs
+    a query on each, so a wrong query whose count matches the gold's 0 on the task database
+    (a driver with no wins that season) fails here."""
+    return [
+        _cached_database(f"intern_sql-suite-{seed}-{k}.duckdb", 1000 + seed + k, **SUITE_VARIANT)
+        for k in range(size)
+    ]
+
+
+SUITE_VARIANT = {"rounds": 64, "equal_skill": True}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -48,16 +49,22 @@ STATUS = {1: "Finished", 2: "Disqualified", 3: "Accident", 4: "Collision", 5: "E
 TABLE = "race_results"
 
 
-def results_table(seed: int = 0) -> pa.Table:
-    """Every (season, round, driver) result as an Arrow table (deterministic in `seed`)."""
+def results_table(
+    seed: int = 0, rounds: int = ROUNDS_PER_SEASON, equal_skill: bool = False
+) -> pa.Table:
+    """Every (season, round, driver) result as an Arrow table (deterministic in `seed`).
+
+    `rounds` and `equal_skill` make test-suite variants: with more rounds and every driver
+    equally fast, each driver has wins, poles and accidents in almost every season, so a
+    wrong query cannot match the gold's count by both being 0."""
     rng = random.Random(seed)
-    skill = {name: rng.gauss(0, 1) for name, _ in DRIVERS}
+    skill = {name: 0.0 if equal_skill else rng.gauss(0, 1) for name, _ in DRIVERS}
     rows: dict[str, list] = {k: [] for k in _COLUMNS}
     for season in SEASONS:
         seats = list(range(len(DRIVERS)))
         rng.shuffle(seats)  # two drivers per constructor, reshuffled each season
         team = {DRIVERS[d][0]: CONSTRUCTORS[i // 2] for i, d in enumerate(seats)}
-        for rnd in range(1, ROUNDS_PER_SEASON + 1):
+        for rnd in range(1, rounds + 1):
             circuit = CIRCUITS[(rnd - 1 + season) % len(CIRCUITS)]
             pace = sorted(DRIVERS, key=lambda d: -(skill[d[0]] + rng.gauss(0, 1.2)))
             grid = {d[0]: i + 1 for i, d in enumerate(pace)}
@@ -87,12 +94,13 @@ def results_table(seed: int = 0) -> pa.Table:
     return pa.table(rows, schema=_SCHEMA)
 
 
-def build_database(path: str | Path, seed: int = 0) -> Path:
-    """Write the database to `path` (replacing it) and return the path."""
+def build_database(path: str | Path, seed: int = 0, **variant: Any) -> Path:
+    """Write the database to `path` (replacing it) and return the path; `variant` goes to
+    `results_table` (`rounds`, `equal_skill`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    table = results_table(seed)
+    table = results_table(seed, **variant)
     with duckdb.connect(str(path)) as con:
         con.register("results", table)
         con.execute(f"create table {TABLE} as select * from results")
