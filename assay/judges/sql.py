@@ -15,6 +15,7 @@ connection opened read-only with `enable_external_access=false` and a locked con
 from __future__ import annotations
 
 import decimal
+import functools
 import json
 import math
 import re
@@ -97,13 +98,26 @@ def check_read_only(sql: str) -> None:
 
 def serialize_sql(sql: str) -> dict[str, Any]:
     """DuckDB's parse tree of a SELECT as JSON (raises UnsafeSqlError when it cannot)."""
-    with duckdb.connect(config=READ_ONLY_CONFIG) as con:
-        row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    tree = json.loads(row[0]) if row else {"error": True}
+    text = _serialized(sql)
+    tree = json.loads(text) if text else {"error": True}
     if tree.get("error"):
         message = tree.get("error_message", "not a serializable SELECT")
         raise UnsafeSqlError(f"cannot read the query: {message}")
     return tree
+
+
+@functools.lru_cache(maxsize=4096)
+def _serialized(sql: str) -> str | None:
+    # opening an in-memory DuckDB costs ~10 ms: one per thread, kept (the guard runs once or
+    # twice per verified row; gold queries repeat, hence the cache)
+    con = getattr(_PARSER, "con", None)
+    if con is None:
+        con = _PARSER.con = duckdb.connect(config=READ_ONLY_CONFIG)
+    row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    return row[0] if row else None
+
+
+_PARSER = threading.local()
 
 
 def is_ordered(sql: str) -> bool:
@@ -158,14 +172,21 @@ class QueryResult:
 
 
 def run_read_only(
-    con: duckdb.DuckDBPyConnection, sql: str, timeout_s: float = 5.0, row_limit: int = 10_000
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    timeout_s: float = 5.0,
+    row_limit: int = 10_000,
+    checked: bool = False,
 ) -> QueryResult:
     """Guard, then run `sql` on `con`; interrupted after `timeout_s`, at most `row_limit` rows.
+    `checked=True` says the caller already ran `check_read_only(sql)` (the guard parses the
+    query twice; a test suite runs one query on several databases).
 
     Raises UnsafeSqlError (never run) or SqlRunError (ran and failed, timed out or returned
     more than `row_limit` rows).
     """
-    check_read_only(sql)
+    if not checked:
+        check_read_only(sql)
     timer = threading.Timer(timeout_s, con.interrupt)
     start = time.perf_counter()
     timer.start()
@@ -310,6 +331,10 @@ class SqlExecutionVerifier(Verifier):
             return Verdict(False, 0.0, "no database for this row")
         gold_sql = extract_sql(str(gold or ""))
         sql = extract_sql(candidate if isinstance(candidate, str) else None)
+        try:
+            check_read_only(sql)
+        except UnsafeSqlError as exc:
+            return Verdict(False, 0.0, f"unsafe SQL: {exc}")
         detail = ""
         for i, path in enumerate([str(database), *self.test_suite]):
             same, detail = self._compare(path, sql, gold_sql)
@@ -335,9 +360,7 @@ class SqlExecutionVerifier(Verifier):
                 ) from None
         expected = self._gold_cache[key]
         try:
-            got = run_read_only(con, sql, self.timeout_s, self.row_limit)
-        except UnsafeSqlError as exc:
-            return None, f"unsafe SQL: {exc}"
+            got = run_read_only(con, sql, self.timeout_s, self.row_limit, checked=True)
         except SqlRunError as exc:
             return None, f"candidate failed: {exc}"
         return same_results(got.rows, expected.rows, is_ordered(gold_sql), self.rel_tol)
