@@ -51,6 +51,25 @@ def verified_rows(n: int) -> list[dict]:
     return kept[:n]
 
 
+def trivial_baseline(limit: int) -> dict:
+    """Always answer the most common answer of the train split (the floor SFT must beat)."""
+    import math
+    from collections import Counter
+
+    from assay.train.tasks import get_task
+
+    task = get_task("arithmetic")
+    mode, _ = Counter(r["answer"] for r in task.rows("train")).most_common(1)[0]
+    test = task.rows("test")[:limit]
+    p = sum(r["answer"] == mode for r in test) / len(test)
+    return {
+        "answer": mode,
+        "n": len(test),
+        "accuracy": p,
+        "stderr": math.sqrt(p * (1 - p) / len(test)),
+    }
+
+
 def acc(model: str, style: str, limit: int) -> dict:
     from assay.train.eval import evaluate
 
@@ -60,17 +79,21 @@ def acc(model: str, style: str, limit: int) -> dict:
 def stage_sft(args) -> None:
     from assay.train.sft import sft
 
+    steps = args.steps
     out = {
         "n": args.n,
         "epochs": args.epochs,
-        "max_steps": args.steps,
+        "max_steps": steps,
         "lr": args.lr,
         "batch": args.batch,
         "test_n": args.test,
     }
-    out["base_short"] = acc(BASE, "short", args.test)
+    out["trivial"] = trivial_baseline(args.test)
+    if not args.skip_before:
+        out["base_short"] = acc(BASE, "short", args.test)
     save("sft", out)
     rows = verified_rows(args.n)
+    out["verified_rows"] = len(rows)
     t = time.perf_counter()
     result = sft(
         rows,
@@ -79,7 +102,7 @@ def stage_sft(args) -> None:
         workspace=WS,
         output_dir=f"{WS}/sft",
         epochs=args.epochs,
-        max_steps=args.steps,
+        max_steps=steps,
         batch_size=args.batch,
         max_length=128,
         learning_rate=args.lr,
@@ -88,6 +111,7 @@ def stage_sft(args) -> None:
     out["train_s"] = time.perf_counter() - t
     out["run_id"], out["model"] = result.run_id, result.model_name
     out["losses"] = [h["loss"] for h in result.log_history if "loss" in h]
+    out["train_log"] = [h for h in result.log_history if "train_runtime" in h]
     save("sft", out)
     out["student_short"] = acc(result.model_name, "short", args.test)
     save("sft", out)
@@ -131,11 +155,24 @@ def stage_grpo(args) -> None:
 
 
 def stage_distill(args) -> None:
+    """Context distillation (KL to the LoRA-off base reading the full prompt, + (1 - alpha)
+    cross-entropy) vs sequence-level (SFT on the same verified completions): same rows,
+    epochs, batch, learning rate, so the same number of steps; held-out short-prompt accuracy."""
     from assay.train.distill import distill
 
     rows = verified_rows(args.n)
-    out = {"n": args.n, "epochs": args.epochs, "test_n": args.test}
-    for mode in ("context", "sequence"):
+    out = {
+        "n": len(rows),
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "lr": args.lr,
+        "alpha": args.alpha,
+        "test_n": args.test,
+    }
+    if not args.skip_before:
+        out["teacher_full"] = acc(BASE, "full", args.test)  # what the teacher sees
+        save("distill", out)
+    for mode in args.modes.split(","):
         t = time.perf_counter()
         result = distill(
             rows,
@@ -149,14 +186,19 @@ def stage_distill(args) -> None:
             max_steps=args.steps,
             max_length=160,
             learning_rate=args.lr,
+            alpha=args.alpha,
             resume=False,
         )
         out[mode] = {
             "train_s": time.perf_counter() - t,
             "run_id": result.run_id,
-            "short": acc(result.model_name, "short", args.test),
+            "steps": max(h.get("step", 0) for h in result.log_history),
+            "losses": [h["loss"] for h in result.log_history if "loss" in h],
+            "train_log": [h for h in result.log_history if "train_runtime" in h],
         }
-    save("distill", out)
+        save("distill", out)
+        out[mode]["short"] = acc(result.model_name, "short", args.test)
+        save("distill", out)
 
 
 def stage_general(args) -> None:
@@ -191,73 +233,132 @@ def stage_general(args) -> None:
         save("general", out)
 
 
+def throughput_one(impl: str, packing: bool, steps: int, out_dir: str) -> dict:
+    """One SFT run, `impl` "plain" (TRL `SFTTrainer` as a user writes it: a `Dataset` of
+    prompt / completion messages, `SFTConfig`, a peft `LoraConfig`) or "assay"
+    (`assay.train.sft`: store records, data handoff, registry), on the same rows and settings.
+    Wall time from building the trainer to the saved adapter, TRL's `train_runtime`, tokens."""
+    rows = verified_rows(steps * 8)
+    t0 = time.perf_counter()
+    if impl == "plain":
+        from datasets import Dataset
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+
+        from assay.train.runner import load_policy
+
+        model, tok, _ = load_policy(BASE)  # the embedded GGUF converted once (both paths)
+        dataset = Dataset.from_list(
+            [
+                {
+                    "prompt": r["prompt"],
+                    "completion": [{"role": "assistant", "content": r["completion"]}],
+                }
+                for r in rows
+            ]
+        )
+        config = SFTConfig(
+            output_dir=out_dir,
+            max_steps=steps,
+            per_device_train_batch_size=8,
+            learning_rate=5e-4,
+            lr_scheduler_type="cosine",
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            bf16=False,
+            gradient_checkpointing=False,
+            use_cpu=True,
+            disable_tqdm=True,
+            max_length=128,
+            packing=packing,
+            completion_only_loss=True,
+        )
+        lora = LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.05,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tok,
+            peft_config=lora,
+        )
+        trainer.train()
+        trainer.save_model(f"{out_dir}/adapter")
+        log = trainer.state.log_history
+    else:
+        from assay.train.sft import sft
+
+        result = sft(
+            rows,
+            model=BASE,
+            name="bench-tp",
+            workspace=WS,
+            output_dir=out_dir,
+            batch_size=8,
+            max_steps=steps,
+            packing=packing,
+            max_length=128,
+            resume=False,
+            register=False,
+        )
+        log = result.log_history
+    wall = time.perf_counter() - t0
+    tokens = [h["num_tokens"] for h in log if "num_tokens" in h][-1]
+    runtime = next(h["train_runtime"] for h in log if "train_runtime" in h)
+    return {
+        "impl": impl,
+        "packing": packing,
+        "steps": steps,
+        "tokens": tokens,
+        "wall_s": wall,
+        "train_runtime_s": runtime,
+        "tok_s_wall": tokens / wall,
+        "tok_s_train": tokens / runtime,
+        "peak_rss_mb": rss_mb(),
+        "load_avg": os.getloadavg(),
+    }
+
+
 def stage_throughput(args) -> None:
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    """Plain TRL and assay interleaved (plain, assay, plain, assay ...), packing off / on,
+    each run in a fresh child process (so peak RSS is that run's), `--repeats` rounds."""
+    import subprocess
 
-    from assay.train import data
-    from assay.train.runner import load_policy, trl_args
-    from assay.train.sft import SFTSettings, sft
-
-    rows = verified_rows(args.steps * 8)
     out = {"steps": args.steps, "batch": 8, "runs": []}
     for repeat in range(args.repeats):
         for packing in (False, True):
-            # plain TRL with the same settings, on the same converted model
-            settings = SFTSettings(
-                model=BASE,
-                batch_size=8,
-                max_steps=args.steps,
-                packing=packing,
-                max_length=128,
-                output_dir=f"{WS}/plain",
-            )
-            model, tok, _ = load_policy(BASE)
-            trainer = SFTTrainer(
-                model=model,
-                processing_class=tok,
-                args=SFTConfig(
-                    **{**trl_args(settings, Path(f"{WS}/plain"), False), "save_strategy": "no"},
-                    max_length=128,
-                    packing=packing,
-                    completion_only_loss=True,
-                ),
-                train_dataset=Dataset.from_list(data.sft_rows(rows, tok)),
-                peft_config=settings.lora.peft_config(),
-            )
-            t = time.perf_counter()
-            trainer.train()
-            plain_s = time.perf_counter() - t
-            tokens = trainer.state.log_history[-2].get("num_tokens", 0)
-            t = time.perf_counter()
-            result = sft(
-                rows,
-                model=BASE,
-                name="bench-tp",
-                workspace=WS,
-                output_dir=f"{WS}/tp-{repeat}-{packing}",
-                batch_size=8,
-                max_steps=args.steps,
-                packing=packing,
-                max_length=128,
-                resume=False,
-                register=False,
-            )
-            assay_s = time.perf_counter() - t
-            a_tokens = [h for h in result.log_history if "num_tokens" in h][-1]["num_tokens"]
-            out["runs"].append(
-                {
-                    "repeat": repeat,
-                    "packing": packing,
-                    "plain_s": plain_s,
-                    "plain_tokens": tokens,
-                    "plain_tok_s": tokens / plain_s,
-                    "assay_s": assay_s,
-                    "assay_tokens": a_tokens,
-                    "assay_tok_s": a_tokens / assay_s,
-                }
-            )
-            print(out["runs"][-1], flush=True)
+            for impl in ("plain", "assay") if repeat % 2 == 0 else ("assay", "plain"):
+                out_dir = f"{WS}/tp-{impl}-{repeat}-{int(packing)}"
+                code = (
+                    f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                    "import train; "
+                    f"print('RESULT', json.dumps(train.throughput_one({impl!r}, {packing}, "
+                    f"{args.steps}, {out_dir!r})))"
+                )
+                proc = subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, check=False
+                )
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode or not line:
+                    raise RuntimeError(f"{impl} packing={packing} failed:\n{proc.stderr[-3000:]}")
+                run = {"repeat": repeat, **json.loads(line[0][7:])}
+                out["runs"].append(run)
+                print(run, flush=True)
+                save("throughput", out)
+    for packing in (False, True):
+        for impl in ("plain", "assay"):
+            runs = [r for r in out["runs"] if r["impl"] == impl and r["packing"] == packing]
+            out[f"{impl}_packing{int(packing)}"] = {
+                "tok_s_wall": sum(r["tok_s_wall"] for r in runs) / len(runs),
+                "tok_s_train": sum(r["tok_s_train"] for r in runs) / len(runs),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            }
     save("throughput", out)
 
 
@@ -307,19 +408,32 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--test", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="max steps (sft, distill: -1 = by epochs; others: 8)",
+    )
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--alpha", type=float, default=0.5, help="distill: KL weight")
+    parser.add_argument("--modes", default="context,sequence", help="distill modes to run")
     parser.add_argument("--grpo-lr", type=float, default=2e-5)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--per-subject", type=int, default=1)
     parser.add_argument("--arc-n", type=int, default=40)
     parser.add_argument("--arc-levels", default="easy,challenge")
     parser.add_argument("--models", default=BASE)
-    parser.add_argument("--skip-before", action="store_true", help="grpo: reuse the SFT eval")
+    parser.add_argument(
+        "--skip-before",
+        action="store_true",
+        help="sft, grpo, distill: skip the eval before training",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
+    if args.steps is None:
+        args.steps = -1 if args.stage in ("sft", "distill") else 8
     {
         "sft": stage_sft,
         "grpo": stage_grpo,
