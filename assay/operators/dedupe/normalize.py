@@ -93,8 +93,10 @@ def _folded(text: pl.Series, norm: TextNormalization) -> pl.Series:
     NFKC over every row would be the costliest step.
     """
     text = text.cast(pl.String).fill_null("")
-    wide = (text.str.len_bytes() != text.str.len_chars()).arg_true()
-    unicode = len(wide) > 0 and (norm.unicode_form or norm.accents or norm.punctuation)
+    unicode = bool(norm.unicode_form or norm.accents or norm.punctuation)
+    if unicode:  # else no step needs to know which rows are wide
+        wide = (text.str.len_bytes() != text.str.len_chars()).arg_true()
+        unicode = len(wide) > 0
     if unicode and norm.unicode_form:
         text = text.scatter(wide, text.gather(wide).str.normalize(norm.unicode_form))
     if norm.lowercase:
