@@ -277,8 +277,8 @@ class SqlExecutionVerifier(Verifier):
     `test_suite` (more DuckDB files with the same schema and other data) makes the check a
     test-suite execution match (Zhong et al., 2020): the candidate must also give the gold
     query's result on every one of them. One database lets a wrong query pass when both
-    happen to return the same value (a `COUNT(*)` of 0 is common); a few differently seeded
-    ones catch that.
+    happen to return the same value (a `COUNT(*)` of 0 is common); databases whose data are
+    built to tell queries apart catch that (random reseeds of the same data often do not).
 
     Input columns: `column` (candidate SQL or answer text), `gold_column` (gold SQL),
     `database_column` if set (a DuckDB path per row; otherwise `database`).

@@ -284,11 +284,13 @@ def _shared_prefix_len(items: list[GenerationItem]) -> int:
 
 def _cache_argument(model: Any) -> str:
     """`cache` where the model's forward takes it (newer transformers deprecate
-    `past_key_values` with a warning on every call), else `past_key_values`."""
-    return _CACHE_ARGUMENT.setdefault(
-        type(model),
-        "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values",
-    )
+    `past_key_values` with a warning on every call), else `past_key_values`. Looked up once
+    per model class: this runs on every decoding step."""
+    name = _CACHE_ARGUMENT.get(type(model))
+    if name is None:
+        takes_cache = "cache" in inspect.signature(model.forward).parameters
+        name = _CACHE_ARGUMENT[type(model)] = "cache" if takes_cache else "past_key_values"
+    return name
 
 
 _CACHE_ARGUMENT: dict[type, str] = {}
