@@ -371,7 +371,9 @@ def _advance(row: _Row, token: int, tokenizer: Any, eos_token_ids: set[int]) -> 
             result.finish_reason = "stop"
             return True
     if len(result.token_ids) >= item.max_new_tokens:
-        result.finish_reason = "length"
+        # a grammar row whose last token completed its value is whole, not cut
+        complete = item.grammar is not None and item.grammar.complete
+        result.finish_reason = "stop" if complete else "length"
         return True
     return False
 

@@ -73,11 +73,22 @@ def _loads(arguments: Any) -> Any:
     return arguments
 
 
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
-    """Split generated text into (content, OpenAI-style tool_calls or None)."""
+def parse_tool_calls(
+    text: str, truncated: bool = False
+) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """Split generated text into (content, OpenAI-style tool_calls or None).
+
+    `truncated`: the generation was cut at its token budget. Then a `<tool_call>` block that
+    is not whole JSON is the cut one, and no calls are returned at all (the calls before
+    the cut are not the model's whole answer); without it, unparseable blocks are skipped.
+    JSON is never repaired here, so a cut call is never read as a call with cut arguments.
+    """
     calls: list[dict[str, Any]] = []
     for block in _TOOL_CALL_BLOCK.findall(text):
-        calls.extend(_calls_in(block.strip()))
+        found = _calls_in(block.strip())
+        if truncated and not found and not _is_json(block):
+            return text, None
+        calls.extend(found)
     content = _TOOL_CALL_BLOCK.sub("", text).strip() if calls else text
     if not calls:
         stripped = text.strip()
@@ -99,6 +110,14 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]] | None
         for i, c in enumerate(calls)
     ]
     return (content or None), tool_calls
+
+
+def _is_json(block: str) -> bool:
+    try:
+        json.loads(block)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return True
 
 
 def _calls_in(block: str) -> list[dict[str, Any]]:
@@ -163,12 +182,17 @@ def chat_response(
     latency_s: float,
 ) -> ChatResponse:
     """A local generation as a `ChatResponse`: with `parse_tools` (the request offered tools),
-    `<tool_call>` blocks become OpenAI `tool_calls` and the finish reason `"tool_calls"`."""
+    `<tool_call>` blocks become OpenAI `tool_calls` and the finish reason `"tool_calls"`.
+
+    A generation cut at its budget keeps `finish_reason="length"`: its text is returned as
+    generated (a constrained call cut mid-JSON stays an invalid JSON prefix, with no
+    `tool_calls`), and calls are returned only when every block in it is whole JSON."""
     answer: str | None = text
     tool_calls = None
     if parse_tools:
-        answer, tool_calls = parse_tool_calls(text)
-        if tool_calls:
+        cut = finish_reason == "length"
+        answer, tool_calls = parse_tool_calls(text, truncated=cut)
+        if tool_calls and not cut:
             finish_reason = "tool_calls"
     return ChatResponse(
         text=answer,

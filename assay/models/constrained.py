@@ -16,6 +16,14 @@ with compact separators (`any_whitespace=False`).
 xgrammar 0.2.8 compiles a length-bounded string (`minLength` / `maxLength`) into a character
 class that lets raw control characters through, which is not valid JSON; `harden_schema`
 rewrites such strings into the equivalent `pattern` over JSON-safe characters.
+
+A constrained row that reaches its token budget before the grammar is complete is truncated:
+`finish_reason="length"` and its text is a JSON prefix, never closed or repaired here (closing
+it would put values in the answer that the model did not choose, e.g. a string cut to
+`"Par"`); callers must treat it as cut (the tool-call parser returns no call for it). A row
+whose last budgeted token completes the value ends with `"stop"`, like one that stopped
+itself. No budget is reserved for closing the JSON: xgrammar gives no shortest completion
+of a grammar state, and a forced close would still be a value the model did not write.
 """
 
 from __future__ import annotations
@@ -114,7 +122,14 @@ class GrammarState:
 
     @property
     def finished(self) -> bool:
+        """The stop token has been accepted: nothing more may follow."""
         return bool(self.matcher.is_terminated())
+
+    @property
+    def complete(self) -> bool:
+        """What was accepted so far is a whole value of the grammar (the stop token may
+        still be missing): a row cut at its token budget in this state is not truncated."""
+        return bool(self.matcher.is_completed())
 
 
 def mask_logits(logits: torch.Tensor, states: list[GrammarState | None]) -> None:

@@ -199,7 +199,7 @@ class ParseToolCalls(Map):
         return _set(table, self.output_column, pa.array(calls, kind))
 
 
-TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(</tool_call>|$)", re.DOTALL)
 
 
 def _native_calls(blob: str) -> list[dict[str, str]]:
@@ -218,9 +218,11 @@ def _native_calls(blob: str) -> list[dict[str, str]]:
 
 def _text_calls(text: str | None) -> list[dict[str, str]]:
     out = []
-    for block in TOOL_CALL.findall(text or ""):
+    for block, closed in TOOL_CALL.findall(text or ""):
         try:
-            value = extract_json(block)
+            # a block left open is where the answer was cut (max_tokens): only whole JSON
+            # counts there; repairing it would invent the end of the call's arguments
+            value = extract_json(block) if closed else json.loads(block)
         except ValueError:
             continue
         if isinstance(value, dict) and "name" in value:

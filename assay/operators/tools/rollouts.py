@@ -85,6 +85,29 @@ def _call(call: dict[str, Any], k: int) -> dict[str, Any]:
     }
 
 
+def cut_tool_call(
+    finish_reason: str | None, text: str | None, calls: list[dict[str, Any]], tool_choice: Any
+) -> bool:
+    """Whether a response cut at its token budget (`finish_reason == "length"`) was a tool
+    call: one of its calls has arguments that are not a whole JSON object (providers return
+    the cut arguments), or it has no call while the request's `tool_choice` forced one
+    ("required" or a function: on the local backend the constrained JSON was cut) or while
+    its text opens a `<tool_call>` block. A cut answer in prose is not a cut call."""
+    if finish_reason != "length":
+        return False
+    if calls:
+        return not all(_json_object(c["function"]["arguments"]) for c in calls)
+    wants_call = tool_choice is not None and tool_choice not in ("auto", "none")
+    return wants_call or "<tool_call>" in (text or "")
+
+
+def _json_object(arguments: str) -> bool:
+    try:
+        return isinstance(json.loads(arguments), dict)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+
+
 def message(role: str, content: str | None = "", **extra: Any) -> dict[str, Any]:
     """A chat message in the trajectory schema (every field present)."""
     return {
@@ -118,9 +141,14 @@ class ToolRollouts(AsyncStage, UsesLLM):
     as JSON strings), `tools` (JSON: the tool schemas offered), `episode` (JSON: per-call
     timings and tool results, `checks` `[{"turn", "passed", "detail"}]`, the final state),
     `reward` (float), `correct` (bool), `turns` (model calls), `finish` ("answer",
-    "turn_limit" or "error"); the task's other columns are kept.
-    Rejects: none (failed episodes are kept with `finish="error"`, `correct=false`: filter
-    with a verifier or on `correct`).
+    "turn_limit", "length" or "error"); the task's other columns are kept. Every call in
+    `episode.calls` records the response's `finish_reason`.
+    A tool call cut at `max_tokens` (see `cut_tool_call`) ends the episode with
+    `finish="length"`, `correct=false`: it is stored as the assistant's text and never
+    executed or repaired into a call the model did not finish. An answer in prose cut at
+    `max_tokens` is still the turn's answer (its call says `finish_reason: "length"`).
+    Rejects: none (failed episodes are kept with `finish="error"` or `"length"`,
+    `correct=false`: filter with a verifier or on `correct`).
 
     Example:
 
@@ -230,7 +258,14 @@ class ToolRollouts(AsyncStage, UsesLLM):
                 finish, error = "error", response.error
                 entry["error"] = response.error
                 break
+            entry["finish_reason"] = response.finish_reason
             calls = [_call(c, i) for i, c in enumerate(response.tool_calls or [])]
+            choice = params.get("tool_choice") if tools else None
+            if cut_tool_call(response.finish_reason, response.text, calls, choice):
+                # the call was cut at max_tokens: kept as the text it was, never executed
+                messages.append(message("assistant", response.text))
+                finish, entry["truncated"] = "length", True
+                break
             messages.append(message("assistant", response.text, tool_calls=calls or None))
             if calls:
                 results = (
@@ -272,7 +307,7 @@ class ToolRollouts(AsyncStage, UsesLLM):
             "tools": json.dumps(offered, ensure_ascii=False),
             "episode": json.dumps(episode, ensure_ascii=False, default=str),
             "reward": float(score.reward),
-            "correct": bool(score.correct) and finish != "error",
+            "correct": bool(score.correct) and finish not in ("error", "length"),
             "turns": turns,
             "finish": finish,
         }
