@@ -307,3 +307,46 @@ def test_bf16_falls_back_where_a_projection_is_wrapped_by_something_unknown(tiny
     assert [a.token_ids for a in asked_bf16] == [g.token_ids for g in generic]
     with pytest.raises(ValueError, match="precision"):
         generate_batch(wrapped, tokenizer, items(), set(), precision="fp8")
+
+
+def test_a_shared_prefix_held_once_gives_the_logits_of_one_copied_per_row(tiny):
+    model, tokenizer, _ = tiny
+    items = [GenerationItem(prompt_ids=ids_of(tokenizer, p, SYSTEM)) for p in PROMPTS]
+    from transformers import DynamicCache
+
+    from assay.models.batch_generate import _prefill, _Row, _shared_prefix_len
+
+    shared = _shared_prefix_len(items)
+    assert shared >= 8
+    width = max(len(i.prompt_ids) for i in items) - shared
+    input_ids = torch.zeros((len(items), width), dtype=torch.long)
+    attention = torch.zeros((len(items), shared + width), dtype=torch.long)
+    attention[:, :shared] = 1
+    for r, item in enumerate(items):
+        own = item.prompt_ids[shared:]
+        input_ids[r, width - len(own) :] = torch.tensor(own)
+        attention[r, shared + width - len(own) :] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    rows = [_Row(item, torch.device("cpu")) for item in items]
+    step = DecodeStep(model)
+    outputs = {}
+    for once in (0, shared):
+        cache = DynamicCache()
+        with torch.inference_mode():
+            logits = _prefill(
+                model, rows, items, input_ids, attention, positions, shared, cache, None
+            )
+            static = StaticKVCache.from_dynamic(cache, attention, room=4, shared=once)
+            assert static.prefix_length == once
+            assert static.keys[0].shape[2] == shared + width - once + 4  # the prefix left the rows
+            tokens, steps = logits.argmax(-1), []
+            for _ in range(6):  # through a growth of the per-row buffers
+                logits = step(tokens, static.positions(), static)
+                tokens = logits.argmax(-1)
+                steps.append(logits)
+            static.compact(torch.tensor([4, 1]))  # finished rows leave; the prefix stays
+            steps.append(step(tokens[[4, 1]], static.positions(), static))
+        outputs[once] = steps
+    for copied, held_once in zip(outputs[0], outputs[shared], strict=True):
+        assert torch.allclose(copied, held_once, atol=1e-4, rtol=1e-4)
+        assert torch.equal(copied.argmax(-1), held_once.argmax(-1))

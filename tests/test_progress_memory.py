@@ -29,6 +29,21 @@ def test_line_mode_prints_one_line_per_stage(workspace: Path) -> None:
     assert lines[1].startswith("[assay] stage 1 EvenOnly: 40 in, 20 out, 20 rejected")
 
 
+def test_line_mode_reports_a_busy_stage_while_the_segment_runs(workspace: Path) -> None:
+    stream = io.StringIO()
+    Pipeline([Upper(), EvenOnly()], batch_size=10).run(
+        ROWS, workspace=workspace, progress=LineProgress(stream, interval=0.0)
+    )
+    lines = stream.getvalue().splitlines()
+    running, final = lines[:-2], lines[-2:]
+    # a line for every batch each stage finished (4 batches x 2 stages), with the total
+    assert len(running) == 8
+    assert running[0].startswith("[assay] stage 0 Upper: 10/40 rows, kept 10,")
+    assert "left" in running[0]
+    assert any(line.startswith("[assay] stage 1 EvenOnly: 40/40 rows, kept 20,") for line in running)
+    assert final[1].startswith("[assay] stage 1 EvenOnly: 40 in, 20 out, 20 rejected")
+
+
 def test_rich_mode_shows_each_stage_with_rows_done_and_kept(workspace: Path) -> None:
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=160)

@@ -1,4 +1,5 @@
-"""Progress reporting: a Rich display per stage on a terminal, one line per stage elsewhere.
+"""Progress reporting: a Rich display per stage on a terminal; elsewhere (logs, CI, a piped
+`make demo`) a line per busy stage every `interval` seconds and one per stage at the end.
 
 Every stage's progress is counted in rows of the segment's input whose batch has passed the
 stage, so all stages share one total and the ETA means "until the segment is done".
@@ -69,15 +70,21 @@ class _Tally:
 
 
 class LineProgress(Progress):
-    """For logs and CI: one line per stage when its segment ends."""
+    """For logs and CI: while a segment runs, a line for a stage that finished a batch at most
+    every `interval` seconds (rows done of the total, kept, rate, time left), so a model stage
+    that runs for minutes is not silent; then one line per stage when the segment ends."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, interval: float = 30.0) -> None:
         self.stream = stream or sys.stderr
+        self.interval = interval
         self.tallies: dict[int, _Tally] = {}
 
     def start_segment(self, stages: list[tuple[int, str]], total: int | None) -> None:
         self.tallies = {i: _Tally(name) for i, name in stages}
+        self.done = {i: 0 for i, _ in stages}
+        self.total = total
         self.skipped = 0
+        self.last_line = time.perf_counter()
 
     def skip(self, rows: int) -> None:
         self.skipped += rows
@@ -85,7 +92,25 @@ class LineProgress(Progress):
     def advance(
         self, index: int, batch_rows: int, rows_in: int, rows_out: int, rejected: int
     ) -> None:
-        self.tallies[index].add(rows_in, rows_out, rejected)
+        tally = self.tallies[index]
+        tally.add(rows_in, rows_out, rejected)
+        self.done[index] += batch_rows
+        now = time.perf_counter()
+        if now - self.last_line < self.interval:
+            return
+        self.last_line = now
+        done, seconds = self.done[index], now - tally.started
+        of = f"/{self.total - self.skipped:,}" if self.total is not None else ""
+        left = ""
+        if self.total is not None and done:
+            remaining = (self.total - self.skipped - done) * seconds / done
+            left = f", about {remaining:.0f}s left"
+        print(
+            f"[assay] stage {index} {tally.name}: {done:,}{of} rows, kept {tally.rows_out:,}, "
+            f"{tally.rate_text()}{left}",
+            file=self.stream,
+            flush=True,
+        )
 
     def end_segment(self) -> None:
         if self.skipped:

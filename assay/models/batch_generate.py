@@ -3,10 +3,11 @@
 Each row brings its own prompt, sampling parameters, seed, stop strings, token budget,
 LoRA adapter and (optionally) grammar. Prompts are left-padded into one tensor, the prompt is
 run once (prefill, keeping only the last position's logits), then every step feeds one token
-per row through the KV cache. A prefix that every prompt shares (the system prompt and chat
-template of a pipeline's prompts) is run once per LoRA adapter in the batch and its KV cache
-copied to the rows, so the batch's prefill only pays for what differs; the padding sits between the
-shared prefix and each row's own tokens, masked out. Rows that finish are dropped from the batch (and from the KV
+per row through the KV cache. A prefix that every prompt shares (the system prompt, a
+few-shot teacher prompt's examples) is run once per LoRA adapter in the batch; the fast loop
+then holds it once (one adapter) and reads it once per step for all rows, so neither the
+prefill nor the decode pays for it per row. The padding sits between the shared prefix and
+each row's own tokens, masked out. Rows that finish are dropped from the batch (and from the KV
 cache), so long tails do not pay for finished rows. Rows naming different LoRA adapters share
 each forward pass (`multi_lora.MultiLora` routes each row through its adapter).
 
@@ -81,6 +82,7 @@ def generate_batch(
     *,
     fast: bool | None = None,
     precision: str | None = None,
+    prefix_once: bool = True,
 ) -> list[GenerationResult]:
     """Generate every item in one padded batch; results in the order of `items`.
 
@@ -88,7 +90,8 @@ def generate_batch(
     the models it supports, unless `ASSAY_LOCAL_FAST=0`); `False` keeps the generic
     transformers forward with a `DynamicCache`. `precision`: `"fp32"` (default; greedy
     outputs equal the generic path's) or `"bf16"` (bfloat16 matmuls, fast path only;
-    default from `ASSAY_LOCAL_PRECISION`).
+    default from `ASSAY_LOCAL_PRECISION`). `prefix_once`: in the fast loop, hold a shared
+    prefix once for all rows (default) rather than a copy per row (the benchmark's peer).
     """
     if not items:
         return []
@@ -117,7 +120,13 @@ def generate_batch(
         )
         if fast:
             room = max(item.max_new_tokens for item in items)
-            static = StaticKVCache.from_dynamic(cache, attention, room=min(room, GROW_COLUMNS))
+            # a prefix run with one set of weights is held once; with several adapters in the
+            # batch each row keeps its adapter's copy
+            one_adapter = len({item.adapter for item in items}) == 1
+            once = shared if prefix_once and one_adapter else 0
+            static = StaticKVCache.from_dynamic(
+                cache, attention, room=min(room, GROW_COLUMNS), shared=once
+            )
             del cache
             _decode_static(
                 DecodeStep(model, precision),
@@ -235,7 +244,7 @@ def _decode_static(
     device = logits.device
     slot_rows = list(range(len(rows)))  # cache slot -> row index
     live = list(range(len(rows)))  # slots still generating
-    next_positions = cache.valid[:, : cache.length].sum(-1)
+    next_positions = cache.positions()
     feed = torch.zeros(len(rows), dtype=torch.long, device=device)
     while True:
         picked = logits if len(live) == logits.shape[0] else logits[live]

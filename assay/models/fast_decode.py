@@ -102,7 +102,7 @@ class DecodeStep:
             q, k, v = self._qkv(index, layer.self_attn, x)
             q, k = self._rotate.apply_rotary_pos_emb(q, k, cos, sin)
             keys, values = cache.write(index, k, v)
-            attended = self._attend(q, keys, values, mask)
+            attended = self._attend(q, keys, values, mask, cache.prefix(index))
             hidden = residual + self._linear(index, "o", layer.self_attn.o_proj, attended)
             residual = hidden
             hidden = residual + self._mlp(index, layer.mlp, layer.post_attention_layernorm(hidden))
@@ -132,16 +132,51 @@ class DecodeStep:
         ]
 
     def _attend(
-        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         # transformers' sdpa_attention_forward for one query token: the query heads of each
         # key/value head packed as that head's queries, so no repeat_kv copy of the cache
         rows, groups = q.shape[0], self.heads // self.kv_heads
-        if groups > 1:
-            q = q.reshape(rows, self.kv_heads, groups, self.head_dim)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+        q = q.reshape(rows, self.kv_heads, groups, self.head_dim)
+        if prefix is None:
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=self.scaling
+            )
+        else:
+            out = self._attend_with_prefix(q, keys, values, mask, *prefix)
         out = out.reshape(rows, self.heads, 1, self.head_dim).transpose(1, 2).contiguous()
         return out.reshape(rows, 1, self.heads * self.head_dim)
+
+    def _attend_with_prefix(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        prefix_keys: torch.Tensor,
+        prefix_values: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention over the shared prefix (held once) and each row's own columns, in one
+        softmax. Every row's queries against the prefix are one matmul per key/value head
+        (rows x groups queries by prefix keys), so the prefix is read once per step, not once
+        per row. `q` `(rows, kv_heads, groups, head_dim)`; returns the same shape."""
+        rows, kv_heads, groups, dim = q.shape
+        length = prefix_keys.shape[1]
+        q = q * self.scaling
+        by_head = q.transpose(0, 1).reshape(kv_heads, rows * groups, dim)
+        on_prefix = torch.bmm(by_head, prefix_keys.transpose(1, 2))
+        on_prefix = on_prefix.view(kv_heads, rows, groups, length).transpose(0, 1)
+        on_own = torch.matmul(q, keys.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
+        weights = torch.cat([on_prefix, on_own], dim=-1).softmax(dim=-1)
+        to_prefix, to_own = weights.split([length, keys.shape[2]], dim=-1)
+        to_prefix = to_prefix.transpose(0, 1).reshape(kv_heads, rows * groups, length)
+        from_prefix = torch.bmm(to_prefix, prefix_values).view(kv_heads, rows, groups, dim)
+        return from_prefix.transpose(0, 1) + torch.matmul(to_own, values)
 
     def _mlp(self, index: int, mlp: Any, x: torch.Tensor) -> torch.Tensor:
         if self.weights is None:
