@@ -23,8 +23,18 @@ def teacher_knows(question: str) -> bool:
     return hashlib.sha256(question.encode()).digest()[0] % 2 == 0
 
 
+def judge_approves(question: str) -> bool:
+    return hashlib.sha256(question.encode()).digest()[1] % 3 != 0
+
+
 def teacher(body: dict) -> str:
-    """Answers with the gold SQL for half the questions (fixed by hash), else a wrong query."""
+    """Answers with the gold SQL for half the questions (fixed by hash), else a wrong query.
+    As the reasoning judge (a rubric request) it approves two questions in three."""
+    content = body["messages"][-1]["content"]
+    if "[Response]" in content:
+        question = content.split("[Request]\n", 1)[1].split("\n\n", 1)[0]
+        score = 5 if judge_approves(question) else 1
+        return json.dumps({"rationale": "checked", "handbook": score, "question": score})
     question = body["messages"][-1]["content"].rsplit("Question: ", 1)[1].split("\n")[0]
     if teacher_knows(question):
         return f"```sql\n{GOLD[question]};\n```"
@@ -71,6 +81,32 @@ def test_intern_job_curates_trains_evaluates_and_reports(tmp_path: Path, tiny_st
     assert (report.parent / "report.html").exists()
     assert (report.parent / "training" / "loss.png").exists()
     assert requests_first > 0
+
+
+def test_the_reasoning_judge_drops_verified_rows_it_scores_low(tmp_path: Path) -> None:
+    from assay.curate.pipeline import Pipeline
+    from assay.datasets.intern_sql import default_database
+    from assay.jobs.intern import curation_stages
+
+    profile = InternProfile(train_questions=24, samples=1, max_new_tokens=24)
+    rows = task_rows("train", limit=24)
+    with FakeOpenAI(responder=teacher) as server:
+        options = {"api_base": server.base_url, "transport": "http"}
+        stages = curation_stages(
+            profile, "openai/teacher", default_database(0), True, options,
+            judge="openai/judge", judge_options=options,
+        )  # fmt: skip
+        run = Pipeline(stages, batch_size=8).run(rows, workspace=tmp_path, progress="quiet")
+    kept = run.to_arrow().to_pylist()
+    expected = {
+        r["question"]
+        for r in rows
+        if teacher_knows(r["question"]) and judge_approves(r["question"])
+    }
+    assert {r["question"] for r in kept} == expected
+    assert 0 < len(expected) < sum(teacher_knows(r["question"]) for r in rows)  # it cut some
+    assert all(r["judge_score"] == 1.0 for r in kept)
+    assert "RubricJudge" in [stage["name"] for stage in run.funnel()]
 
 
 def test_student_rows_pair_the_short_prompt_with_the_extracted_sql() -> None:

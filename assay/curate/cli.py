@@ -46,12 +46,17 @@ def run(
         str | None, typer.Option(help="A job recipe's profile (e.g. quick, full).")
     ] = None,
     teacher: Annotated[str | None, typer.Option(help="A job recipe's teacher model.")] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(help="A job recipe's judge model (the intern job's reasoning judge)."),
+    ] = None,
 ) -> None:
     """Run a recipe (or resume an interrupted run) and print its funnel."""
     job = load_job(recipe) if recipe is not None and resume is None else None
     if job is not None:
         module, config = job
-        config = {**config, **{k: v for k, v in (("profile", profile), ("teacher", teacher)) if v}}
+        given = (("profile", profile), ("teacher", teacher), ("judge", judge))
+        config = {**config, **{k: v for k, v in given if v}}
         report = importlib.import_module(module).run_job(
             config, workspace, "quiet" if quiet else "auto"
         )

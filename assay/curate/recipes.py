@@ -29,7 +29,7 @@ from assay.curate.stage import Stage
 TOP_LEVEL_KEYS = ("name", "description", "source", "batch_size", "stages")
 
 
-JOB_KEYS = ("name", "description", "job", "profile", "teacher", "student", "overrides")
+JOB_KEYS = ("name", "description", "job", "profile", "teacher", "student", "judge", "overrides")
 
 
 def load_job(path: str | Path) -> tuple[str, dict[str, Any]] | None:

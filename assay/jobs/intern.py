@@ -7,8 +7,10 @@ The steps, in the order they run (each a library call you can run alone):
    (handbook, commented schema, worked examples), `samples` times at `temperature`.
 2. Curation: execute each answer's SQL and keep those whose result set equals the gold
    query's on the task database and on a test suite of three more databases with other data
-   (`SqlExecutionVerifier(test_suite=...)`); drop exact duplicates of (question, SQL);
-   decontaminate against both held-out sets (whole-question match).
+   (`SqlExecutionVerifier(test_suite=...)`); with a `judge` model, an LLM judge then reads
+   each verified query against the handbook (`SQL_RUBRIC`: the handbook's meanings, exactly
+   what was asked) and drops those it scores below `judge_threshold`; drop exact duplicates
+   of (question, SQL); decontaminate against both held-out sets (whole-question match).
 3. Training: the student (LoRA on the embedded model) learns (short prompt -> verified SQL);
    the ablation trains the same student on as many *uncurated* teacher samples; with
    `context_distillation` (the full profile) a third student learns the same rows by context
@@ -43,8 +45,10 @@ from assay.datasets.intern_sql import (
     task_rows,
     test_suite_databases,
 )
+from assay.datasets.intern_sql.prompts import HANDBOOK
 from assay.jobs import intern_task  # noqa: F401  (registers the eval tasks for `assay eval`)
 from assay.jobs.intern_report import goal_lines, write_intern_report
+from assay.judges.rubric import Criterion, Rubric
 
 TEACHER = "local/smollm2-135m"
 STUDENT = "smollm2-135m"
@@ -69,6 +73,8 @@ class InternProfile:
     # also train a context-distilled student (the base model reading the long prompt is the
     # teacher of token distributions) on the same rows, and compare it in the report
     context_distillation: bool = False
+    # the reasoning judge's cut (RubricJudge score in [0, 1]); used when a judge is given
+    judge_threshold: float = 0.5
     seed: int = 0
 
 
@@ -125,17 +131,60 @@ def sql_verifier(database: Path, seed: int, drop_incorrect: bool = True) -> Any:
     )
 
 
+SQL_RUBRIC = Rubric(
+    task=(
+        "A new analyst wrote a SQL query for a question about the race_results table. "
+        "Judge whether the query reasons the way the team's handbook says.\n\n" + HANDBOOK
+    ),
+    criteria=[
+        Criterion(
+            name="handbook",
+            description="uses the handbook's meanings: people by driver_name, teams by "
+            "constructor, the statusId codes, grid and position as defined",
+        ),
+        Criterion(
+            name="question",
+            description="computes exactly what the question asks (the right aggregate, "
+            "person, team and season), with no extra or missing conditions",
+        ),
+    ],
+)
+
+
+def reasoning_judge(model: str, threshold: float, options: dict[str, Any] | None = None):
+    """The LLM judge of the curation step: reads each verified query (`sql`) against its
+    question with `SQL_RUBRIC` and rejects those scoring below `threshold`.
+
+    Input columns: `question`, `sql`. Output columns: `judge_score`, `judge_verdict`,
+    `judge_rationale`, `judge_criteria`, `judge_error`, `judge_cost`.
+    """
+    from assay.judges.rubric import RubricJudge
+
+    return RubricJudge(
+        model=model,
+        rubric=SQL_RUBRIC,
+        prompt_column="question",
+        response_column="sql",
+        threshold=threshold,
+        max_tokens=160,
+        **(options or {}),
+    )
+
+
 def curation_stages(
     profile: InternProfile,
     teacher: str,
     database: Path,
     curated: bool,
     teacher_options: dict[str, Any] | None = None,
+    judge: str | None = None,
+    judge_options: dict[str, Any] | None = None,
 ) -> list:
     """The curation pipeline; `curated=False` is the ablation's (generation only).
 
     `teacher_options` are further `Generate` settings for the teacher (`api_base`,
-    `api_key_env`, `rpm`, ...).
+    `api_key_env`, `rpm`, ...). `judge`: a model string for the reasoning judge (none: the
+    execution verifier alone decides), `judge_options` its further settings.
     """
     from assay.operators.dedupe import Decontaminate, ExactDedupe
     from assay.operators.generate import Generate
@@ -152,10 +201,12 @@ def curation_stages(
     if not curated:
         return [generate]
     held_out = [r["question"] for s in ("heldout", "unseen") for r in task_rows(s)]
+    judged = [reasoning_judge(judge, profile.judge_threshold, judge_options)] if judge else []
     return [
         generate,
         ExtractSql(),
         sql_verifier(database, profile.seed),
+        *judged,
         ExactDedupe(columns=["question", "sql"]),
         # questions are shorter than 30 words: each is compared whole with every held-out one
         Decontaminate(columns=["question"], eval_sets={"heldout": held_out}, ngram=30),
@@ -195,8 +246,12 @@ def run_intern(
     progress: str = "auto",
     log: Callable[[str], None] = print,
     teacher_options: dict[str, Any] | None = None,
+    judge: str | None = None,
+    judge_options: dict[str, Any] | None = None,
 ) -> Path:
-    """Run every step; return the report's path."""
+    """Run every step; return the report's path. `judge`: a model for the reasoning judge
+    of the curation step (default none: the 135M embedded model judges at chance, so it
+    would drop verified rows at random; give a stronger one, e.g. `openai/gpt-4o-mini`)."""
     from assay.train.eval import evaluate_choices, load_eval_model, results_table
     from assay.train.sft import sft
     from assay.train.tasks import get_task
@@ -209,8 +264,11 @@ def run_intern(
 
     log(f"[1/4] teacher {teacher}: {len(source)} questions x {p.samples} samples (long prompt)")
     started = time.perf_counter()
+    if judge:
+        log(f"      the reasoning judge: {judge} (threshold {p.judge_threshold})")
     curated_run = Pipeline(
-        curation_stages(p, teacher, database, True, teacher_options), batch_size=32
+        curation_stages(p, teacher, database, True, teacher_options, judge, judge_options),
+        batch_size=32,
     ).run(source, workspace=workspace, progress=progress)
     raw_run = Pipeline(
         curation_stages(p, teacher, database, False, teacher_options), batch_size=32
@@ -283,7 +341,7 @@ def run_intern(
         answers=answers,
         training_runs=[fit.run_id for fit in fits],
         train_rows=curated,
-        config={"profile": asdict(p), "teacher": teacher, "student": student},
+        config={"profile": asdict(p), "teacher": teacher, "student": student, "judge": judge},
         timings=timings,
     )
     log(results_table(results))
@@ -358,14 +416,17 @@ def run_job(config: dict[str, Any], workspace: str | Path, progress: str) -> Pat
         student=config.get("student", STUDENT),
         workspace=workspace,
         progress=progress,
+        judge=config.get("judge"),
     )
 
 
 __all__ = [
     "PROFILES",
+    "SQL_RUBRIC",
     "InternProfile",
     "RunResult",
     "context_rows",
+    "reasoning_judge",
     "run_intern",
     "run_job",
     "student_rows",
