@@ -5,12 +5,15 @@
     result.to_polars()
 
 A run writes `<workspace>/runs/<run_id>/output/part-*.parquet` (in source order), the
-removed rows under `rejects/`, and its bookkeeping in `<workspace>/assay.duckdb`.
+removed rows under `rejects/`, and its bookkeeping in `<workspace>/assay.duckdb`. A finished
+run also writes the viewer's search index of its output (`search/output.duckdb`, see
+assay/viewer/search.py), so the first page and the first search in `assay view` are fast.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from assay.curate.stage import Stage
 from assay.curate.store import RunStore
 
 DEFAULT_WORKSPACE = ".assay"
+log = logging.getLogger(__name__)
 
 
 class Pipeline:
@@ -91,7 +95,22 @@ class Pipeline:
                 store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
                 raise
             store.set_status(run_id, "done")
+        write_search_index(run_dir)
         return RunResult(run_id=run_id, run_dir=run_dir, workspace=Path(workspace))
+
+
+def write_search_index(run_dir: Path) -> Path | None:
+    """The viewer's search index of a finished run's output shards (`<run_dir>/search/
+    output.duckdb`); None when there is nothing to index. A failure is logged, never raised:
+    the viewer then builds the index itself."""
+    from assay.viewer import search
+
+    files = [str(f) for f in sorted((run_dir / "output").glob("*.parquet"))]
+    try:
+        return search.write_index(files, search.index_path(run_dir))
+    except Exception as exc:  # the run's data is written; the index is only a speed-up
+        log.warning("search index of %s not written: %s: %s", run_dir, type(exc).__name__, exc)
+        return None
 
 
 def _check_same_config(run_id: str, stored: dict[str, Any], current: dict[str, Any]) -> None:

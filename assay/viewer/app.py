@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from assay.viewer import feedback, runinfo
+from assay.viewer import feedback, runinfo, search
 from assay.viewer.charts import funnel_bars
 from assay.viewer.queries import OPS, ColumnFilter, ParquetTable, display, warm
 from assay.viewer.redact import add_secret, redact, redact_value
@@ -117,7 +117,12 @@ def create_app(
             **page,
         )
 
-    def browse(request: Request, run_id: str, files: list[str], source: str) -> HTMLResponse:
+    def output_table(run_id: str) -> ParquetTable:
+        # with the index the pipeline wrote at the end of the run (used only if current)
+        files = ws.output_files(run_id)
+        return ParquetTable(files, index_file=search.index_path(ws.run_dir(run_id)))
+
+    def browse(request: Request, run_id: str, table: ParquetTable, source: str) -> HTMLResponse:
         started = time.perf_counter()
         params = request.query_params
         filters = [
@@ -130,7 +135,6 @@ def create_app(
         size = int(params.get("size", 50)) if params.get("size", "50").isdigit() else 50
         size = size if size in PAGE_SIZES else 50
         page_no = max(1, int(params["page"])) if params.get("page", "").isdigit() else 1
-        table = ParquetTable(files)
         schema = table.schema()
         wanted = [c for c in params.getlist("show") if c in schema]
         default = default_columns(schema)
@@ -168,7 +172,7 @@ def create_app(
 
     @app.get("/runs/{run_id}/data", response_class=HTMLResponse)
     def dataset_page(request: Request, run_id: str) -> HTMLResponse:
-        return browse(request, run_id, ws.output_files(run_id), "output")
+        return browse(request, run_id, output_table(run_id), "output")
 
     @app.get("/runs/{run_id}/rejects", response_class=HTMLResponse)
     def rejects_index(request: Request, run_id: str) -> HTMLResponse:
@@ -181,7 +185,7 @@ def create_app(
         stages = ws.reject_stages(run_id)
         if stage not in stages:  # only folder names the run has, never a path from the URL
             raise NotFound(f"run {run_id} has no rejects from {stage!r}")
-        return browse(request, run_id, stages[stage], stage)
+        return browse(request, run_id, ParquetTable(stages[stage]), stage)
 
     def find_row(run_id: str, row_id: str, source: str) -> dict[str, Any]:
         if source == "output":

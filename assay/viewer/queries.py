@@ -3,10 +3,12 @@
 The browser gets one page of rows; everything else stays in DuckDB. Rows keep the shards'
 order (DuckDB preserves insertion order for a scan with no ORDER BY), so page k is stable.
 Totals are counted once per (shards, filter) and kept, so paging through a filtered set
-costs one LIMIT/OFFSET scan per page. A text search is answered from the dataset's search
-index (assay/viewer/search.py, built in the background from the first page) when the index
-holds every column the page needs, and from the Parquet shards otherwise: both give the
-same rows in the same order (`Page.via` says which answered).
+costs one LIMIT/OFFSET scan per page. The dataset's search index (assay/viewer/search.py:
+written by the pipeline at the end of a run, or built in the background after the first
+page) answers, when it is ready and holds every column the page needs, a text search and
+an unfiltered, unsorted page (a range of row positions; its schema and row count too, so
+a cold first page reads no Parquet footer); the Parquet shards answer everything else. Both
+give the same rows in the same order (`Page.via` says which answered).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -108,10 +111,29 @@ _TOTALS = _LRU(512)
 class ParquetTable:
     """The rows of one set of Parquet shards (a run's output, or one stage's rejects)."""
 
-    def __init__(self, files: list[str]) -> None:
+    def __init__(self, files: list[str], index_file: str | Path | None = None) -> None:
+        """`files`: the shards, in order; `index_file`: where the pipeline may have written
+        their index (`search.index_path(run_dir)`), used only if it indexes these shards."""
         self.files = files
+        self.index_file = index_file
         # a shard rewritten (a resumed run) changes the key, so nothing stale is served
-        self.key = tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files)
+        stats = [os.stat(f) for f in files]
+        self.key = tuple(
+            (f, st.st_mtime_ns, st.st_size) for f, st in zip(files, stats, strict=True)
+        )
+
+    def index(self) -> search_index.SearchIndex | None:
+        """This dataset's search index when it is ready to answer (starts no build)."""
+        found = None
+        if self.index_file is not None:
+            # checked against the stats in the key: the index then holds what the key says
+            shards = [[os.path.basename(f), size, mtime] for f, mtime, size in self.key]
+            found = search_index.open_written(self.key, self.files, self.index_file, shards)
+        else:
+            found = search_index.lookup(self.key)
+        if found is None or not found.ready.is_set() or not found.wait(0):
+            return None
+        return found
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         return _cursor()
@@ -123,6 +145,9 @@ class ParquetTable:
         if not self.files:
             return {}
         cached = _SCHEMAS.get(self.key)
+        if cached is None and (index := self.index()) is not None:
+            cached = dict(index.schema)  # the written index's meta: no footer read
+            _SCHEMAS.put(self.key, cached)
         if cached is None:
             self.count()  # reads every footer at once into the metadata cache: describe
             # then reuses them (describing first reads them one by one: 2-3x slower)
@@ -164,6 +189,9 @@ class ParquetTable:
             return 0
         key = (self.key, where, tuple(sorted((params or {}).items())))
         total = _TOTALS.get(key)
+        if total is None and not where and (index := self.index()) is not None:
+            total = index.rows
+            _TOTALS.put(key, int(total))
         if total is None:
             with self._connect() as con:
                 if where:
@@ -198,11 +226,16 @@ class ParquetTable:
                 raise ViewerError(f"cannot sort by unknown column {sort!r}")
             tie = ", id" if "id" in schema and sort != "id" else ""
             order = f" order by {quote(sort)} {'desc' if descending else 'asc'} nulls last{tie}"
-        index = search_index.index_for(self.key, self.files, schema, self.count())
-        if search and index is not None:
-            fast = self._indexed_page(
-                index, filters or [], search, cols, sort, descending, offset, limit, where, params
-            )
+        index = self.index()
+        if index is not None:
+            fast = None
+            if search:
+                fast = self._indexed_page(
+                    index, filters or [], search, cols, sort, descending, offset, limit, where,
+                    params,
+                )  # fmt: skip
+            elif not filters and not sort:
+                fast = self._range_page(index, cols, offset, limit)
             if fast is not None:
                 return fast
         total = self.count(where, params)
@@ -215,7 +248,36 @@ class ParquetTable:
             cur = con.execute(sql, {"files": self.files, **params})
             names = [d[0] for d in cur.description]
             rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        if index is None:  # started after this page, so the first page has the CPU
+            self.start_index(schema)
         return Page(cols, rows, total, offset, limit, schema)
+
+    def start_index(self, schema: dict[str, str]) -> None:
+        """Start building this dataset's search index in the background (if none yet)."""
+        search_index.index_for(self.key, self.files, schema, self.count())
+
+    def _range_page(
+        self, index: search_index.SearchIndex, cols: list[str], offset: int, limit: int
+    ) -> Page | None:
+        """An unfiltered, unsorted page: positions offset .. offset + limit - 1 of the index
+        (positions are dense and in shard order, as the Parquet path's LIMIT/OFFSET)."""
+        if not set(cols) <= index.columns:
+            return None
+        total = index.rows
+        offset = max(0, min(offset, max(total - 1, 0)))
+        pos = search_index.POS
+        sql = (
+            f"select {', '.join(quote(c) for c in cols)} from {index.table} "
+            f"where {pos} >= $lo and {pos} < $hi order by {pos}"
+        )
+        try:
+            with search_index.cursor() as con:
+                cur = con.execute(sql, {"lo": offset, "hi": offset + int(limit)})
+                names = [d[0] for d in cur.description]
+                rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        except duckdb.Error:  # dropped (evicted) meanwhile
+            return None
+        return Page(cols, rows, total, offset, limit, dict(index.schema), via="index")
 
     def _indexed_page(
         self,
@@ -236,9 +298,7 @@ class ParquetTable:
         if not (needed & set(schema)) <= index.columns:
             return None
         lowered = search_index.usable(search)
-        # still building: the Parquet path now (~1 s at 1M rows) beats waiting for the
-        # build, which runs niced behind the pages (~2-3 s on a loaded machine)
-        if lowered is None or not index.ready.is_set() or not index.wait(0):
+        if lowered is None:
             return None
         clauses: list[str] = []
         fast: dict[str, Any] = {}
@@ -261,21 +321,21 @@ class ParquetTable:
             with search_index.cursor() as con:
                 total = _TOTALS.get(key)
                 if total is None:
-                    sql = f"select count(*) from {index.name}{fast_where}"
+                    sql = f"select count(*) from {index.table}{fast_where}"
                     total = int(con.execute(sql, fast).fetchone()[0])
                     _TOTALS.put(key, total)
                 offset = max(0, min(offset, max(total - 1, 0)))
                 # the page's positions first (a top-N over narrow columns), then its rows
                 pos = search_index.POS
                 cur = con.execute(
-                    f"select {', '.join(quote(c) for c in cols)} from {index.name} "
-                    f"where {pos} in (select {pos} from {index.name}{fast_where}{order} "
+                    f"select {', '.join(quote(c) for c in cols)} from {index.table} "
+                    f"where {pos} in (select {pos} from {index.table}{fast_where}{order} "
                     f"limit {int(limit)} offset {int(offset)}){order}",
                     fast,
                 )
                 names = [d[0] for d in cur.description]
                 rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-        except duckdb.CatalogException:  # dropped (evicted) meanwhile
+        except duckdb.Error:  # dropped (evicted) meanwhile
             return None
         return Page(cols, rows, total, offset, limit, dict(schema), via="index")
 

@@ -1,14 +1,22 @@
-"""The search index: an in-memory DuckDB copy of a dataset's scalar columns, for text search.
+"""The search index: a DuckDB copy of a dataset's scalar columns, for text search and pages.
 
 A text search over Parquet reads every VARCHAR column of every row and runs one ILIKE per
-column (0.6 s for 1M rows idle, 2.4 s on the loaded bench machine). The index is built once
-per set of shards, in a background thread started by the dataset's first page, in a DuckDB
-database of its own (in memory, never in the workspace); a search made while it builds
-takes the Parquet path:
+column (0.6 s for 1M rows idle, 2.4 s on the loaded bench machine). The index holds:
 
     __assay_pos   BIGINT   the row's position in shard order (file offset + file_row_number)
     __assay_text  VARCHAR  lower(concat_ws(chr(31), <every VARCHAR column>)): the haystack
     <every column whose type is not a list, struct, map or blob>, as read from the shards
+
+It comes from one of two places:
+- written by the pipeline at the end of a run (`write_index`, `<run>/search/output.duckdb`,
+  table `rows` plus a `meta` row: the shards' names, sizes and mtimes, the union schema and
+  the row count). The viewer attaches it read-only (`open_written`) only when the meta
+  names exactly the shards it is reading now, with the same sizes and mtimes: a dataset
+  changed after its index was written (a resumed run, a shard rewritten or added) never
+  uses it, and falls back to the in-memory build below.
+- built by the viewer (`index_for`) in a background thread started after a dataset's first
+  page, in a DuckDB database of its own (in memory, never in the workspace); a search made
+  while it builds takes the Parquet path.
 
 A search `q` is then `contains(__assay_text, lower(q))`. That selects the same rows as the
 Parquet path's `c1 ilike '%q%' escape '\\' or c2 ilike ...` (ILIKE lowercases both sides
@@ -17,18 +25,21 @@ separator chr(31) or a non-ASCII character whose lowercase is ASCII (the Kelvin 
 compares all-ASCII columns with an ASCII-only lowering); `usable()` sends those to the
 Parquet path. Filters and sorts on cached columns use the same SQL as the Parquet path.
 
-Memory: about twice the dataset's text (the columns and the haystack): ~330 MB for the
-1M-row bench dataset. At most `MAX_INDEXES` indexes are kept (least recently used dropped)
-and datasets over `MAX_ROWS` rows are not indexed (they search the Parquet way).
+Memory: an in-memory index is about twice the dataset's text (the columns and the haystack):
+~330 MB for the 1M-row bench dataset; a written one is ~77 MB on disk for the same rows and
+is read through DuckDB's buffer pool. At most `MAX_INDEXES` indexes are kept (least recently
+used dropped) and datasets over `MAX_ROWS` rows are not indexed (they search the Parquet way).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -39,6 +50,8 @@ SEP = "\x1f"
 MAX_INDEXES = 3
 MAX_ROWS = 5_000_000
 NESTED = ("[]", "STRUCT(", "MAP(", "UNION(", "BLOB")
+VERSION = 1  # of the written index's layout; another version is not used
+NICE_BUILD = 10  # added to the process's niceness for the viewer's background build
 
 _DB: duckdb.DuckDBPyConnection | None = None
 _LOCK = threading.Lock()
@@ -66,12 +79,44 @@ def cached_type(dtype: str) -> bool:
     return not any(mark in dtype for mark in NESTED)
 
 
+def index_path(run_dir: str | Path) -> Path:
+    """Where the pipeline writes the index of a run's output shards."""
+    return Path(run_dir) / "search" / "output.duckdb"
+
+
+def shard_entries(files: list[str]) -> list[list[Any]]:
+    """[name, size, mtime_ns] of each shard, in order: what a written index must match."""
+    out = []
+    for f in files:
+        st = os.stat(f)
+        out.append([os.path.basename(f), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _create_sql(table: str, schema: dict[str, str]) -> str:
+    """CREATE TABLE `table` AS the index rows of read_parquet($files) ($offsets: file starts)."""
+    text = ", ".join(quote(c) for c, t in schema.items() if t == "VARCHAR") or "''"
+    cols = ", ".join(quote(c) for c, t in schema.items() if cached_type(t))
+    return (
+        f"create table {table} as select "
+        f"list_extract($offsets, file_index::integer + 1) + file_row_number "
+        f"as {POS}, lower(concat_ws(chr(31), {text})) as {TEXT}{', ' if cols else ''}{cols} "
+        "from read_parquet($files, union_by_name = true, file_row_number = true)"
+    )
+
+
 class SearchIndex:
-    """One dataset's index; `ready` is set when the build has finished (or failed)."""
+    """One dataset's index; `ready` is set when the build has finished (or failed).
+
+    `table` is the (possibly qualified) table name to query; `written` is the attached
+    database's alias for an index the pipeline wrote, None for one built in memory.
+    """
 
     def __init__(self, files: list[str], schema: dict[str, str], rows: int) -> None:
         _COUNTER[0] += 1
         self.name = f"search_{_COUNTER[0]}"
+        self.table = self.name
+        self.written: str | None = None
         self.files = files
         self.schema = schema
         self.rows = rows
@@ -86,20 +131,18 @@ class SearchIndex:
             with _BUILD_LOCK:
                 if self.dropped:
                     return
-                # a build runs behind the pages: let them have the CPU first
+                # a build runs behind the pages: let them have the CPU first (relative to
+                # the process's own niceness: setting 10 on a process at 12 would raise it)
                 with contextlib.suppress(AttributeError, OSError):
-                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-                text = ", ".join(quote(c) for c in self.text) or "''"
-                cols = ", ".join(quote(c) for c in self.schema if c in self.columns)
+                    tid = threading.get_native_id()
+                    nice = os.getpriority(os.PRIO_PROCESS, tid)
+                    os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + NICE_BUILD))
                 with cursor() as con:
                     # one thread (this niced one) builds: pages keep the other core
                     con.execute("set threads = 1")
                     offsets = file_offsets(con, self.files)
                     con.execute(
-                        f"create table {self.name} as select "
-                        f"list_extract($offsets, file_index::integer + 1) + file_row_number "
-                        f"as {POS}, lower(concat_ws(chr(31), {text})) as {TEXT}, {cols} "
-                        "from read_parquet($files, union_by_name = true, file_row_number = true)",
+                        _create_sql(self.name, self.schema),
                         {"files": self.files, "offsets": offsets},
                     )
                     con.execute("set threads = 2")
@@ -116,8 +159,12 @@ class SearchIndex:
     def drop(self) -> None:
         self.dropped = True
         if self.ready.is_set() and self.error is None:
-            with cursor() as con:
-                con.execute(f"drop table if exists {self.name}")
+            # a page reading it meanwhile fails over to the Parquet path
+            with contextlib.suppress(duckdb.Error), cursor() as con:
+                if self.written:
+                    con.execute(f"detach database if exists {self.written}")
+                else:
+                    con.execute(f"drop table if exists {self.name}")
 
 
 def file_offsets(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[int]:
@@ -134,6 +181,132 @@ def file_offsets(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[int]:
     return out
 
 
+def write_index(files: list[str], path: str | Path, threads: int | None = None) -> Path | None:
+    """Write the index of `files` (Parquet shards, in order) to the DuckDB file `path`.
+
+    Input: the shards (any columns). Output: `path` with table `rows` (__assay_pos,
+    __assay_text, every scalar column) and table `meta` (version, shards as JSON [name,
+    size, mtime_ns], schema as JSON [column, type], rows). Written to a temporary file then
+    renamed, so a reader sees the old index or the new one, never half of one. Returns None
+    (and writes nothing) for no shards, more than `MAX_ROWS` rows or reserved column names.
+    """
+    path = Path(path)
+    if not files:
+        return None
+    before = shard_entries(files)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        con = duckdb.connect(str(tmp), config={"threads": threads or os.cpu_count() or 1})
+        try:
+            sql = "describe select * from read_parquet($files, union_by_name = true)"
+            schema = {r[0]: r[1] for r in con.execute(sql, {"files": files}).fetchall()}
+            offsets = file_offsets(con, files)
+            rows = offsets[-1] + int(
+                con.execute(
+                    "select num_rows from parquet_file_metadata($f)", {"f": files[-1:]}
+                ).fetchone()[0]
+            )
+            if rows > MAX_ROWS or POS in schema or TEXT in schema:
+                return None
+            con.execute(_create_sql("rows", schema), {"files": files, "offsets": offsets})
+            con.execute(
+                "create table meta as select $v::integer as version, $s::varchar as shards, "
+                "$c::varchar as schema, $n::bigint as rows",
+                {
+                    "v": VERSION,
+                    "s": json.dumps(before),
+                    "c": json.dumps(list(schema.items())),
+                    "n": rows,
+                },
+            )
+        finally:
+            con.close()
+        if shard_entries(files) != before:  # a shard changed while it was read
+            return None
+        os.replace(tmp, path)
+        return path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.with_name(tmp.name + ".wal").unlink()
+
+
+def open_written(
+    key: Any, files: list[str], path: str | Path, shards: list[list[Any]] | None = None
+) -> SearchIndex | None:
+    """The index the pipeline wrote at `path`, attached read-only, if it indexes exactly
+    `files` with the `shards` entries ([name, size, mtime_ns] each, as `key` saw them;
+    default: as they are now). The meta is read from the attached file itself, so a file
+    replaced meanwhile is checked as what is attached. None when there is no such file or
+    it indexes anything else; kept under `key` like a built one."""
+    path = Path(path)
+    with _LOCK:
+        found = _INDEXES.get(key)
+        if found is not None:
+            _INDEXES.move_to_end(key)
+            return found
+    if not files or not path.is_file():
+        return None
+    with _LOCK:
+        _COUNTER[0] += 1
+        alias = f"written_{_COUNTER[0]}"
+    literal = "'" + str(path).replace("'", "''") + "'"
+    try:
+        with cursor() as con:
+            con.execute(f"attach {literal} as {alias} (read_only)")
+            try:
+                meta = con.execute(
+                    f"select version, shards, schema, rows from {alias}.meta"
+                ).fetchone()
+                ok = (
+                    meta is not None
+                    and meta[0] == VERSION
+                    and json.loads(meta[1]) == (shards or shard_entries(files))
+                )
+            except duckdb.Error:
+                ok = False
+            if not ok:
+                con.execute(f"detach database if exists {alias}")
+                return None
+    except (duckdb.Error, OSError):  # unreadable, or another process writes it
+        return None
+    index = SearchIndex(files, {c: t for c, t in json.loads(meta[2])}, int(meta[3]))
+    index.written, index.table = alias, f"{alias}.rows"
+    index.ready.set()
+    return _keep(key, index, detach_if_taken=True)
+
+
+def _keep(key: Any, index: SearchIndex, detach_if_taken: bool = False) -> SearchIndex:
+    with _LOCK:
+        found = _INDEXES.get(key)
+        if found is not None:  # another page got there first: use theirs
+            _INDEXES.move_to_end(key)
+            extra: list[SearchIndex] = [index] if detach_if_taken else []
+            kept = found
+        else:
+            _INDEXES[key] = index
+            extra = []
+            while len(_INDEXES) > MAX_INDEXES:
+                extra.append(_INDEXES.popitem(last=False)[1])
+            kept = index
+    for old in extra:
+        old.drop()
+    return kept
+
+
+def lookup(key: Any) -> SearchIndex | None:
+    """The index kept under `key` (building or ready), or None; starts nothing."""
+    with _LOCK:
+        found = _INDEXES.get(key)
+        if found is not None:
+            _INDEXES.move_to_end(key)
+        return found
+
+
 def index_for(
     key: Any, files: list[str], schema: dict[str, str], rows: int, start: bool = True
 ) -> SearchIndex | None:
@@ -147,15 +320,11 @@ def index_for(
             return found
         if not start:
             return None
-        index = SearchIndex(files, schema, rows)
-        _INDEXES[key] = index
-        evicted = []
-        while len(_INDEXES) > MAX_INDEXES:
-            evicted.append(_INDEXES.popitem(last=False)[1])
-    for old in evicted:
-        old.drop()
-    threading.Thread(target=index.build, name=f"assay-{index.name}", daemon=True).start()
-    return index
+    index = SearchIndex(files, schema, rows)
+    kept = _keep(key, index)
+    if kept is index:
+        threading.Thread(target=index.build, name=f"assay-{index.name}", daemon=True).start()
+    return kept
 
 
 def usable(query: str) -> str | None:
