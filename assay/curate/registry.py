@@ -14,6 +14,8 @@ from typing import TypeVar
 from assay.curate.stage import Stage
 
 BUILTIN_MODULES = ("assay.operators", "assay.judges", "assay.datasets")
+# a builtin package may list its stage modules in STAGE_MODULES instead of importing them
+# in its __init__ (so importing one stage does not import them all)
 
 S = TypeVar("S", bound=type[Stage])
 
@@ -42,8 +44,10 @@ def _load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
+    for name in BUILTIN_MODULES:
+        module = importlib.import_module(name)
+        for stage_module in getattr(module, "STAGE_MODULES", ()):
+            importlib.import_module(stage_module)
     for entry in entry_points(group="assay.stages"):
         entry.load()
 

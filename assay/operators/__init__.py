@@ -1,9 +1,19 @@
-"""Stages that transform rows: generate, parse, filter, dedupe, decontaminate, format."""
+"""Stages that transform rows: generate, parse, filter, dedupe, decontaminate, format.
 
-from assay.operators import generate, parse, text, tools, traces  # noqa: F401  (registers the stages)
-from assay.operators.dedupe import (  # noqa: F401
-    decontaminate,
-    exact,  # noqa: F401
-    minhash,
-    semantic,
+Importing the package imports none of its stage modules (`from assay.operators.generate
+import Generate` pays for `generate` alone, not for polars, MinHash or the tool
+environments); the stage registry imports `STAGE_MODULES` the first time a recipe or the CLI
+looks a stage up by name.
+"""
+
+STAGE_MODULES = (
+    "assay.operators.generate",
+    "assay.operators.parse",
+    "assay.operators.text",
+    "assay.operators.tools",
+    "assay.operators.traces",
+    "assay.operators.dedupe.decontaminate",
+    "assay.operators.dedupe.exact",
+    "assay.operators.dedupe.minhash",
+    "assay.operators.dedupe.semantic",
 )
