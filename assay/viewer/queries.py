@@ -237,7 +237,6 @@ class ParquetTable:
             elif not filters and not sort:
                 fast = self._range_page(index, cols, offset, limit)
             if fast is not None:
-                self.start_index(schema, index)
                 return fast
         total = self.count(where, params)
         offset = max(0, min(offset, max(total - 1, 0)))
@@ -249,16 +248,13 @@ class ParquetTable:
             cur = con.execute(sql, {"files": self.files, **params})
             names = [d[0] for d in cur.description]
             rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-        self.start_index(schema, index)
+        if index is None:  # started after this page, so the first page has the CPU
+            self.start_index(schema)
         return Page(cols, rows, total, offset, limit, schema)
 
-    def start_index(self, schema: dict[str, str], index: search_index.SearchIndex | None) -> None:
-        """After a page (so the page had the CPU): start building this dataset's search index
-        in the background if it has none, or copying a written one into memory."""
-        if index is None:
-            search_index.index_for(self.key, self.files, schema, self.count())
-        else:
-            index.load()
+    def start_index(self, schema: dict[str, str]) -> None:
+        """Start building this dataset's search index in the background (if none yet)."""
+        search_index.index_for(self.key, self.files, schema, self.count())
 
     def _range_page(
         self, index: search_index.SearchIndex, cols: list[str], offset: int, limit: int

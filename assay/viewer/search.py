@@ -13,9 +13,11 @@ It comes from one of two places:
   the row count). The viewer attaches it read-only (`open_written`) only when the meta
   names exactly the shards it is reading now, with the same sizes and mtimes: a dataset
   changed after its index was written (a resumed run, a shard rewritten or added) never
-  uses it, and falls back to the in-memory build below. It answers at once; after the
-  first page it is copied into memory in the background (`load`: a search over the file
-  decompresses its strings on every scan, 1.3-2x slower), and pages read the copy then.
+  uses it, and falls back to the in-memory build below. It answers at once and nothing
+  runs in the background. Its columns are stored dictionary-compressed
+  (`force_compression`): with DuckDB's default (FSST for strings) the file is 77 MB instead
+  of ~250 MB for the bench's 1M rows, but every search decompresses the haystack, 1.3-1.6x
+  slower than memory; stored this way a search over the file took as long as in memory.
 - built by the viewer (`index_for`) in a background thread started after a dataset's first
   page, in a DuckDB database of its own (in memory, never in the workspace); a search made
   while it builds takes the Parquet path.
@@ -28,8 +30,8 @@ compares all-ASCII columns with an ASCII-only lowering); `usable()` sends those 
 Parquet path. Filters and sorts on cached columns use the same SQL as the Parquet path.
 
 Memory: an in-memory index is about twice the dataset's text (the columns and the haystack):
-~330 MB for the 1M-row bench dataset (a written one: ~77 MB on disk for the same rows, then
-the same in memory once copied). At most `MAX_INDEXES` indexes are kept (least recently
+~330 MB for the 1M-row bench dataset; a written one is ~250 MB on disk, read through
+DuckDB's buffer pool (evictable, not duplicated). At most `MAX_INDEXES` indexes are kept (least recently
 used dropped) and datasets over `MAX_ROWS` rows are not indexed (they search the Parquet way).
 """
 
@@ -125,8 +127,6 @@ class SearchIndex:
         self.columns = {c for c, t in schema.items() if cached_type(t)}
         self.text = [c for c, t in schema.items() if t == "VARCHAR"]
         self.ready = threading.Event()
-        self.loaded = threading.Event()  # a written index copied into memory (or given up)
-        self.loading = False
         self.error: BaseException | None = None
         self.dropped = False
 
@@ -137,36 +137,6 @@ class SearchIndex:
             tid = threading.get_native_id()
             nice = os.getpriority(os.PRIO_PROCESS, tid)
             os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + NICE_BUILD))
-
-    def load(self) -> None:
-        """Copy a written index into memory in the background (searching the file is 1.3-2x
-        slower: its strings are decompressed on every scan); pages read the file until then."""
-        with _LOCK:
-            if self.written is None or self.loading or self.dropped:
-                return
-            self.loading = True
-        threading.Thread(target=self._load, name=f"assay-load-{self.name}", daemon=True).start()
-
-    def _load(self) -> None:
-        try:
-            with _BUILD_LOCK:
-                if self.dropped:
-                    return
-                self._nice()
-                with cursor() as con:
-                    con.execute("set threads = 1")
-                    try:
-                        con.execute(f"create table {self.name} as select * from {self.table}")
-                    finally:
-                        con.execute("set threads = 2")
-                    if self.dropped:
-                        con.execute(f"drop table if exists {self.name}")
-                    else:
-                        self.table = self.name  # pages from now on read memory
-        except duckdb.Error:  # the file stays in use
-            pass
-        finally:
-            self.loaded.set()
 
     def build(self) -> None:
         try:
@@ -247,6 +217,7 @@ def write_index(files: list[str], path: str | Path, threads: int | None = None) 
             )
             if rows > MAX_ROWS or POS in schema or TEXT in schema:
                 return None
+            con.execute("set force_compression = 'dictionary'")  # see the module docstring
             con.execute(_create_sql("rows", schema), {"files": files, "offsets": offsets})
             con.execute(
                 "create table meta as select $v::integer as version, $s::varchar as shards, "
