@@ -326,7 +326,9 @@ def test_a_shard_changed_while_the_index_is_written_writes_none(
         t = pq.read_table(f)
         pq.write_table(t.slice(1), f)
 
-    monkeypatch.setattr(search, "shard_entries", changing)
+    from assay.curate import search_index
+
+    monkeypatch.setattr(search_index, "shard_entries", changing)
     path = search.index_path(tmp_path / "ws" / "runs" / "r1")
     assert search.write_index(files, path) is None
     assert not path.exists() and not list(path.parent.glob("*"))

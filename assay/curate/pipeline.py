@@ -7,7 +7,7 @@
 A run writes `<workspace>/runs/<run_id>/output/part-*.parquet` (in source order), the
 removed rows under `rejects/`, and its bookkeeping in `<workspace>/assay.duckdb`. A finished
 run also writes the viewer's search index of its output (`search/output.duckdb`, see
-assay/viewer/search.py), so the first page and the first search in `assay view` are fast.
+assay/curate/search_index.py), so the first page and first search in `assay view` are fast.
 """
 
 from __future__ import annotations
@@ -103,11 +103,11 @@ def write_search_index(run_dir: Path) -> Path | None:
     """The viewer's search index of a finished run's output shards (`<run_dir>/search/
     output.duckdb`); None when there is nothing to index. A failure is logged, never raised:
     the viewer then builds the index itself."""
-    from assay.viewer import search
+    from assay.curate.search_index import index_path, write_index
 
     files = [str(f) for f in sorted((run_dir / "output").glob("*.parquet"))]
     try:
-        return search.write_index(files, search.index_path(run_dir))
+        return write_index(files, index_path(run_dir))
     except Exception as exc:  # the run's data is written; the index is only a speed-up
         log.warning("search index of %s not written: %s: %s", run_dir, type(exc).__name__, exc)
         return None

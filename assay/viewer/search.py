@@ -8,7 +8,8 @@ column (0.6 s for 1M rows idle, 2.4 s on the loaded bench machine). The index ho
     <every column whose type is not a list, struct, map or blob>, as read from the shards
 
 It comes from one of two places:
-- written by the pipeline at the end of a run (`write_index`, `<run>/search/output.duckdb`,
+- written by the pipeline at the end of a run (`assay/curate/search_index.py`'s
+  `write_index`, `<run>/search/output.duckdb`,
   table `rows` plus a `meta` row: the shards' names, sizes and mtimes, the union schema and
   the row count). The viewer attaches it read-only (`open_written`) only when the meta
   names exactly the shards it is reading now, with the same sizes and mtimes: a dataset
@@ -31,8 +32,9 @@ Parquet path. Filters and sorts on cached columns use the same SQL as the Parque
 
 Memory: an in-memory index is about twice the dataset's text (the columns and the haystack):
 ~330 MB for the 1M-row bench dataset; a written one is ~250 MB on disk, read through
-DuckDB's buffer pool (evictable, not duplicated). At most `MAX_INDEXES` indexes are kept (least recently
-used dropped) and datasets over `MAX_ROWS` rows are not indexed (they search the Parquet way).
+DuckDB's buffer pool (evictable, not duplicated). At most `MAX_INDEXES` indexes are kept
+(least recently used dropped) and datasets over `MAX_ROWS` rows are not indexed (they search
+the Parquet way).
 """
 
 from __future__ import annotations
@@ -48,13 +50,22 @@ from typing import Any
 
 import duckdb
 
-POS = "__assay_pos"
-TEXT = "__assay_text"
+from assay.curate.search_index import (  # noqa: F401 (index_path, write_index: re-exported)
+    MAX_ROWS,
+    POS,
+    TEXT,
+    VERSION,
+    cached_type,
+    create_sql,
+    file_offsets,
+    index_path,
+    quote,
+    shard_entries,
+    write_index,
+)
+
 SEP = "\x1f"
 MAX_INDEXES = 3
-MAX_ROWS = 5_000_000
-NESTED = ("[]", "STRUCT(", "MAP(", "UNION(", "BLOB")
-VERSION = 1  # of the written index's layout; another version is not used
 NICE_BUILD = 10  # added to the process's niceness for the viewer's background build
 
 _DB: duckdb.DuckDBPyConnection | None = None
@@ -62,10 +73,6 @@ _LOCK = threading.Lock()
 _BUILD_LOCK = threading.Lock()  # one build at a time: two would fight over two cores
 _INDEXES: OrderedDict[Any, SearchIndex] = OrderedDict()
 _COUNTER = [0]
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def cursor() -> duckdb.DuckDBPyConnection:
@@ -77,36 +84,6 @@ def cursor() -> duckdb.DuckDBPyConnection:
             _DB = duckdb.connect(config={"threads": 2, "temp_directory": spill})
             _DB.execute("set parquet_metadata_cache = true")
         return _DB.cursor()
-
-
-def cached_type(dtype: str) -> bool:
-    return not any(mark in dtype for mark in NESTED)
-
-
-def index_path(run_dir: str | Path) -> Path:
-    """Where the pipeline writes the index of a run's output shards."""
-    return Path(run_dir) / "search" / "output.duckdb"
-
-
-def shard_entries(files: list[str]) -> list[list[Any]]:
-    """[name, size, mtime_ns] of each shard, in order: what a written index must match."""
-    out = []
-    for f in files:
-        st = os.stat(f)
-        out.append([os.path.basename(f), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def _create_sql(table: str, schema: dict[str, str]) -> str:
-    """CREATE TABLE `table` AS the index rows of read_parquet($files) ($offsets: file starts)."""
-    text = ", ".join(quote(c) for c, t in schema.items() if t == "VARCHAR") or "''"
-    cols = ", ".join(quote(c) for c, t in schema.items() if cached_type(t))
-    return (
-        f"create table {table} as select "
-        f"list_extract($offsets, file_index::integer + 1) + file_row_number "
-        f"as {POS}, lower(concat_ws(chr(31), {text})) as {TEXT}{', ' if cols else ''}{cols} "
-        "from read_parquet($files, union_by_name = true, file_row_number = true)"
-    )
 
 
 class SearchIndex:
@@ -149,7 +126,7 @@ class SearchIndex:
                     con.execute("set threads = 1")
                     offsets = file_offsets(con, self.files)
                     con.execute(
-                        _create_sql(self.name, self.schema),
+                        create_sql(self.name, self.schema),
                         {"files": self.files, "offsets": offsets},
                     )
                     con.execute("set threads = 2")
@@ -171,75 +148,6 @@ class SearchIndex:
                 con.execute(f"drop table if exists {self.name}")
                 if self.written:
                     con.execute(f"detach database if exists {self.written}")
-
-
-def file_offsets(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[int]:
-    """The position of each file's first row in the concatenation of `files`."""
-    rows = dict(
-        con.execute(
-            "select file_name, num_rows from parquet_file_metadata($files)", {"files": files}
-        ).fetchall()
-    )
-    out, total = [], 0
-    for f in files:
-        out.append(total)
-        total += int(rows.get(f, 0))
-    return out
-
-
-def write_index(files: list[str], path: str | Path, threads: int | None = None) -> Path | None:
-    """Write the index of `files` (Parquet shards, in order) to the DuckDB file `path`.
-
-    Input: the shards (any columns). Output: `path` with table `rows` (__assay_pos,
-    __assay_text, every scalar column) and table `meta` (version, shards as JSON [name,
-    size, mtime_ns], schema as JSON [column, type], rows). Written to a temporary file then
-    renamed, so a reader sees the old index or the new one, never half of one. Returns None
-    (and writes nothing) for no shards, more than `MAX_ROWS` rows or reserved column names.
-    """
-    path = Path(path)
-    if not files:
-        return None
-    before = shard_entries(files)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        con = duckdb.connect(str(tmp), config={"threads": threads or os.cpu_count() or 1})
-        try:
-            sql = "describe select * from read_parquet($files, union_by_name = true)"
-            schema = {r[0]: r[1] for r in con.execute(sql, {"files": files}).fetchall()}
-            offsets = file_offsets(con, files)
-            rows = offsets[-1] + int(
-                con.execute(
-                    "select num_rows from parquet_file_metadata($f)", {"f": files[-1:]}
-                ).fetchone()[0]
-            )
-            if rows > MAX_ROWS or POS in schema or TEXT in schema:
-                return None
-            con.execute("set force_compression = 'dictionary'")  # see the module docstring
-            con.execute(_create_sql("rows", schema), {"files": files, "offsets": offsets})
-            con.execute(
-                "create table meta as select $v::integer as version, $s::varchar as shards, "
-                "$c::varchar as schema, $n::bigint as rows",
-                {
-                    "v": VERSION,
-                    "s": json.dumps(before),
-                    "c": json.dumps(list(schema.items())),
-                    "n": rows,
-                },
-            )
-        finally:
-            con.close()
-        if shard_entries(files) != before:  # a shard changed while it was read
-            return None
-        os.replace(tmp, path)
-        return path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.with_name(tmp.name + ".wal").unlink()
 
 
 def open_written(
