@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pyarrow as pa
@@ -101,3 +102,30 @@ def test_parse_regex_extracts_named_groups_and_rejects_misses() -> None:
     )
     assert isinstance(kept_all, pa.Table)
     assert kept_all["answer"].to_pylist() == ["42", None, None]
+
+
+def test_an_answer_cut_at_max_tokens_is_not_repaired_into_a_value() -> None:
+    from pydantic import BaseModel
+
+    from assay.operators.parse import ParseStructured
+
+    class City(BaseModel):
+        city: str
+
+    cut = '{"city": "Par'
+    stage = ParseStructured(column="generation", output_schema=City, max_reasks=0)
+    assert stage.validate_text(cut) == ({"city": "Par"}, None)  # a finished answer is repaired
+    value, error = stage.validate_text(cut, cut=True)
+    assert value is None and "cut at max_tokens" in error
+    # whole JSON in a cut answer (the chatter after it was cut) still counts
+    assert stage.validate_text('{"city": "Paris"} and then', cut=True) == ({"city": "Paris"}, None)
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "generation": [cut, cut],
+            "generation_finish_reason": ["length", "stop"],
+        }
+    )
+    outcome = asyncio.run(stage.aprocess(table))
+    assert outcome.kept["id"].to_pylist() == ["b"]
+    assert outcome.rejected["id"].to_pylist() == ["a"]

@@ -35,8 +35,12 @@ def extract_json(text: str | None, prefer: str | None = None) -> Any:
     return json_candidates(text, prefer)[0]
 
 
-def json_candidates(text: str | None, prefer: str | None = None) -> list[Any]:
+def json_candidates(text: str | None, prefer: str | None = None, repair: bool = True) -> list[Any]:
     """Every JSON object or array in `text`, best first; ValueError when there is none.
+
+    `repair=False` keeps only values that parse as they stand: for an answer cut at
+    max_tokens, where repairing would invent the end of a value (`{"city": "Par` ->
+    `{"city": "Par"}`).
 
     Order: values inside code fences before values in the prose; then values of the
     `prefer`red type ("object" or "array", e.g. the schema's top-level type); then longer
@@ -51,6 +55,9 @@ def json_candidates(text: str | None, prefer: str | None = None) -> list[Any]:
     for rank, source in enumerate([*sources, text]):
         fenced = 0 if rank < len(sources) else 1
         for start, length, repaired, value in _values(source, errors):
+            if repaired and not repair:
+                errors.append("the answer was cut at max_tokens and its JSON is not whole")
+                continue
             kind = "object" if isinstance(value, dict) else "array"
             off_type = 0 if prefer is None or prefer == kind else 1
             key = (fenced, off_type, -length, int(repaired), rank * 10**9 + start)

@@ -36,6 +36,8 @@ class ParseStructured(AsyncStage):
     `output_schema` is a pydantic model class or a JSON schema (checked once, when the
     stage is built). The JSON is pulled out of code fences and prose and repaired (see
     `jsontext`); when an answer holds several JSON values, the first that validates wins.
+    An answer cut at max_tokens (`<column>_finish_reason` "length") is never repaired: only
+    whole JSON in it counts, else it is re-asked like any invalid answer.
     A row that still fails is re-asked up to `max_reasks` times (see `reask`): the original
     prompt, the bad answer and the error, sent with the row's own generation parameters
     and `response_format` (`<column>_request`, from Generate) through the row's model
@@ -44,8 +46,9 @@ class ParseStructured(AsyncStage):
     validation error as reason. For providers with structured output, also pass the
     schema to `Generate(response_format=...)`.
 
-    Input columns: `column` (string), `<column>_messages` and `<column>_request` (JSON,
-    optional: without them a re-ask needs `llm` and sends only the conversation).
+    Input columns: `column` (string), `<column>_finish_reason` (optional), `<column>_messages`
+    and `<column>_request` (JSON, optional: without them a re-ask needs `llm` and sends only
+    the conversation).
     Output columns: `output_column` (the validated value as JSON text),
     `<output_column>_reasks` (re-asks the row needed) and, with `expand=True`, one column
     per top-level field of an object; `<column>` and its `_reasoning`, `_tool_calls`,
@@ -101,11 +104,14 @@ class ParseStructured(AsyncStage):
         self._client = client
         return self
 
-    def validate_text(self, text: str | None) -> tuple[Any, str | None]:
-        """(value, None) when valid, else (None, the reason)."""
+    def validate_text(self, text: str | None, cut: bool = False) -> tuple[Any, str | None]:
+        """(value, None) when valid, else (None, the reason). `cut`: the answer ended at
+        max_tokens (finish_reason "length"), so only JSON that is whole counts: a repaired
+        one would be a value the model never finished writing."""
         kind = self.output_schema.get("type") if isinstance(self.output_schema, dict) else None
         try:
-            candidates = json_candidates(text, kind if kind in ("object", "array") else None)
+            prefer = kind if kind in ("object", "array") else None
+            candidates = json_candidates(text, prefer, repair=not cut)
         except ValueError as exc:
             return None, str(exc)
         first_error: str | None = None
@@ -130,10 +136,17 @@ class ParseStructured(AsyncStage):
 
     async def aprocess(self, table: pa.Table) -> pa.Table | Outcome:
         texts = table[self.column].to_pylist()
+        finish = f"{self.column}_finish_reason"
+        reasons = table[finish].to_pylist() if finish in table.column_names else [None] * len(texts)
+        cuts = [r == "length" for r in reasons]
+
+        def validate_all() -> list[tuple[Any, str | None]]:
+            return [self.validate_text(t, c) for t, c in zip(texts, cuts, strict=True)]
+
         if len(texts) > VALIDATE_INLINE_UP_TO:
-            results = await asyncio.to_thread(lambda: [self.validate_text(t) for t in texts])
+            results = await asyncio.to_thread(validate_all)
         else:
-            results = [self.validate_text(t) for t in texts]
+            results = validate_all()
         counts = [0] * len(results)
         out = table
         if self.max_reasks > 0 and any(err is not None for _, err in results):

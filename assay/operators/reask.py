@@ -30,7 +30,8 @@ REASK = (
     "Reply with only a JSON value that follows this JSON schema, nothing else:\n{schema}"
 )
 
-Validate = Callable[[str | None], tuple[Any, "str | None"]]
+# (answer text, cut at max_tokens) -> (value, None) or (None, reason)
+Validate = Callable[[str | None, bool], tuple[Any, "str | None"]]
 
 
 @dataclass
@@ -119,7 +120,7 @@ async def reask(
                 if response.error is not None:
                     results[i] = (None, f"{last_error} (re-ask failed: {response.error})")
                     continue
-                value, error = validate(response.text)
+                value, error = validate(response.text, response.finish_reason == "length")
                 results[i] = (value, error)
                 if error is None:
                     answers[i] = response
