@@ -95,6 +95,7 @@ def write_index(files: list[str], path: str | Path, threads: int | None = None) 
     try:
         con = duckdb.connect(str(tmp), config={"threads": threads or os.cpu_count() or 1})
         try:
+            con.execute("set enable_progress_bar = false")  # a run prints its own progress
             sql = "describe select * from read_parquet($files, union_by_name = true)"
             schema = {r[0]: r[1] for r in con.execute(sql, {"files": files}).fetchall()}
             offsets = file_offsets(con, files)
