@@ -234,6 +234,8 @@ class ParquetTable:
                     index, filters or [], search, cols, sort, descending, offset, limit, where,
                     params,
                 )  # fmt: skip
+                if fast is not None:
+                    index.load()  # a written index: into memory for the next searches
             elif not filters and not sort:
                 fast = self._range_page(index, cols, offset, limit)
             if fast is not None:
