@@ -48,8 +48,9 @@ def test_choice_scores_are_per_character_log_likelihoods(tiny):
     from assay.train.eval import choice_scores
 
     model, tok = load_model("tiny", device="cpu")
-    context, conts = "The quick brown", [" fox", " dog jumps"]
+    context, conts = "The quick brown", [" fox", " dog jumps over", " a"]
     got = choice_scores(model, tok, context, conts)
+    assert len({round(g, 6) for g in got}) == 3
     for cont, score in zip(conts, got, strict=True):
         ctx = tok(context, add_special_tokens=False)["input_ids"]
         ids = ctx + tok(cont, add_special_tokens=False)["input_ids"]

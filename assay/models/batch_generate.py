@@ -291,7 +291,7 @@ def _shared_prefix_len(items: list[GenerationItem]) -> int:
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
-def _cache_argument(model: Any) -> str:
+def cache_argument(model: Any) -> str:
     """`cache` where the model's forward takes it (newer transformers deprecate
     `past_key_values` with a warning on every call), else `past_key_values`. Looked up once
     per model class: this runs on every decoding step."""
@@ -319,7 +319,7 @@ def _forward(
         "input_ids": input_ids,
         "attention_mask": attention,
         "position_ids": positions,
-        _cache_argument(model): cache,
+        cache_argument(model): cache,
         "use_cache": True,
         "logits_to_keep": 1,
     }

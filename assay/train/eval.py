@@ -106,13 +106,55 @@ def evaluate_generation(
 def choice_scores(
     model: Any, tokenizer: Any, context: str, continuations: list[str]
 ) -> list[float]:
-    """Log-likelihood of each continuation after `context`, divided by its length in chars."""
+    """Log-likelihood of each continuation after `context`, divided by its length in chars.
+
+    The context runs once and its KV cache is shared by the continuations (the choices of a
+    multiple-choice question share their question): an MMLU question's 4 choices cost one
+    pass over its ~46-token question and 4 short ones, not 4 passes over question + answer.
+    """
     import torch
 
+    from assay.models.batch_generate import cache_argument
+
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    conts = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    conts = [tokenizer(c, add_special_tokens=False)["input_ids"] or [] for c in continuations]
+    width = max(len(c) for c in conts)
+    if not ctx or width == 0:
+        return _choice_scores_whole(model, tokenizer, ctx, conts, continuations)
+    pad = tokenizer.pad_token_id or 0
+    device = next(model.parameters()).device
+    ids = torch.tensor([c + [pad] * (width - len(c)) for c in conts], device=device)
+    mask = torch.tensor([[1] * len(ctx) + [1] * len(c) + [0] * (width - len(c)) for c in conts])
+    with torch.no_grad():
+        first = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
+        after_context = torch.log_softmax(first.logits[0, -1].float(), dim=-1).cpu()
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(len(conts))
+        rest = model(
+            input_ids=ids, attention_mask=mask.to(device), **{cache_argument(model): cache}
+        )
+        logprobs = torch.log_softmax(rest.logits[:, :-1].float(), dim=-1).cpu()
+    scores = []
+    for k, cont in enumerate(conts):
+        if not cont:
+            scores.append(0.0)
+            continue
+        total = float(after_context[cont[0]])
+        total += sum(float(logprobs[k, j - 1, cont[j]]) for j in range(1, len(cont)))
+        scores.append(total / max(1, len(continuations[k])))
+    return scores
+
+
+def _choice_scores_whole(
+    model: Any, tokenizer: Any, ctx: list[int], conts: list[list[int]], continuations: list[str]
+) -> list[float]:
+    """`choice_scores` without a shared context (an empty context or empty choices)."""
+    import torch
+
     seqs = [ctx + c for c in conts]
     width = max(len(s) for s in seqs)
+    if width < 2:
+        return [0.0] * len(conts)
     pad = tokenizer.pad_token_id or 0
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
@@ -121,9 +163,9 @@ def choice_scores(
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1).cpu()
     scores = []
-    for k, cont in enumerate(conts):
-        positions = range(len(ctx) - 1, len(ctx) - 1 + len(cont))
-        total = sum(float(logprobs[k, p, t]) for p, t in zip(positions, cont, strict=True))
+    for k in range(len(conts)):
+        start = max(len(ctx), 1)  # the first token has no prediction to score
+        total = sum(float(logprobs[k, p - 1, seqs[k][p]]) for p in range(start, len(seqs[k])))
         scores.append(total / max(1, len(continuations[k])))
     return scores
 
