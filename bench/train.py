@@ -292,6 +292,7 @@ def throughput_one(impl: str, packing: bool, steps: int, out_dir: str) -> dict:
             max_length=128,
             packing=packing,
             completion_only_loss=True,
+            seed=0,  # assay's default: the same shuffle, so the same padding per batch
         )
         lora = LoraConfig(
             r=16,
@@ -356,9 +357,15 @@ def stage_throughput(args) -> None:
     each run in a fresh child process (so peak RSS is that run's), `--repeats` rounds."""
     import subprocess
 
-    out = {"steps": args.steps, "batch": 8, "runs": []}
+    packings = [p == "on" for p in args.packing.split(",")]
+    out = {
+        "steps": args.steps,
+        "batch": 8,
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "runs": [],
+    }
     for repeat in range(args.repeats):
-        for packing in (False, True):
+        for packing in packings:
             for impl in ("plain", "assay") if repeat % 2 == 0 else ("assay", "plain"):
                 out_dir = f"{WS}/tp-{impl}-{repeat}-{int(packing)}"
                 code = (
@@ -377,7 +384,7 @@ def stage_throughput(args) -> None:
                 out["runs"].append(run)
                 print(run, flush=True)
                 save("throughput", out)
-    for packing in (False, True):
+    for packing in packings:
         for impl in ("plain", "assay"):
             runs = [r for r in out["runs"] if r["impl"] == impl and r["packing"] == packing]
             out[f"{impl}_packing{int(packing)}"] = {
@@ -454,6 +461,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--packing", default="off,on", help="throughput: off, on or off,on")
     parser.add_argument("--alpha", type=float, default=0.5, help="distill: KL weight")
     parser.add_argument("--modes", default="context,sequence", help="distill modes to run")
     parser.add_argument("--grpo-lr", type=float, default=2e-5)
