@@ -40,7 +40,9 @@ def test_line_mode_reports_a_busy_stage_while_the_segment_runs(workspace: Path) 
     assert len(running) == 8
     assert running[0].startswith("[assay] stage 0 Upper: 10/40 rows, kept 10,")
     assert "left" in running[0]
-    assert any(line.startswith("[assay] stage 1 EvenOnly: 40/40 rows, kept 20,") for line in running)
+    assert any(
+        line.startswith("[assay] stage 1 EvenOnly: 40/40 rows, kept 20,") for line in running
+    )
     assert final[1].startswith("[assay] stage 1 EvenOnly: 40 in, 20 out, 20 rejected")
 
 
