@@ -175,7 +175,9 @@ def stage_distill(args) -> None:
         "alpha": args.alpha,
         "test_n": args.test,
     }
+    out["trivial"] = trivial_baseline(args.test)
     if not args.skip_before:
+        out["base_short"] = acc(BASE, "short", args.test)  # the students' starting point
         out["teacher_full"] = acc(BASE, "full", args.test)  # what the teacher sees
         save("distill", out)
     for mode in args.modes.split(","):
