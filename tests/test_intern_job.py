@@ -52,6 +52,7 @@ def test_intern_job_curates_trains_evaluates_and_reports(tmp_path: Path, tiny_st
         train_questions=10, samples=2, heldout=6, unseen=3, general=0, epochs=1.0,
         batch_size=4, max_new_tokens=24,
     )  # fmt: skip
+    lines: list[str] = []
     with FakeOpenAI(responder=teacher) as server:
         report = run_intern(
             profile,
@@ -59,7 +60,7 @@ def test_intern_job_curates_trains_evaluates_and_reports(tmp_path: Path, tiny_st
             student=tiny_student,
             workspace=tmp_path / "ws",
             progress="quiet",
-            log=lambda _: None,
+            log=lines.append,
             teacher_options={"api_base": server.base_url, "transport": "http"},
         )
         requests_first = sum(server.billed.values())
@@ -71,6 +72,8 @@ def test_intern_job_curates_trains_evaluates_and_reports(tmp_path: Path, tiny_st
     held = task_rows("heldout", limit=6)
     expected = sum(teacher_knows(r["question"]) for r in held) / len(held)
     assert by[("teacher", "intern-sql")]["accuracy"] == pytest.approx(expected)
+    # evaluation reports each model and split as it finishes (the step runs for minutes)
+    assert f"      teacher, heldout: {expected:.1%} of 6" in [line.split(" (")[0] for line in lines]
     # the local models' prompt tokens are counted (the student sees the short prompt only)
     assert 0 < by[("student", "intern-sql")]["prompt_tokens"] < 120
     # curation kept one sample per known question (the two samples are equal: deduped)

@@ -322,6 +322,10 @@ def run_intern(
         for split, limit in (("heldout", p.heldout), ("unseen", p.unseen)):
             result, rows = evaluate_sql(name, style, split, limit, p, database, workspace, options)
             results.append({"model": label, **result})
+            log(
+                f"      {label}, {split}: {result['accuracy']:.1%} of {result['n']} "
+                f"({result['latency_s']:.2f} s/query)"
+            )
             answers[(label, result["task"])] = rows
     if p.general:
         for label, name in (("base", student), ("student", curated_fit.model_name)):
@@ -329,6 +333,7 @@ def run_intern(
             for general in ("mmlu", "arc-easy", "arc-challenge"):
                 choice = evaluate_choices(model, tokenizer, get_task(general), p.general)
                 results.append({"model": label, **choice})
+                log(f"      {label}, {general}: {choice['accuracy']:.1%} of {choice['n']}")
             del model
     timings["evaluation"] = time.perf_counter() - started
 

@@ -297,7 +297,9 @@ def cache_argument(model: Any) -> str:
     per model class: this runs on every decoding step."""
     name = _CACHE_ARGUMENT.get(type(model))
     if name is None:
-        takes_cache = "cache" in inspect.signature(model.forward).parameters
+        # a peft wrapper passes keyword arguments through to the model it wraps
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        takes_cache = "cache" in inspect.signature(inner.forward).parameters
         name = _CACHE_ARGUMENT[type(model)] = "cache" if takes_cache else "past_key_values"
     return name
 
