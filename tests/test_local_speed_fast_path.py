@@ -314,19 +314,11 @@ def test_a_shared_prefix_held_once_gives_the_logits_of_one_copied_per_row(tiny):
     items = [GenerationItem(prompt_ids=ids_of(tokenizer, p, SYSTEM)) for p in PROMPTS]
     from transformers import DynamicCache
 
-    from assay.models.batch_generate import _prefill, _Row, _shared_prefix_len
+    from assay.models.batch_generate import _layout, _prefill, _Row, _shared_prefix_len
 
     shared = _shared_prefix_len(items)
     assert shared >= 8
-    width = max(len(i.prompt_ids) for i in items) - shared
-    input_ids = torch.zeros((len(items), width), dtype=torch.long)
-    attention = torch.zeros((len(items), shared + width), dtype=torch.long)
-    attention[:, :shared] = 1
-    for r, item in enumerate(items):
-        own = item.prompt_ids[shared:]
-        input_ids[r, width - len(own) :] = torch.tensor(own)
-        attention[r, shared + width - len(own) :] = 1
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    input_ids, attention, positions = _layout(items, shared, pad_id=0)
     rows = [_Row(item, torch.device("cpu")) for item in items]
     step = DecodeStep(model)
     outputs = {}
@@ -338,7 +330,9 @@ def test_a_shared_prefix_held_once_gives_the_logits_of_one_copied_per_row(tiny):
             )
             static = StaticKVCache.from_dynamic(cache, attention, room=4, shared=once)
             assert static.prefix_length == once
-            assert static.keys[0].shape[2] == shared + width - once + 4  # the prefix left the rows
+            assert (
+                static.keys[0].shape[2] == attention.shape[1] - once + 4
+            )  # the prefix left the rows
             tokens, steps = logits.argmax(-1), []
             for _ in range(6):  # through a growth of the per-row buffers
                 logits = step(tokens, static.positions(), static)

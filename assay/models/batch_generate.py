@@ -99,16 +99,9 @@ def generate_batch(
     rows = [_Row(item, device) for item in items]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     shared = _shared_prefix_len(items)
-    width = max(len(item.prompt_ids) for item in items) - shared
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(items), shared + width), dtype=torch.long)
-    attention[:, :shared] = 1
-    for i, item in enumerate(items):
-        own = item.prompt_ids[shared:]
-        input_ids[i, width - len(own) :] = torch.tensor(own)
-        attention[i, shared + width - len(own) :] = 1
+    input_ids, attention, positions = _layout(items, shared, pad_id)
     input_ids, attention = input_ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    positions = positions.to(device)
     precision = precision or os.environ.get("ASSAY_LOCAL_PRECISION", "fp32")
     fast = _use_fast_path(model, fast, precision)
     from transformers import DynamicCache
@@ -270,6 +263,23 @@ def _decode_static(
             with adapters.routing([rows[i].item.adapter for i in slot_rows], device):
                 logits = step(feed, next_positions, cache)
         next_positions = next_positions + 1
+
+
+def _layout(
+    items: list[GenerationItem], shared: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's own tokens (after the `shared` prefix), left-padded: `(rows, width)` ids,
+    the `(rows, shared + width)` attention mask, the own tokens' `(rows, width)` positions."""
+    width = max(len(item.prompt_ids) for item in items) - shared
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(items), shared + width), dtype=torch.long)
+    attention[:, :shared] = 1
+    for i, item in enumerate(items):
+        own = item.prompt_ids[shared:]
+        input_ids[i, width - len(own) :] = torch.tensor(own)
+        attention[i, shared + width - len(own) :] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    return input_ids, attention, positions
 
 
 MIN_SHARED_PREFIX = 8  # tokens; below this one more forward pass costs more than it saves
