@@ -42,6 +42,10 @@ def run(
     workspace: Workspace = Path(DEFAULT_WORKSPACE),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore stored responses.")] = False,
+    no_search_index: Annotated[
+        bool,
+        typer.Option("--no-search-index", help="Write no viewer search index at the end."),
+    ] = False,
     profile: Annotated[
         str | None, typer.Option(help="A job recipe's profile (e.g. quick, full).")
     ] = None,
@@ -70,6 +74,7 @@ def run(
         resume=resume,
         progress="quiet" if quiet else "auto",
         no_cache=no_cache,
+        search_index=False if no_search_index else None,
     )
     with RunStore(workspace) as store:
         report = write_report(store, result.run_id)

@@ -7,7 +7,8 @@
 A run writes `<workspace>/runs/<run_id>/output/part-*.parquet` (in source order), the
 removed rows under `rejects/`, and its bookkeeping in `<workspace>/assay.duckdb`. A finished
 run also writes the viewer's search index of its output (`search/output.duckdb`, see
-assay/curate/search_index.py), so the first page and first search in `assay view` are fast.
+assay/curate/search_index.py), so the first page and first search in `assay view` are fast;
+`search_index=False` (recipe `search_index: false`, `assay run --no-search-index`) skips it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Pipeline:
         name: str = "pipeline",
         batch_size: int = DEFAULT_BATCH_SIZE,
         recipe: str | None = None,
+        search_index: bool = True,
     ) -> None:
         for i, stage in enumerate(stages):
             if not isinstance(stage, Stage):
@@ -52,6 +54,7 @@ class Pipeline:
         self.name = name
         self.batch_size = batch_size
         self.recipe = recipe
+        self.search_index = search_index  # write the viewer's index at the end of a run
 
     def config(self, source: Source, batch_size: int | None = None) -> dict[str, Any]:
         """What the run store records, and what a resume must match."""
@@ -70,8 +73,12 @@ class Pipeline:
         executor: LocalExecutor | None = None,
         progress: Progress | str = "auto",
         no_cache: bool = False,
+        search_index: bool | None = None,
     ) -> RunResult:
-        """Run the pipeline (or continue run `resume`) and return its result."""
+        """Run the pipeline (or continue run `resume`) and return its result.
+
+        `search_index`: write the viewer's search index of the output at the end (default:
+        the pipeline's `search_index`, True); without it `assay view` builds one in memory."""
         if source is None and self.source is None:
             raise AssayError("no source: pass one to run() or bind one in the recipe")
         src = as_source(source if source is not None else self.source)
@@ -95,7 +102,8 @@ class Pipeline:
                 store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
                 raise
             store.set_status(run_id, "done")
-        write_search_index(run_dir)
+        if self.search_index if search_index is None else search_index:
+            write_search_index(run_dir)
         return RunResult(run_id=run_id, run_dir=run_dir, workspace=Path(workspace))
 
 

@@ -3,6 +3,7 @@
     name: clean-text
     source: example.jsonl          # relative to the recipe file
     batch_size: 1000               # optional
+    search_index: false            # optional: no viewer search index at the end of the run
     stages:
       - Normalize: {column: text}
       - MinLength: {column: text, chars: 20}
@@ -26,7 +27,7 @@ from assay.curate.pipeline import Pipeline
 from assay.curate.registry import get_stage, stages
 from assay.curate.stage import Stage
 
-TOP_LEVEL_KEYS = ("name", "description", "source", "batch_size", "stages")
+TOP_LEVEL_KEYS = ("name", "description", "source", "batch_size", "search_index", "stages")
 
 
 JOB_KEYS = ("name", "description", "job", "profile", "teacher", "student", "judge", "overrides")
@@ -93,12 +94,16 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
     batch_size = spec.get("batch_size", DEFAULT_BATCH_SIZE)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise RecipeError(f"{origin}: batch_size must be a positive integer, got {batch_size!r}")
+    search_index = spec.get("search_index", True)
+    if not isinstance(search_index, bool):
+        raise RecipeError(f"{origin}: search_index must be true or false, got {search_index!r}")
     return Pipeline(
         built,
         source=source,
         name=str(spec.get("name") or Path(origin).stem),
         batch_size=batch_size,
         recipe=text,
+        search_index=search_index,
     )
 
 
