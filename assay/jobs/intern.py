@@ -74,6 +74,9 @@ class InternProfile:
     # also train a context-distilled student (the base model reading the long prompt is the
     # teacher of token distributions) on the same rows, and compare it in the report
     context_distillation: bool = False
+    # tokens of the long prompt plus the answer that context distillation reads (the
+    # embedded model's tokenizer: 804 + up to 64)
+    context_max_length: int = 1024
     # the reasoning judge's cut (RubricJudge score in [0, 1]); used when a judge is given
     judge_threshold: float = 0.5
     seed: int = 0
@@ -189,7 +192,7 @@ def run_intern(
         # the teacher's side reads the long prompt: max_length must hold it and the answer
         context_fit = distill(
             context_rows(curated), mode="context", name=f"intern-ctx-{tag}",
-            **{**options, "max_length": 1024},
+            **{**options, "max_length": p.context_max_length},
         )  # fmt: skip
         fits.append(context_fit)
     timings["training"] = time.perf_counter() - started

@@ -73,7 +73,9 @@ def _examples(
     wrong = [r for r in student if not r["correct"]][:5]
     for r in right + wrong:
         source = by_template.get(r["template"])
-        r["learned_from"] = f"{source['id']} (question {source['parent_id']})" if source else "-"
+        # one sample per question (`samples: 1`) keeps the question's id: no parent_id
+        question = source.get("parent_id") or source["id"] if source else None
+        r["learned_from"] = f"{source['id']} (question {question})" if source else "-"
     return right, wrong
 
 
