@@ -4,7 +4,16 @@ Rewards: the same `Verifier` objects that filter data (`verifier.reward(prompts,
 completions, **columns)`, TRL's reward form), any LLM judge with that signature, plus
 optional format rewards (`format_reward(regex)`). Multi-turn tool use: pass
 `environment_factory` (a class whose public methods are the tools, `reset(**row)`, optional
-`get_reward()`), handed to TRL as is.
+`get_reward()`, or a dict of them routed by each row's `environment`), handed to TRL as is;
+an assay `ToolEnvironment` subclass (`SqlEnvironment`) is wrapped with `as_trl_environment`.
+
+An environment that scores its own episode (`get_reward()`: the SQL environment's score,
+BFCL's multi-turn checker) is a reward by itself: TRL 1.16 turns every environment class
+with `get_reward` into one more reward function (it receives the rollouts' `environments`
+and calls `get_reward()` on those of its class; `None` for the others), named after the
+class (`rewards/TrlSqlEnvironment/mean`), weight 1, after the verifiers' rewards. So a run
+needs no verifier when its environment scores itself, and the environment's reward adds to
+any verifiers given. `environment_rewards(factory)` names them.
 
 CPU defaults that give signal (measured: from the base model almost every completion was cut
 off and groups had no reward variance): start from an SFT model, 4 completions per prompt,
@@ -24,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,6 +143,50 @@ def use_tool_template(tokenizer: Any) -> None:
     tokenizer.chat_template = (files("trl") / "chat_templates" / "qwen2_5.jinja").read_text()
 
 
+def trl_environment_factory(environment_factory: Any) -> Any:
+    """`environment_factory` as TRL takes it: an assay `ToolEnvironment` subclass (whose
+    `reset(row)` and helper methods TRL cannot use) wrapped with `as_trl_environment`, in a
+    dict too; anything else as is."""
+    if environment_factory is None:
+        return None
+    if isinstance(environment_factory, dict):  # one wrapper per class: one reward column
+        wrapped: dict[Any, Any] = {}
+        for f in environment_factory.values():
+            if f not in wrapped:
+                wrapped[f] = trl_environment_factory(f)
+        return {k: wrapped[f] for k, f in environment_factory.items()}
+    from assay.operators.tools.environment import ToolEnvironment
+
+    if inspect.isclass(environment_factory) and issubclass(environment_factory, ToolEnvironment):
+        from assay.operators.tools.trl import as_trl_environment
+
+        try:
+            return as_trl_environment(environment_factory)
+        except TypeError as exc:
+            raise AssayError(
+                f"environment_factory: {exc}; for BFCL use "
+                "assay.operators.tools.trl.bfcl_trl_dataset (a dict factory and its rows)"
+            ) from None
+    return environment_factory
+
+
+def environment_rewards(environment_factory: Any) -> list[str]:
+    """The names of the rewards TRL builds from `environment_factory`: one per distinct
+    environment class that defines `get_reward()` (TRL 1.16 checks the class of one
+    instance: a factory that is not a class is called once here to find it)."""
+    factory = trl_environment_factory(environment_factory)
+    if factory is None:
+        return []
+    factories = list(factory.values()) if isinstance(factory, dict) else [factory]
+    seen: list[type] = []
+    for f in factories:
+        cls = f if inspect.isclass(f) else type(f())
+        members = dict(inspect.getmembers(cls, predicate=inspect.isfunction))
+        if "get_reward" in members and cls not in seen:
+            seen.append(cls)
+    return [cls.__name__ for cls in seen]
+
+
 def grpo_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with a `prompt` (string or messages); other columns go to the rewards."""
     out = []
@@ -151,6 +205,46 @@ def grpo_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def grpo_trainer(
+    train: list[dict[str, Any]],
+    rewards: list[Callable[..., Any]],
+    environment_factory: Any,
+    settings: GRPOSettings,
+    output_dir: Path,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """TRL's `GRPOTrainer` for `grpo_rows` rows, not yet trained (what `grpo` runs)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tokenizer, _ = load_policy(settings.model)
+    config = GRPOConfig(
+        **trl_args(settings, output_dir, False),
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
+        temperature=settings.temperature,
+        beta=settings.beta,
+        use_vllm=settings.use_vllm,
+        reward_weights=settings.reward_weights,
+        log_completions=False,
+    )
+    extra: dict[str, Any] = {}
+    factory = trl_environment_factory(environment_factory)
+    if factory is not None:
+        extra["environment_factory"] = factory
+        use_tool_template(tokenizer)
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=rewards,
+        args=config,
+        train_dataset=Dataset.from_list(train),
+        processing_class=tokenizer,
+        peft_config=peft_config_for(settings, model),
+        callbacks=[*(callbacks or []), SignalGuard(settings.patience)],
+        **extra,
+    )
+
+
 def grpo(
     dataset: str | Path | list[dict[str, Any]],
     verifiers: list[Any],
@@ -158,44 +252,35 @@ def grpo(
     environment_factory: Any = None,
     **options: Any,
 ) -> TrainResult:
-    """Reinforce `options["model"]` on `dataset`'s prompts with `verifiers` as rewards."""
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
+    """Reinforce `options["model"]` on `dataset`'s prompts with `verifiers`, `extra_rewards`
+    and the environment's own `get_reward()` (when it has one) as rewards."""
     settings = GRPOSettings(**options)
-    if not verifiers and not extra_rewards:
-        raise AssayError("GRPO needs at least one verifier, judge or reward function")
+    rewards = [reward_function(v) for v in verifiers] + list(extra_rewards or [])
+    from_environment = environment_rewards(environment_factory)
+    if not rewards and not from_environment:
+        where = (
+            "no environment_factory was given"
+            if environment_factory is None
+            else "the environment_factory's environments define no get_reward()"
+        )
+        raise AssayError(
+            "GRPO needs a reward: give verifiers (a Verifier or judge; CLI --verifier or "
+            "--task), extra_rewards (reward functions), or an environment_factory whose "
+            f"environment scores its episode with get_reward(); {where}"
+        )
+    if settings.reward_weights is not None and len(settings.reward_weights) != len(rewards):
+        names = [r.__name__ for r in rewards]
+        raise AssayError(
+            f"reward_weights has {len(settings.reward_weights)} weights for the "
+            f"{len(rewards)} verifier / extra rewards {names}; the environment rewards "
+            f"{from_environment} are added by TRL with weight 1 (scale the others against it)"
+        )
     rows = data.load_rows(dataset)
     ids = data.row_ids(rows)
     train = grpo_rows(rows)
-    rewards = [reward_function(v) for v in verifiers] + list(extra_rewards or [])
 
     def build(callbacks, output_dir):
-        model, tokenizer, _ = load_policy(settings.model)
-        config = GRPOConfig(
-            **trl_args(settings, output_dir, False),
-            num_generations=settings.num_generations,
-            max_completion_length=settings.max_completion_length,
-            temperature=settings.temperature,
-            beta=settings.beta,
-            use_vllm=settings.use_vllm,
-            reward_weights=settings.reward_weights,
-            log_completions=False,
-        )
-        extra: dict[str, Any] = {}
-        if environment_factory is not None:
-            extra["environment_factory"] = environment_factory
-            use_tool_template(tokenizer)
-        return GRPOTrainer(
-            model=model,
-            reward_funcs=rewards,
-            args=config,
-            train_dataset=Dataset.from_list(train),
-            processing_class=tokenizer,
-            peft_config=peft_config_for(settings, model),
-            callbacks=[*callbacks, SignalGuard(settings.patience)],
-            **extra,
-        )
+        return grpo_trainer(train, rewards, environment_factory, settings, output_dir, callbacks)
 
-    config = {"rewards": [r.__name__ for r in rewards]}
+    config = {"rewards": [r.__name__ for r in rewards] + from_environment}
     return execute("grpo", settings, build, {"train": ids}, config)
