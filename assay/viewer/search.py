@@ -16,7 +16,8 @@ It comes from one of two places:
   changed after its index was written (a resumed run, a shard rewritten or added) never
   uses it, and falls back to the in-memory build below. It answers at once; after the
   first search it is copied into memory in the background (`load`), so later searches read
-  memory (the first page never waits for, nor competes with, a build). Its columns are
+  memory (the first page never waits for, nor competes with, a build), and the file is
+  then detached (its blocks leave DuckDB's buffer pool). Its columns are
   stored dictionary-compressed
   (`force_compression`): with DuckDB's default (FSST for strings) the file is 77 MB instead
   of ~250 MB for the bench's 1M rows, but every search decompresses the haystack, 1.3-1.6x
@@ -122,7 +123,7 @@ class SearchIndex:
     def load(self) -> None:
         """Copy a written index into memory in the background, once: called after a search
         (a search over the file takes 1.0-1.7x as long as over memory, a deep page most);
-        pages read the file until the copy is done."""
+        pages read the file until the copy is done, then the file is detached."""
         with _LOCK:
             if self.written is None or self.loading or self.dropped:
                 return
@@ -145,6 +146,10 @@ class SearchIndex:
                         con.execute(f"drop table if exists {self.name}")
                     else:
                         self.table = self.name  # pages from now on read memory
+                    # the file's blocks leave DuckDB's buffer pool: the process does not
+                    # hold the index twice (a page still reading the file fails over to
+                    # the Parquet path; a newer file is attached under another alias)
+                    con.execute(f"detach database if exists {self.written}")
         except duckdb.Error:  # the file stays in use
             pass
         finally:
