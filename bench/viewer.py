@@ -6,7 +6,9 @@ process) and times HTTP GETs of the pages a person clicks through: first page, a
 the last page, filters (cold, then the next page of the same filter), a text search, a sort
 and a row page. Each page: the first (cold) time and the median of 5 repeats. Then `--cold`
 new servers, one after another: each one's first dataset page and a search straight after
-it (median and range over the servers).
+it (median and range over the servers). The first server's resident memory is read at
+start, after the pages, once the written index's copy into memory has settled (then a new
+search and its page 900 are timed over memory), and its peak (VmHWM).
 
 The run's search index is written as `Pipeline.run` writes it at the end of a run
 (`write_search_index`, timed); `--no-run-index` leaves it out, as for a run made before
@@ -102,12 +104,25 @@ def wait_up(client: httpx.Client) -> None:
             time.sleep(0.3)
 
 
-def rss(pid: int) -> float:
-    """Resident memory of a process in MB (Linux /proc)."""
+def rss(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process in MB (Linux /proc); VmHWM: its peak so far."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def settle(pid: int, limit_s: float = 90) -> float:
+    """Wait until the server's resident memory stops growing (the written index's copy into
+    memory, started by the first search, is done); returns the seconds waited."""
+    start = time.perf_counter()
+    last, still = rss(pid), 0
+    while time.perf_counter() - start < limit_s and still < 3:
+        time.sleep(1)
+        now = rss(pid)
+        still = still + 1 if abs(now - last) < 2 else 0
+        last = now
+    return time.perf_counter() - start
 
 
 def timed(client: httpx.Client, url: str, params: list | None = None) -> float:
@@ -191,7 +206,20 @@ def main() -> None:
                 cold = timed(client, url, params)
                 warm = statistics.median(timed(client, url, params) for _ in range(args.repeats))
                 results.append((name, cold, warm))
+            rss_pages = rss(proc.pid)
+            settled_s = settle(proc.pid)
+            # after the copy into memory: a search not made before, a deep page of it
+            later = [("q", "five three"), ("page", "900")]
+            for name, params in (
+                ("settled: search 'five three', page 900 first", later),
+                ("settled: search 'five three', page 1", [("q", "five three")]),
+                ("settled: same search 'seven nine', page 900", [("q", "seven nine"), *later[1:]]),
+            ):
+                cold = timed(client, data, params)
+                warm = statistics.median(timed(client, data, params) for _ in range(args.repeats))
+                results.append((name, cold, warm))
         rss_mb = rss(proc.pid)
+        peak_mb = rss(proc.pid, "VmHWM")
         proc.terminate()
         proc.wait(timeout=10)
         # new servers: the first dataset page, then a search straight after it (without the
@@ -222,7 +250,10 @@ def main() -> None:
     print(
         f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; at the start: {load0}"
     )
-    print(f"server resident memory: {rss0:.0f} MB at start, {rss_mb:.0f} MB after the pages")
+    print(
+        f"server resident memory: {rss0:.0f} MB at start, {rss_pages:.0f} MB after the pages, "
+        f"{rss_mb:.0f} MB settled ({settled_s:.0f} s later), peak {peak_mb:.0f} MB"
+    )
     print(f"run's search index: {'not written' if index_s != index_s else f'{index_s:.1f} s'}")
     for key, values in servers.items():
         shown = ", ".join(f"{v:.0f}" for v in values)
@@ -246,7 +277,10 @@ def main() -> None:
         "load_start": load0,
         "load_end": " ".join(f"{x:.1f}" for x in load),
         "utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "rss_mb": [rss0, rss_mb],
+        "rss_mb": [rss0, rss_mb],  # at start; after the pages, settled
+        "rss_after_pages_mb": rss_pages,
+        "rss_peak_mb": peak_mb,
+        "settle_s": settled_s,
         "pages": [
             {"page": n, "first_ms": c, "median_ms": None if w != w else w} for n, c, w in results
         ],
