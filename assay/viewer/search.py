@@ -42,6 +42,7 @@ the Parquet way).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -76,6 +77,9 @@ _LOCK = threading.Lock()
 _BUILD_LOCK = threading.Lock()  # one build at a time: two would fight over two cores
 _INDEXES: OrderedDict[Any, SearchIndex] = OrderedDict()
 _COUNTER = [0]
+_RUNNING: set[duckdb.DuckDBPyConnection] = set()  # cursors of background builds and copies
+_THREADS: list[threading.Thread] = []
+_STOPPING = threading.Event()
 
 
 def cursor() -> duckdb.DuckDBPyConnection:
@@ -87,6 +91,42 @@ def cursor() -> duckdb.DuckDBPyConnection:
             _DB = duckdb.connect(config={"threads": 2, "temp_directory": spill})
             _DB.execute("set parquet_metadata_cache = true")
         return _DB.cursor()
+
+
+def _start(target: Any, name: str) -> None:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    with _LOCK:
+        _THREADS[:] = [t for t in _THREADS if t.is_alive()] + [thread]
+    thread.start()
+
+
+@contextlib.contextmanager
+def _background_cursor() -> Any:
+    """A cursor for a background build or copy, interrupted if the process exits."""
+    if _STOPPING.is_set():
+        raise duckdb.InterruptException("the process is exiting")
+    with cursor() as con:
+        with _LOCK:
+            _RUNNING.add(con)
+        try:
+            yield con
+        finally:
+            with _LOCK:
+                _RUNNING.discard(con)
+
+
+@atexit.register
+def _stop_background() -> None:
+    """A DuckDB query still running in a daemon thread when the interpreter exits aborts the
+    process ("terminate called ..."): interrupt the background ones and wait for them."""
+    _STOPPING.set()
+    with _LOCK:
+        running, threads = list(_RUNNING), list(_THREADS)
+    for con in running:
+        with contextlib.suppress(duckdb.Error):
+            con.interrupt()
+    for thread in threads:
+        thread.join(timeout=10)
 
 
 class SearchIndex:
@@ -128,7 +168,7 @@ class SearchIndex:
             if self.written is None or self.loading or self.dropped:
                 return
             self.loading = True
-        threading.Thread(target=self._load, name=f"assay-load-{self.name}", daemon=True).start()
+        _start(self._load, f"assay-load-{self.name}")
 
     def _load(self) -> None:
         try:
@@ -136,7 +176,7 @@ class SearchIndex:
                 if self.dropped:
                     return
                 self._nice()
-                with cursor() as con:
+                with _background_cursor() as con:
                     con.execute("set threads = 1")  # this niced thread only
                     try:
                         con.execute(f"create table {self.name} as select * from {self.table}")
@@ -161,7 +201,7 @@ class SearchIndex:
                 if self.dropped:
                     return
                 self._nice()
-                with cursor() as con:
+                with _background_cursor() as con:
                     # one thread (this niced one) builds: pages keep the other core
                     con.execute("set threads = 1")
                     offsets = file_offsets(con, self.files)
@@ -278,7 +318,7 @@ def index_for(
     index = SearchIndex(files, schema, rows)
     kept = _keep(key, index)
     if kept is index:
-        threading.Thread(target=index.build, name=f"assay-{index.name}", daemon=True).start()
+        _start(index.build, f"assay-{index.name}")
     return kept
 
 
