@@ -159,31 +159,3 @@ def test_context_rows_give_the_teacher_the_long_prompt_and_the_student_the_short
     assert "handbook" in json.dumps(out["teacher_prompt"]).lower()
     assert "handbook" not in json.dumps(out["prompt"]).lower()
     assert out["completion"] == "SELECT 1;"
-
-
-def test_the_full_profiles_context_distilled_student_is_trained_and_evaluated(
-    tmp_path: Path, tiny_student: str
-) -> None:
-    """The full profile adds a third student (context distillation on the curated rows):
-    it is trained, evaluated on both splits and in the report's table."""
-    profile = InternProfile(
-        train_questions=6, samples=1, heldout=3, unseen=2, general=0, epochs=1.0,
-        batch_size=4, max_new_tokens=24, context_distillation=True,
-        context_max_length=4096,  # the tiny model's tokenizer splits the long prompt finer
-    )  # fmt: skip
-    lines: list[str] = []
-    with FakeOpenAI(responder=teacher) as server:
-        report = run_intern(
-            profile,
-            teacher="openai/teacher",
-            student=tiny_student,
-            workspace=tmp_path / "ws",
-            progress="quiet",
-            log=lines.append,
-            teacher_options={"api_base": server.base_url, "transport": "http"},
-        )
-    results = json.loads((report.parent / "intern_results.json").read_text())
-    context = [r for r in results if r["model"] == "context-distilled student"]
-    assert sorted(r["n"] for r in context) == [2, 3]
-    assert "context-distilled student" in report.read_text()
-    assert any(line.startswith("      and a context-distilled student") for line in lines)
