@@ -159,3 +159,70 @@ def test_context_rows_give_the_teacher_the_long_prompt_and_the_student_the_short
     assert "handbook" in json.dumps(out["teacher_prompt"]).lower()
     assert "handbook" not in json.dumps(out["prompt"]).lower()
     assert out["completion"] == "SELECT 1;"
+
+
+def test_the_full_profiles_context_distilled_student_is_trained_and_evaluated(
+    tmp_path: Path, tiny_student: str
+) -> None:
+    """The full profile adds a third student (context distillation on the curated rows):
+    it is trained, evaluated on both splits and in the report's table."""
+    profile = InternProfile(
+        train_questions=6, samples=1, heldout=3, unseen=2, general=0, epochs=1.0,
+        batch_size=4, max_new_tokens=24, context_distillation=True,
+        context_max_length=4096,  # the tiny model's tokenizer splits the long prompt finer
+    )  # fmt: skip
+    lines: list[str] = []
+    with FakeOpenAI(responder=teacher) as server:
+        report = run_intern(
+            profile,
+            teacher="openai/teacher",
+            student=tiny_student,
+            workspace=tmp_path / "ws",
+            progress="quiet",
+            log=lines.append,
+            teacher_options={"api_base": server.base_url, "transport": "http"},
+        )
+    results = json.loads((report.parent / "intern_results.json").read_text())
+    context = [r for r in results if r["model"] == "context-distilled student"]
+    assert sorted(r["n"] for r in context) == [2, 3]
+    assert "context-distilled student" in report.read_text()
+    assert any(line.startswith("      and a context-distilled student") for line in lines)
+
+
+def test_an_unanswered_evaluation_question_counts_as_wrong_and_none_answered_stops(
+    tmp_path: Path,
+) -> None:
+    """A question whose request fails for good stays in the denominator (scoring only the
+    answered ones would flatter the model); when no question is answered the job stops
+    with the model, the split and the first failure named."""
+    from assay.datasets.intern_sql import default_database
+    from assay.jobs.intern import evaluate_sql
+
+    profile = InternProfile(heldout=6, max_new_tokens=24)
+    rows = task_rows("heldout", limit=6, seed=profile.seed)
+    database = default_database(profile.seed)
+
+    def question(body: dict) -> str:
+        return body["messages"][-1]["content"].rsplit("Question: ", 1)[1].split("\n")[0]
+
+    def gold(body: dict) -> str:
+        return f"```sql\n{GOLD[question(body)]};\n```"
+
+    def refuse_the_first(key: str, attempt: int) -> str | None:
+        # the server records a request's body before it picks the fault
+        return "400" if question(server.bodies[-1]) == rows[0]["question"] else None
+
+    with FakeOpenAI(responder=gold, script=refuse_the_first) as server:
+        options = {"api_base": server.base_url, "transport": "http"}
+        summary, answers = evaluate_sql(
+            "openai/teacher", "full", "heldout", 6, profile, database, tmp_path, options
+        )
+    assert summary["n"] == 6 and summary["unanswered"] == 1 and len(answers) == 5
+    assert summary["accuracy"] == pytest.approx(5 / 6)
+
+    with FakeOpenAI(responder=gold, script=lambda key, attempt: "400") as server:
+        options = {"api_base": server.base_url, "transport": "http"}
+        with pytest.raises(RuntimeError, match=r"openai/teacher on heldout: none of 6"):
+            evaluate_sql(
+                "openai/teacher", "full", "heldout", 6, profile, database, tmp_path / "b", options
+            )

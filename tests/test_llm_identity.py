@@ -116,3 +116,50 @@ def test_a_retrained_adapter_is_reloaded_and_cached_apart(model_cache: Path) -> 
     unknown = Generate(model=f"local/{alias}+nope", prompt="{{ q }}", max_tokens=4)
     with pytest.raises(StageError, match=r"no adapter .*\+nope"):
         Pipeline([unknown]).run(prompts, workspace=workspace, progress="quiet")
+
+
+def test_a_backend_answers_for_the_registry_and_weights_it_was_made_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backends are shared per process, but an alias registered again in another model
+    cache (or re-pointed at other weights) gets a backend of its own: the old one must not
+    answer for weights it never loaded, nor miss adapters only the new registry names."""
+    from assay.curate.llm.types import ChatRequest
+    from assay.models.local_backend import LocalBackend, get_local_backend
+    from assay.models.registry import register_adapter, register_model
+
+    alias = f"tiny-{uuid.uuid4().hex[:8]}"
+
+    def ask(model: str) -> list[str]:
+        backend = get_local_backend(model)
+        request = ChatRequest(
+            model=model,
+            messages=({"role": "user", "content": "SELECT 1"},),
+            params={"temperature": 0, "max_tokens": 8},
+        )
+        return [r.text for r in backend.complete_many([request])]
+
+    monkeypatch.setenv("ASSAY_MODEL_CACHE", str(tmp_path / "cache-a"))
+    register_model(alias, build_tiny_model(tmp_path / "model-a", seed=1))
+    first = get_local_backend(f"local/{alias}")
+    answer_a = ask(f"local/{alias}")
+
+    # a second model cache: the same alias, other weights, and an adapter only it knows
+    monkeypatch.setenv("ASSAY_MODEL_CACHE", str(tmp_path / "cache-b"))
+    model_b = build_tiny_model(tmp_path / "model-b", seed=2)
+    register_model(alias, model_b)
+    lora = build_lora_adapter(model_b, tmp_path / "lora-b", seed=3)
+    register_adapter("ctx", lora, base=alias)
+    second = get_local_backend(f"local/{alias}+ctx")
+    assert second is not first
+    assert second.spec.source == model_b.resolve()
+    reference = LocalBackend(alias, adapters={"ref": lora}, device="cpu")
+    request = ChatRequest(
+        model=f"local/{alias}+ref",
+        messages=({"role": "user", "content": "SELECT 1"},),
+        params={"temperature": 0, "max_tokens": 8},
+    )
+    assert ask(f"local/{alias}+ctx") == [r.text for r in reference.complete_many([request])]
+    reference.close()
+    assert get_local_backend(f"local/{alias}") is second  # shared again from here on
+    assert ask(f"local/{alias}") != answer_a  # the seed-2 weights answer, not seed 1's

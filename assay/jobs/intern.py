@@ -212,9 +212,10 @@ def run_intern(
         for split, limit in (("heldout", p.heldout), ("unseen", p.unseen)):
             result, rows = evaluate_sql(name, style, split, limit, p, database, workspace, options)
             results.append({"model": label, **result})
+            failed = f", {result['unanswered']} unanswered" if result["unanswered"] else ""
             log(
                 f"      {label}, {split}: {result['accuracy']:.1%} of {result['n']} "
-                f"({result['latency_s']:.2f} s/query)"
+                f"({result['latency_s']:.2f} s/query{failed})"
             )
             answers[(label, result["task"])] = rows
     if p.general:
@@ -285,16 +286,27 @@ def evaluate_sql(
     ).run(rows, workspace=workspace, progress="quiet")
     seconds = time.perf_counter() - started
     out = run.to_arrow().to_pylist()
-    n = len(out)
+    # a question the model gave no answer to (its request failed for good) counts as wrong:
+    # dropping it would score the model on an easier subset; none answered stops the job
+    unanswered = len(rows) - len(out)
+    if rows and not out:
+        reasons = run.rejects().column("_reason").to_pylist()
+        raise RuntimeError(
+            f"evaluating {model} on {split}: none of {len(rows)} questions was answered "
+            f"(first failure: {reasons[0] if reasons else 'unknown'})"
+        )
+    n = len(rows)
     accuracy = sum(r["correct"] for r in out) / n if n else 0.0
     summary = {
         "task": "intern-sql" if split == "heldout" else "intern-sql-unseen",
         "prompt_style": style,
         "n": n,
+        "unanswered": unanswered,
         "accuracy": accuracy,
         "stderr": math.sqrt(accuracy * (1 - accuracy) / n) if n else 0.0,
-        "prompt_tokens": sum(r["generation_input_tokens"] or 0 for r in out) / max(n, 1),
-        "completion_tokens": sum(r["generation_output_tokens"] or 0 for r in out) / max(n, 1),
+        "prompt_tokens": sum(r["generation_input_tokens"] or 0 for r in out) / max(len(out), 1),
+        "completion_tokens": sum(r["generation_output_tokens"] or 0 for r in out)
+        / max(len(out), 1),
         "latency_s": seconds / max(n, 1),
         "eval_run": run.run_id,
     }

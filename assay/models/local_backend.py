@@ -368,7 +368,9 @@ class LocalBackend:
         )
 
 
-_backends: dict[str, LocalBackend] = {}
+# keyed by (registry file, base alias, base weights): a backend answers for the registry it
+# read and the weights it loaded, never for a registry or an alias re-pointed since
+_backends: dict[tuple[str, str, str], LocalBackend] = {}
 _backends_lock = threading.Lock()
 
 
@@ -378,15 +380,25 @@ def get_local_backend(model: str, **options: Any) -> LocalBackend:
     `local/smollm2-135m` and `local/smollm2-135m+sql-intern` share one backend (and one
     copy of the weights); the adapter is chosen per request. Options go to `LocalBackend`
     the first time a base model is asked for.
+
+    A backend belongs to the registry file it was made from and to the base weights it
+    loaded: when `$ASSAY_MODEL_CACHE` points elsewhere, or the base alias is registered to
+    other weights, the next call makes a new backend (the old one finishes its queued jobs
+    and stops), so no request is answered by weights the current registry does not name.
     """
     name = model.removeprefix(LOCAL_PREFIX)
     registry = ModelRegistry.load()
     spec = registry.resolve(name)
     base = spec.base_name or spec.name
+    key = (str(registry.path), base, str(spec.source))
     with _backends_lock:
-        if base not in _backends:
-            _backends[base] = LocalBackend(base, registry=registry, **options)
-        return _backends[base]
+        backend = _backends.get(key)
+        if backend is None:
+            stale = [k for k in _backends if k[1] == base]
+            for old in (_backends.pop(k) for k in stale):
+                threading.Thread(target=old.close, name="assay-local-close", daemon=True).start()
+            backend = _backends[key] = LocalBackend(base, registry=registry, **options)
+        return backend
 
 
 def register_local_backend() -> None:
