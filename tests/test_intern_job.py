@@ -83,6 +83,10 @@ def test_intern_job_curates_trains_evaluates_and_reports(tmp_path: Path, tiny_st
     assert "## Goals" in text and "## Funnel" in text
     assert (report.parent / "report.html").exists()
     assert (report.parent / "training" / "loss.png").exists()
+    # every run of the job (curation, each evaluation) has the viewer's search index
+    runs = [r for r in (tmp_path / "ws" / "runs").iterdir() if (r / "output").exists()]
+    assert len(runs) > 5
+    assert all((r / "search" / "output.duckdb").exists() for r in runs)
     assert requests_first > 0
 
 
@@ -141,6 +145,11 @@ def test_job_recipes_are_recognised_and_checked(tmp_path: Path) -> None:
         "assay.jobs.intern",
         {"name": "x", "job": "intern", "profile": "quick"},
     )
+    recipe.write_text("name: x\njob: intern\nsearch_index: false\n")
+    assert load_job(recipe)[1]["search_index"] is False
+    recipe.write_text("name: x\njob: intern\nsearch_index: nope\n")
+    with pytest.raises(Exception, match="search_index must be true or false"):
+        load_job(recipe)
     recipe.write_text("name: x\njob: intern\nstages: []\n")
     with pytest.raises(Exception, match="unknown key 'stages'"):
         load_job(recipe)
@@ -181,8 +190,12 @@ def test_the_full_profiles_context_distilled_student_is_trained_and_evaluated(
             progress="quiet",
             log=lines.append,
             teacher_options={"api_base": server.base_url, "transport": "http"},
+            search_index=False,
         )
     results = json.loads((report.parent / "intern_results.json").read_text())
+    # no run of the job wrote the viewer's search index (the default writes one per run)
+    runs = list((tmp_path / "ws" / "runs").iterdir())
+    assert len(runs) > 10 and not list((tmp_path / "ws" / "runs").glob("*/search"))
     context = [r for r in results if r["model"] == "context-distilled student"]
     assert sorted(r["n"] for r in context) == [2, 3]
     assert "context-distilled student" in report.read_text()

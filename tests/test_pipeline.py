@@ -3,6 +3,7 @@ output keeps source order, broken stages are named, and completed batches surviv
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -134,6 +135,35 @@ def test_resume_refuses_a_different_pipeline(workspace: Path) -> None:
         Pipeline([Upper()], batch_size=5).run(ROWS, workspace=workspace, resume=first.run_id)
     with pytest.raises(AssayError, match="no run 'nope'"):
         Pipeline([Upper()]).run(ROWS, workspace=workspace, resume="nope")
+
+
+def test_resume_accepts_a_parameter_added_since_at_its_default(workspace: Path) -> None:
+    """A run recorded before a stage gained a parameter (e.g. Generate's `transport`)
+    resumes when the parameter holds its default; set to anything else, it differs."""
+    import duckdb
+
+    first = Pipeline([FailOn(bad_id="3")], batch_size=5)
+    with pytest.raises(StageError):
+        first.run(ROWS, workspace=workspace, progress="quiet")
+    with RunStore(workspace) as store:
+        (run,) = store.runs()
+        config = store.run(run["run_id"])["config"]
+    assert "bad_id" in config["stages"][0]["params"]
+    del config["stages"][0]["params"]["fixed"]  # as an older version recorded it
+    con = duckdb.connect(str(workspace / "assay.duckdb"))
+    con.execute("update runs set config = ? where run_id = ?", [json.dumps(config), run["run_id"]])
+    con.close()
+
+    with pytest.raises(AssayError, match="stages differ"):  # `fixed` set: not the default
+        Pipeline([FailOn(bad_id="3", fixed="/elsewhere")], batch_size=5).run(
+            ROWS, workspace=workspace, resume=run["run_id"], progress="quiet"
+        )
+    resumed = Pipeline([FailOn(bad_id="none")], batch_size=5)
+    with pytest.raises(AssayError, match="stages differ"):  # a recorded value changed
+        resumed.run(ROWS, workspace=workspace, resume=run["run_id"], progress="quiet")
+    same = Pipeline([FailOn(bad_id="3")], batch_size=5)  # `fixed` at its default
+    with pytest.raises(StageError, match="boom"):  # resumed: the bad row still fails
+        same.run(ROWS, workspace=workspace, resume=run["run_id"], progress="quiet")
 
 
 def test_runs_are_listed_with_status_and_rows(workspace: Path) -> None:

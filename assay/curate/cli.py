@@ -61,6 +61,8 @@ def run(
         module, config = job
         given = (("profile", profile), ("teacher", teacher), ("judge", judge))
         config = {**config, **{k: v for k, v in given if v}}
+        if no_search_index:
+            config["search_index"] = False
         report = importlib.import_module(module).run_job(
             config, workspace, "quiet" if quiet else "auto"
         )

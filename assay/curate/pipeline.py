@@ -89,7 +89,7 @@ class Pipeline:
         with RunStore(workspace) as store:
             if resume:
                 run = store.run(resume)
-                _check_same_config(resume, run["config"], config)
+                _check_same_config(resume, run["config"], config, self.stages)
                 run_id = resume
                 store.set_status(run_id, "running")
             else:
@@ -121,13 +121,43 @@ def write_search_index(run_dir: Path) -> Path | None:
         return None
 
 
-def _check_same_config(run_id: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+def _check_same_config(
+    run_id: str, stored: dict[str, Any], current: dict[str, Any], stages: list[Stage]
+) -> None:
+    stored = {**stored, "stages": _with_new_defaults(stored.get("stages"), stages)}
     for key in ("stages", "batch_size", "source"):
         if json.dumps(stored.get(key), sort_keys=True) != json.dumps(current[key], sort_keys=True):
             raise AssayError(
                 f"cannot resume run {run_id}: its {key} differ from this pipeline's "
                 f"(stored {stored.get(key)!r}, now {current[key]!r}); start a new run instead"
             )
+
+
+def _with_new_defaults(stored: Any, stages: list[Stage]) -> Any:
+    """The stored stage descriptions, each completed with the parameters its stage gained
+    since the run was recorded, at their defaults (a run recorded before `Generate` had a
+    `transport` resumes under `transport="auto"`); a parameter set to anything but its
+    default, or one the stored run had and the stage lost, still differs."""
+    if not isinstance(stored, list) or len(stored) != len(stages):
+        return stored
+    out = []
+    for described, stage in zip(stored, stages, strict=True):
+        params = described.get("params") if isinstance(described, dict) else None
+        if described.get("stage") != stage.name or not isinstance(params, dict):
+            out.append(described)
+            continue
+        fields = type(stage).model_fields
+        now = stage.describe()["params"]
+        added = {
+            k: v
+            for k, v in now.items()
+            if k not in params
+            and k in fields
+            and not fields[k].is_required()
+            and getattr(stage, k) == fields[k].get_default(call_default_factory=True)
+        }
+        out.append({**described, "params": {**added, **params}})
+    return out
 
 
 @dataclass

@@ -30,7 +30,10 @@ from assay.curate.stage import Stage
 TOP_LEVEL_KEYS = ("name", "description", "source", "batch_size", "search_index", "stages")
 
 
-JOB_KEYS = ("name", "description", "job", "profile", "teacher", "student", "judge", "overrides")
+JOB_KEYS = (
+    "name", "description", "job", "profile", "teacher", "student", "judge", "overrides",
+    "search_index",
+)  # fmt: skip
 
 
 def load_job(path: str | Path) -> tuple[str, dict[str, Any]] | None:
@@ -53,6 +56,10 @@ def load_job(path: str | Path) -> tuple[str, dict[str, Any]] | None:
         )
     if not isinstance(spec["job"], str) or not spec["job"].isidentifier():
         raise RecipeError(f"{path}: 'job' must name a job module, got {spec['job']!r}")
+    if not isinstance(spec.get("search_index", True), bool):
+        raise RecipeError(
+            f"{path}: search_index must be true or false, got {spec['search_index']!r}"
+        )
     return f"assay.jobs.{spec['job']}", spec
 
 

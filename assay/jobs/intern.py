@@ -138,10 +138,13 @@ def run_intern(
     teacher_options: dict[str, Any] | None = None,
     judge: str | None = None,
     judge_options: dict[str, Any] | None = None,
+    search_index: bool = True,
 ) -> Path:
     """Run every step; return the report's path. `judge`: a model for the reasoning judge
     of the curation step (default none: the 135M embedded model judges at chance, so it
-    would drop verified rows at random; give a stronger one, e.g. `openai/gpt-4o-mini`)."""
+    would drop verified rows at random; give a stronger one, e.g. `openai/gpt-4o-mini`).
+    `search_index`: write the viewer's search index at the end of each of the job's runs
+    (curation and every evaluation; False skips them, as `assay run --no-search-index`)."""
     from assay.train.eval import evaluate_choices, load_eval_model, results_table
     from assay.train.sft import sft
     from assay.train.tasks import get_task
@@ -159,9 +162,12 @@ def run_intern(
     curated_run = Pipeline(
         curation_stages(p, teacher, database, True, teacher_options, judge, judge_options),
         batch_size=32,
+        search_index=search_index,
     ).run(source, workspace=workspace, progress=progress)
     raw_run = Pipeline(
-        curation_stages(p, teacher, database, False, teacher_options), batch_size=32
+        curation_stages(p, teacher, database, False, teacher_options),
+        batch_size=32,
+        search_index=search_index,
     ).run(
         source, workspace=workspace, progress=progress
     )  # every request comes from the cache the curated run just filled
@@ -210,7 +216,9 @@ def run_intern(
     results, answers = [], {}
     for label, (name, style, options) in models.items():
         for split, limit in (("heldout", p.heldout), ("unseen", p.unseen)):
-            result, rows = evaluate_sql(name, style, split, limit, p, database, workspace, options)
+            result, rows = evaluate_sql(
+                name, style, split, limit, p, database, workspace, options, search_index
+            )
             results.append({"model": label, **result})
             failed = f", {result['unanswered']} unanswered" if result["unanswered"] else ""
             log(
@@ -255,6 +263,7 @@ def evaluate_sql(
     database: Path,
     workspace: Path,
     options: dict[str, Any] | None = None,
+    search_index: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Greedy answers of `model` to `split`'s questions with the `style` prompt, executed and
     compared with the gold query. Runs as a pipeline, so answers are cached like any other
@@ -283,6 +292,7 @@ def evaluate_sql(
         ],  # fmt: skip
         name=f"eval-{split}",
         batch_size=64,
+        search_index=search_index,
     ).run(rows, workspace=workspace, progress="quiet")
     seconds = time.perf_counter() - started
     out = run.to_arrow().to_pylist()
@@ -324,6 +334,7 @@ def run_job(config: dict[str, Any], workspace: str | Path, progress: str) -> Pat
         workspace=workspace,
         progress=progress,
         judge=config.get("judge"),
+        search_index=config.get("search_index", True),
     )
 
 
