@@ -86,12 +86,75 @@ def test_long_contexts_are_chunked_never_truncated(tiny_encoder: Path) -> None:
     seen = {t for ids in encoded.input_ids for t in ids}
     assert set(context_ids) <= seen
     assert encoded.owner == [0] * len(encoded.input_ids)
+    assert encoded.notes == [f"best of {len(encoded.input_ids)} windows"]
     # training keeps the chunk sharing the most words with the claim
-    best = pairs.encode(
-        [{"context": " ".join(words), "prompt": "", "response": "w150 w151"}], best_chunk_only=True
-    )
+    row = {"context": " ".join(words), "prompt": "", "response": "w150 w151"}
+    best = pairs.encode([row], training=True)
     assert len(best.input_ids) == 1
     assert "w150" in tokenizer.decode(best.input_ids[0])
+    # select="best" scores only that window at inference too, and says which it was
+    one = ChunkedPairs(tokenizer, max_length=48, prompt_tokens=8, overlap=4, select="best")
+    chosen = one.encode([row])
+    assert len(chosen.input_ids) == 1 and chosen.input_ids == best.input_ids
+    assert chosen.notes[0].startswith("window ") and chosen.notes[0].endswith("(most claim words)")
+
+
+def test_evidence_keeps_the_sentences_that_cover_the_claim_in_document_order(
+    tiny_encoder: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    filler = [f"Filler sentence number {k} talks about weather and roads." for k in range(30)]
+    document = filler[:5] + ["The mayor opened a bridge in Lisbon."] + filler[5:20]
+    document += ["The bridge cost four million euros."] + filler[20:]
+    row = {
+        "context": " ".join(document),
+        "prompt": "",
+        "response": "Lisbon's mayor opened a bridge that cost four million euros.",
+    }
+    pairs = ChunkedPairs(tokenizer, max_length=64, prompt_tokens=8, select="evidence")
+    encoded = pairs.encode([row])
+    assert len(encoded.input_ids) == 1 and len(encoded.input_ids[0]) <= 64
+    text = tokenizer.decode(encoded.input_ids[0])
+    # both evidence sentences, the one that comes first in the document first
+    assert text.index("lisbon") < text.index("four million") < text.index("[SEP]")
+    assert "filler" not in text.split("[SEP]")[0]
+    note = encoded.notes[0]
+    assert note.startswith("evidence: 2 of 32 sentences") and "claim words found" in note
+    # a short context is read whole, in every mode
+    short = {"context": "The bridge cost four million euros.", "prompt": "", "response": "x"}
+    assert pairs.encode([short]).notes == ["whole context"]
+    with pytest.raises(ValueError, match="select="):
+        ChunkedPairs(tokenizer, select="first")
+
+
+def test_pairs_stay_in_one_batch_and_platt_recovers_a_known_calibration() -> None:
+    import random
+
+    from assay.judges.cross_encoder import Encoded
+    from assay.judges.distill_train import pair_index, plan_batches, platt
+
+    rows = [
+        {"parent_id": "p1", "grounded": True},
+        {"parent_id": "p1", "grounded": False},
+        {"parent_id": "p2", "grounded": False},
+        {"parent_id": "p2", "grounded": True},
+        {"parent_id": "p3", "grounded": True},  # no partner: trained alone
+        {"grounded": False},
+    ]
+    assert pair_index(rows) == [(0, 1), (3, 2)]
+    encoded = Encoded(input_ids=[[1] * n for n in (5, 9, 3, 4, 7, 2)], owner=list(range(6)))
+    planned = plan_batches(encoded, pair_index(rows), 3, random.Random(1))
+    assert sorted(k for batch in planned for k in batch) == list(range(6))
+    for batch in planned:
+        assert (0 in batch) == (1 in batch) and (2 in batch) == (3 in batch)
+    # labels drawn from sigmoid(2 z - 1): Platt scaling finds a ~ 2, b ~ -1
+    rng = random.Random(0)
+    logits = [rng.uniform(-4, 4) for _ in range(4000)]
+    labels = [rng.random() < 1 / (1 + 2.718281828 ** -(2 * z - 1)) for z in logits]
+    a, b = platt(logits, labels)
+    assert a == pytest.approx(2.0, abs=0.25) and b == pytest.approx(-1.0, abs=0.2)
 
 
 def test_train_register_and_judge_by_name(tiny_encoder: Path, judges_dir: Path) -> None:
@@ -107,6 +170,7 @@ def test_train_register_and_judge_by_name(tiny_encoder: Path, judges_dir: Path) 
     assert path == judges_dir / "tiny"
     meta = json.loads((path / "judge.json").read_text())
     assert meta["train_rows"] == 16 and meta["max_length"] == 64
+    assert meta["calibration"] is None  # no validation rows: raw sigmoid scores
     table = pa.table(
         {
             "id": ["a", "b"],
@@ -120,6 +184,7 @@ def test_train_register_and_judge_by_name(tiny_encoder: Path, judges_dir: Path) 
     scores = out["distilled_score"].to_pylist()
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert out["distilled_chunks"].to_pylist() == [1, 1]
+    assert out["distilled_rationale"].to_pylist() == ["whole context", "whole context"]
     assert out["distilled_verdict"].to_pylist() == [
         "grounded" if s >= 0.5 else "ungrounded" for s in scores
     ]
@@ -145,6 +210,85 @@ def test_train_register_and_judge_by_name(tiny_encoder: Path, judges_dir: Path) 
         }
     )
     assert judge.process(passages)["distilled_score"][0].as_py() is not None
+
+
+def test_other_context_negatives_keep_the_answer_and_change_the_context() -> None:
+    from assay.judges.distill_train import context_negatives, pair_index
+
+    contexts = [
+        "Lisbon bridge opened by the mayor in spring.",
+        "The mayor of Lisbon opened the new bridge.",
+        "Jupiter has dozens of moons and a great red spot.",
+    ]
+    data = []
+    for k, context in enumerate(contexts):
+        data.append({"parent_id": k, "context": context, "response": f"r{k}", "grounded": True})
+        data.append({"parent_id": k, "context": context, "response": f"h{k}", "grounded": False})
+    for mode in ("random", "similar"):
+        extra = context_negatives(data, mode, seed=3)
+        assert len(extra) == 3
+        for row, own in zip(extra, data[0::2], strict=True):
+            assert row["response"] == own["response"] and row["parent_id"] == own["parent_id"]
+            assert row["context"] != own["context"] and row["grounded"] is False
+        # each grounded answer is now paired with its hallucinated one and the swapped row
+        assert len(pair_index(data + extra)) == 6
+    similar = context_negatives(data, "similar")
+    assert similar[0]["context"] == contexts[1] and similar[1]["context"] == contexts[0]
+    with pytest.raises(AssayError, match="random or similar"):
+        context_negatives(data, "nearest")
+
+
+def test_cut_layers_pairwise_loss_calibration_and_int8(
+    tiny_encoder: Path, judges_dir: Path
+) -> None:
+    import math
+
+    from assay.judges.distilled import calibrated, chunker_for, judge_logits, load_judge
+
+    train = [dict(r, parent_id=str(r["id"]).split("/")[0]) for r in rows(12)]
+    validation = [dict(r, parent_id=str(r["id"]).split("/")[0]) for r in rows(6)]
+    path = train_distilled(
+        train,
+        "cut",
+        base_model=str(tiny_encoder),
+        max_length=64,
+        batch_size=4,
+        epochs=2,
+        learning_rate=1e-3,
+        layers=1,
+        pairwise_weight=1.0,
+        freeze_embeddings=True,
+        validation=validation,
+    )
+    meta = json.loads((path / "judge.json").read_text())
+    assert meta["layers"] == 1 and meta["train_pairs"] == 12 and meta["pairwise_weight"] == 1.0
+    assert meta["validation"]["pairs"] == 6 and meta["validation"]["rows"] == 12
+    assert set(meta["calibration"]) == {"a", "b", "fitted_on"}
+    model, tokenizer, loaded = load_judge(str(path))
+    assert model.config.num_hidden_layers == 1 and len(model.bert.encoder.layer) == 1
+    # the stage's score is the calibrated logit
+    plain = [dict(r, prompt="") for r in validation[:2]]  # the stage below has no prompt
+    logits, _, _ = judge_logits(model, chunker_for(tokenizer, loaded), plain)
+    cal = meta["calibration"]
+    assert calibrated(logits[0], loaded) == pytest.approx(
+        1 / (1 + math.exp(-(cal["a"] * logits[0] + cal["b"])))
+    )
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "context": [validation[0]["context"]] * 2,
+            "generation": [validation[0]["response"], validation[1]["response"]],
+        }
+    )
+    fp32 = DistilledJudge(judge="cut").process(table)["distilled_score"].to_pylist()
+    assert fp32 == pytest.approx([calibrated(z, loaded) for z in logits], abs=1e-6)
+    # int8: quantised linear layers, scores close to float32
+    q_model, _, _ = load_judge(str(path), None, "int8")
+    assert "quantized" in type(q_model.bert.encoder.layer[0].attention.self.query).__module__
+    int8 = DistilledJudge(judge="cut", dtype="int8").process(table)
+    assert int8["distilled_score"].to_pylist() == pytest.approx(fp32, abs=0.05)
+    with pytest.raises(Exception, match="layers=3"):
+        train_distilled(train, "deep", base_model=str(tiny_encoder), layers=3)
 
 
 def test_recipes_name_a_trained_judge_and_unknown_names_fail_early(

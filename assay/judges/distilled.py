@@ -2,12 +2,17 @@
 
 Trained by `assay judge train` (or `train_distilled`) on labelled or LLM-judged rows, it
 scores P(grounded) for a response against its context at a small fraction of an LLM judge's
-cost. Long contexts are scored chunk by chunk and the best chunk counts (cross_encoder.py).
+cost. A long context is read as the judge's `select` mode says (every window and the best
+counts, MiniCheck's rule; or one window or the best evidence sentences chosen by the claim's
+words: cross_encoder.py), never cut off silently. The score is calibrated on the judge's
+validation rows when it was trained with some (`judge.json` "calibration").
 """
 
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,15 +23,18 @@ from pydantic import PrivateAttr
 from assay.curate.registry import register
 from assay.curate.stage import Outcome, Stage
 from assay.judges.base import completion_text
-from assay.judges.cross_encoder import ChunkedPairs, score_rows
+from assay.judges.cross_encoder import SELECT_MODES, ChunkedPairs, score_logits
 from assay.judges.grounding import context_text
 from assay.judges.llm_judge import Judgement, write_judgements
 from assay.judges.registry_dir import find_judge
 
 
 @lru_cache(maxsize=4)
-def load_judge(path: str, threads: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, judge.json) of a trained judge folder (cached per process)."""
+def load_judge(
+    path: str, threads: int | None = None, dtype: str | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(model ready to score, tokenizer, judge.json) of a trained judge folder (cached per
+    process). `dtype` overrides the judge's `inference_dtype` (float32 or int8)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -36,7 +44,47 @@ def load_judge(path: str, threads: int | None = None) -> tuple[Any, Any, dict[st
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path)
     model.eval()
-    return model, tokenizer, meta
+    return prepare_model(model, dtype or meta.get("inference_dtype", "float32")), tokenizer, meta
+
+
+def prepare_model(model: Any, dtype: str) -> Any:
+    """The model for inference: as it is (float32) or with int8 dynamically quantised
+    linear layers (a copy; int8 matmuls use VNNI where the CPU has it)."""
+    import torch
+
+    if dtype == "float32":
+        return model.eval()
+    if dtype != "int8":
+        raise ValueError(f"inference dtype {dtype!r}: use float32 or int8")
+    with warnings.catch_warnings():  # torch.ao's deprecation notice (the API still works)
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False
+        ).eval()
+
+
+def chunker_for(tokenizer: Any, meta: dict[str, Any], select: str | None = None) -> ChunkedPairs:
+    """The context reader a judge was trained with (`select` overrides its mode)."""
+    return ChunkedPairs(
+        tokenizer,
+        max_length=int(meta.get("max_length", 256)),
+        prompt_tokens=int(meta.get("prompt_tokens", 64)),
+        select=select or meta.get("select", "all"),
+    )
+
+
+def judge_logits(
+    model: Any, chunker: ChunkedPairs, rows: list[dict[str, Any]], batch_size: int = 32
+) -> tuple[list[float], list[str], list[int]]:
+    """Raw logits (before calibration), context notes and pieces scored, per row."""
+    return score_logits(model, chunker, rows, batch_size)
+
+
+def calibrated(logit: float, meta: dict[str, Any]) -> float:
+    """P(grounded) of a raw logit: the judge's Platt calibration when it has one."""
+    cal = meta.get("calibration") or {"a": 1.0, "b": 0.0}
+    z = cal["a"] * logit + cal["b"]
+    return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
 
 
 @register
@@ -48,11 +96,17 @@ class DistilledJudge(Stage):
 
     Input columns: `context_column` (string or list of strings), `response_column`,
     `prompt_column` (optional; used when the judge was trained with prompts).
-    Output columns (output_column="distilled"): `distilled_score` (P(grounded), the best
-    chunk's), `distilled_verdict` ("grounded" / "ungrounded" at `threshold`, else 0.5),
-    `distilled_rationale` ("best of 3 chunks: 2"), `distilled_chunks` (int),
+    `select` overrides how the judge reads a context longer than its window (`all`, `best`,
+    `evidence`; default: the mode it was trained with), `dtype` its inference precision
+    (`float32` or `int8`; default: the judge's `inference_dtype`).
+
+    Output columns (output_column="distilled"): `distilled_score` (P(grounded), calibrated
+    on the judge's validation rows; in `all` mode the best window's),
+    `distilled_verdict` ("grounded" / "ungrounded" at `threshold`, else 0.5),
+    `distilled_rationale` (how the context was read: "whole context", "best of 3 windows:
+    window 2", "evidence: 5 of 31 sentences (...)"), `distilled_chunks` (pieces scored),
     `distilled_error` (null), `distilled_cost` (0.0).
-    Rejects (when `threshold` is set): "ungrounded (score 0.12 < 0.5): best of 1 chunks: 0".
+    Rejects (when `threshold` is set): "ungrounded (score 0.12 < 0.5): whole context".
 
     Example: `DistilledJudge(judge="halueval-dialogue", context_column="knowledge",
     response_column="generation", prompt_column="history", threshold=0.5)`.
@@ -66,10 +120,16 @@ class DistilledJudge(Stage):
     threshold: float | None = None
     batch_size: int = 32
     threads: int | None = None
+    select: str | None = None
+    dtype: str | None = None
 
     _path: Path | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any) -> None:
+        if self.select is not None and self.select not in SELECT_MODES:
+            raise ValueError(f"select={self.select!r}: use one of {', '.join(SELECT_MODES)}")
+        if self.dtype is not None and self.dtype not in ("float32", "int8"):
+            raise ValueError(f"dtype={self.dtype!r}: use float32 or int8")
         self._path = find_judge(self.judge)  # a wrong name fails when the recipe is built
 
     def input_columns(self) -> list[str]:
@@ -78,19 +138,16 @@ class DistilledJudge(Stage):
 
     def scores(self, rows: list[dict[str, Any]]) -> list[Judgement]:
         """Judgements for rows with `context`, `prompt` and `response` keys."""
-        model, tokenizer, meta = load_judge(str(self._path), self.threads)
-        pairs = ChunkedPairs(tokenizer, max_length=int(meta.get("max_length", 256)))
-        probs, best, count = score_rows(model, pairs, rows, self.batch_size)
+        model, tokenizer, meta = load_judge(str(self._path), self.threads, self.dtype)
+        chunker = chunker_for(tokenizer, meta, self.select)
+        logits, notes, count = judge_logits(model, chunker, rows, self.batch_size)
         cut = self.threshold if self.threshold is not None else 0.5
-        return [
-            Judgement(
-                p,
-                "grounded" if p >= cut else "ungrounded",
-                f"best of {n} chunks: {b}",
-                extra={"chunks": n},
-            )
-            for p, b, n in zip(probs, best, count, strict=True)
-        ]
+        out = []
+        for z, note, n in zip(logits, notes, count, strict=True):
+            p = calibrated(z, meta)
+            verdict = "grounded" if p >= cut else "ungrounded"
+            out.append(Judgement(p, verdict, note, extra={"chunks": n}))
+        return out
 
     def process(self, table: pa.Table) -> pa.Table | Outcome:
         rows = [
