@@ -135,28 +135,21 @@ def quality(backend: LocalBackend, texts: list[str], max_tokens: int) -> dict[st
 
 def teacher_forced_agreement(model, items, answers: list[list[int]]) -> tuple[int, int]:
     """Steps where bf16's greedy pick equals fp32's token, feeding fp32's answers."""
-    from transformers import DynamicCache
-
+    from assay.models.batch_generate import _layout, _prefill_static
     from assay.models.fast_decode import DecodeStep
-    from assay.models.kv_cache import StaticKVCache
 
     agree = total = 0
     step = DecodeStep(model, "bf16")
     with torch.inference_mode():
         for item, answer in zip(items, answers, strict=True):
-            ids = torch.tensor([item.prompt_ids + answer])
             # bf16 next-token picks along fp32's answer, one row at a time (no padding)
-            cache = DynamicCache()
-            prompt = ids[:, : len(item.prompt_ids)]
-            out = model(input_ids=prompt, past_key_values=cache, logits_to_keep=1)
-            static = StaticKVCache.from_dynamic(cache, torch.ones_like(prompt), room=len(answer))
-            logits = out.logits[:, -1].float()
+            ids, attention, positions = _layout([item], 0, 0)
+            cache, hidden = _prefill_static(step, [item], ids, attention, positions, 0, None, True)
             for position, token in enumerate(answer):
-                if position:  # the first pick is the shared fp32 prefill's
-                    agree += int(logits.argmax(-1).item() == token)
-                    total += 1
-                logits = step(
-                    torch.tensor([token]), torch.tensor([len(item.prompt_ids) + position]), static
+                agree += int(step.greedy(hidden).item() == token)
+                total += 1
+                hidden = step.hidden(
+                    torch.tensor([token]), torch.tensor([len(item.prompt_ids) + position]), cache
                 )
     return agree, total
 

@@ -16,7 +16,14 @@ import pytest
 import torch
 from local_tiny_model import build_lora_adapter, build_tiny_model
 
-from assay.models.batch_generate import GenerationItem, generate_batch
+from assay.models.batch_generate import (
+    GenerationItem,
+    _layout,
+    _prefill_static,
+    _routing,
+    _shared_prefix_len,
+    generate_batch,
+)
 from assay.models.fast_decode import DecodeStep, supports
 from assay.models.kv_cache import GROW_COLUMNS, StaticKVCache
 from assay.models.multi_lora import MultiLora
@@ -208,32 +215,20 @@ def _unwrap(model, lora: MultiLora) -> None:
 
 
 def _one_step(model, tokenizer, precision, adapters=None, names=None):
-    """Logits of the first decode step after a prefill, through `DecodeStep`."""
-    from transformers import DynamicCache
-
-    prompts = [ids_of(tokenizer, p) for p in PROMPTS[:4]]
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((4, width), tokenizer.pad_token_id)
-    attention = torch.zeros((4, width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p) :] = torch.tensor(p)
-        attention[i, width - len(p) :] = 1
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
+    """Logits of the first decode step after the fast path's prefill, through `DecodeStep`."""
+    names = names or [None] * 4
+    items = [
+        GenerationItem(ids_of(tokenizer, p), 4, 0, adapter=name)
+        for p, name in zip(PROMPTS[:4], names, strict=True)
+    ]
+    input_ids, attention, positions = _layout(items, 0, tokenizer.pad_token_id)
+    step = DecodeStep(model, precision)
     with torch.inference_mode():
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
+        cache, hidden = _prefill_static(
+            step, items, input_ids, attention, positions, 0, adapters, True
         )
-        static = StaticKVCache.from_dynamic(cache, attention, room=4)
-        tokens = out.logits[:, -1].argmax(-1)
-        step = DecodeStep(model, precision)
-        if adapters is None:
-            return step(tokens, attention.sum(-1), static)
-        with adapters.routing(names):
-            return step(tokens, attention.sum(-1), static)
+        with _routing(adapters, names, None):
+            return step(step.greedy(hidden), cache.positions(), cache)
 
 
 def test_bf16_matmuls_stay_close_to_fp32_logits(tiny):
@@ -258,30 +253,31 @@ def test_bf16_matmuls_stay_close_to_fp32_logits(tiny):
 
 
 def test_cache_keeps_columns_through_growth_and_compaction():
-    keys = [torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)]
-    values = [-keys[0].clone()]
-    attention = torch.tensor([[0, 1, 1], [1, 1, 1]])
-
-    class Layer:
-        def __init__(self, k, v):
-            self.keys, self.values = k, v
-
-    class Cache:
-        layers = [Layer(keys[0], values[0])]
-
-    cache = StaticKVCache.from_dynamic(Cache(), attention, room=1)
-    assert cache.capacity == 4
+    cache = StaticKVCache.empty(rows=2, layers=1, kv_heads=1, head_dim=2, capacity=4)
+    keys = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 1, 2)
+    cache.open_columns(torch.tensor([[False, True, True], [True, True, True]]))
+    cache.write(0, keys.view(6, 1, 2), -keys.view(6, 1, 2))  # a 3-column prefill
     for step in range(3):  # the second and third columns overflow: one growth
-        cache.open_column()
-        new = torch.full((2, 1, 1, 2), 100.0 + step)
+        cache.open_columns()
+        new = torch.full((2, 1, 2), 100.0 + step)
         k, v = cache.write(0, new, -new)
     assert cache.capacity == 4 + GROW_COLUMNS and k.shape == (2, 1, 6, 2)
-    assert torch.equal(k[:, :, :3], keys[0]) and torch.equal(v[:, :, :3], values[0])
+    assert torch.equal(k[:, :, :3], keys.transpose(1, 2)) and torch.equal(v, -k)
     assert torch.equal(k[:, :, 5], torch.full((2, 1, 2), 102.0))
     assert cache.mask()[0, 0, 0].tolist() == [False, True, True, True, True, True]
+    assert cache.positions().tolist() == [5, 6]
     cache.compact(torch.tensor([1]))
     assert cache.rows == 1 and cache.mask()[0, 0, 0].all()
-    assert torch.equal(cache.keys[0][0, :, :3], keys[0][1])
+    assert torch.equal(cache.keys[0][0, :, :3], keys[1].transpose(0, 1))
+
+
+def test_a_prefill_mask_is_causal_and_never_empty():
+    cache = StaticKVCache.empty(rows=2, layers=1, kv_heads=1, head_dim=2, capacity=8)
+    cache.open_columns(torch.tensor([[False, False, True], [True, True, True]]))
+    mask = cache.mask(3)[:, 0].int().tolist()
+    # row 0 is padded twice: its padding queries see only themselves, its token itself
+    assert mask[0] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert mask[1] == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
 
 
 def test_an_unknown_precision_is_refused(tiny):
@@ -312,28 +308,20 @@ def test_bf16_falls_back_where_a_projection_is_wrapped_by_something_unknown(tiny
 def test_a_shared_prefix_held_once_gives_the_logits_of_one_copied_per_row(tiny):
     model, tokenizer, _ = tiny
     items = [GenerationItem(prompt_ids=ids_of(tokenizer, p, SYSTEM)) for p in PROMPTS]
-    from transformers import DynamicCache
-
-    from assay.models.batch_generate import _layout, _prefill, _Row, _shared_prefix_len
-
     shared = _shared_prefix_len(items)
     assert shared >= 8
     input_ids, attention, positions = _layout(items, shared, pad_id=0)
-    rows = [_Row(item, torch.device("cpu")) for item in items]
     step = DecodeStep(model)
     outputs = {}
-    for once in (0, shared):
-        cache = DynamicCache()
+    for once in (False, True):
         with torch.inference_mode():
-            logits = _prefill(
-                model, rows, items, input_ids, attention, positions, shared, cache, None
+            static, hidden = _prefill_static(
+                step, items, input_ids, attention, positions, shared, None, once
             )
-            static = StaticKVCache.from_dynamic(cache, attention, room=4, shared=once)
-            assert static.prefix_length == once
-            assert (
-                static.keys[0].shape[2] == attention.shape[1] - once + 4
-            )  # the prefix left the rows
-            tokens, steps = logits.argmax(-1), []
+            assert static.prefix_length == (shared if once else 0)
+            assert static.length == attention.shape[1] - (shared if once else 0)
+            logits = step.logits(hidden)
+            tokens, steps = logits.argmax(-1), [logits]
             for _ in range(6):  # through a growth of the per-row buffers
                 logits = step(tokens, static.positions(), static)
                 tokens = logits.argmax(-1)
@@ -341,6 +329,6 @@ def test_a_shared_prefix_held_once_gives_the_logits_of_one_copied_per_row(tiny):
             static.compact(torch.tensor([4, 1]))  # finished rows leave; the prefix stays
             steps.append(step(tokens[[4, 1]], static.positions(), static))
         outputs[once] = steps
-    for copied, held_once in zip(outputs[0], outputs[shared], strict=True):
+    for copied, held_once in zip(outputs[False], outputs[True], strict=True):
         assert torch.allclose(copied, held_once, atol=1e-4, rtol=1e-4)
         assert torch.equal(copied.argmax(-1), held_once.argmax(-1))

@@ -20,6 +20,7 @@ generic one (transformers' forward with a `DynamicCache`, for everything else or
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -104,35 +105,22 @@ def generate_batch(
     positions = positions.to(device)
     precision = precision or os.environ.get("ASSAY_LOCAL_PRECISION", "fp32")
     fast = _use_fast_path(model, fast, precision)
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
     with torch.inference_mode():
-        logits = _prefill(
-            model, rows, items, input_ids, attention, positions, shared, cache, adapters
-        )
         if fast:
-            room = max(item.max_new_tokens for item in items)
-            # a prefix run with one set of weights is held once; with several adapters in the
-            # batch each row keeps its adapter's copy
-            one_adapter = len({item.adapter for item in items}) == 1
-            once = shared if prefix_once and one_adapter else 0
-            static = StaticKVCache.from_dynamic(
-                cache, attention, room=min(room, GROW_COLUMNS), shared=once
+            step = DecodeStep(model, precision)
+            cache, hidden = _prefill_static(
+                step, items, input_ids, attention, positions, shared, adapters, prefix_once
             )
-            del cache
-            _decode_static(
-                DecodeStep(model, precision),
-                rows,
-                logits,
-                static,
-                tokenizer,
-                eos_token_ids,
-                adapters,
-            )
+            _decode_static(step, rows, hidden, cache, tokenizer, eos_token_ids, adapters)
         else:
+            from transformers import DynamicCache
+
+            dynamic = DynamicCache()
+            logits = _prefill(
+                model, rows, items, input_ids, attention, positions, shared, dynamic, adapters
+            )
             _decode_dynamic(
-                model, rows, logits, attention, cache, tokenizer, eos_token_ids, adapters
+                model, rows, logits, attention, dynamic, tokenizer, eos_token_ids, adapters
             )
     for row in rows:
         row.result.text = _final_text(row, tokenizer)
@@ -184,6 +172,51 @@ def _prefill(
     return _forward(model, rows, active, input_ids, attention, positions, cache, adapters)
 
 
+def _prefill_static(
+    step: DecodeStep,
+    items: list[GenerationItem],
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    positions: torch.Tensor,
+    shared: int,
+    adapters: MultiLora | None,
+    prefix_once: bool,
+) -> tuple[StaticKVCache, torch.Tensor]:
+    """The fast path's prefill, straight into a static cache: the shared prefix once per
+    adapter in the batch, then every row's own tokens. Returns the cache and each row's last
+    hidden state.
+
+    With one adapter (or none) the prefix is held once for all rows (unless `prefix_once`
+    is off); with several, each row gets a copy of its adapter's prefix columns."""
+    device = input_ids.device
+    room = min(max(item.max_new_tokens for item in items), GROW_COLUMNS)
+    width = input_ids.shape[1]
+    shape = (len(step.layers), step.kv_heads, step.head_dim)
+    if shared:
+        firsts: dict[str | None, int] = {}
+        for i, item in enumerate(items):
+            firsts.setdefault(item.adapter, i)
+        reps = list(firsts.values())
+        prefix_ids = torch.tensor([items[0].prompt_ids[:shared]] * len(reps), device=device)
+        prefix = StaticKVCache.empty(len(reps), *shape, shared, device=device)
+        with _routing(adapters, [items[i].adapter for i in reps], device):
+            step.hidden(
+                prefix_ids, torch.arange(shared, device=device).expand(len(reps), -1), prefix
+            )
+        group = torch.tensor([reps.index(firsts[item.adapter]) for item in items], device=device)
+        once = prefix_once and len(reps) == 1
+        cache = StaticKVCache.after_prefix(prefix, group, width + room, once)
+    else:
+        cache = StaticKVCache.empty(len(items), *shape, width + room, device=device)
+    with _routing(adapters, [item.adapter for item in items], device):
+        hidden = step.hidden(input_ids, positions, cache, attention[:, shared:].bool())
+    return cache, hidden
+
+
+def _routing(adapters: MultiLora | None, names: list[str | None], device: Any) -> Any:
+    return contextlib.nullcontext() if adapters is None else adapters.routing(names, device)
+
+
 def _decode_dynamic(
     model: Any,
     rows: list[_Row],
@@ -223,29 +256,32 @@ COMPACT_FRACTION = 0.125  # drop finished rows from the cache once they are this
 def _decode_static(
     step: DecodeStep,
     rows: list[_Row],
-    logits: torch.Tensor,
+    hidden: torch.Tensor,
     cache: StaticKVCache,
     tokenizer: Any,
     eos_token_ids: set[int],
     adapters: MultiLora | None,
 ) -> None:
-    """The fast loop: `DecodeStep` on a static cache.
+    """The fast loop: `DecodeStep` on a static cache, from the prefill's last hidden states.
 
     Finished rows stay in the batch (their tokens ignored) until they are
-    `COMPACT_FRACTION` of it, so the cache is not copied every time one row ends.
+    `COMPACT_FRACTION` of it, so the cache is not copied every time one row ends. Greedy rows
+    take the fp32 argmax without all their logits (`DecodeStep.greedy`), sampled rows get
+    their full logits.
     """
-    device = logits.device
+    device = hidden.device
     slot_rows = list(range(len(rows)))  # cache slot -> row index
     live = list(range(len(rows)))  # slots still generating
     next_positions = cache.positions()
     feed = torch.zeros(len(rows), dtype=torch.long, device=device)
     while True:
-        picked = logits if len(live) == logits.shape[0] else logits[live]
-        tokens = _pick_tokens(picked, [rows[slot_rows[s]] for s in live])
+        live_rows = [rows[slot_rows[s]] for s in live]
+        picked = hidden if len(live) == hidden.shape[0] else hidden[live]
+        tokens = _pick_from_hidden(step, picked, live_rows)
         still = [
             (s, token)
-            for s, token in zip(live, tokens.tolist(), strict=True)
-            if not _advance(rows[slot_rows[s]], token, tokenizer, eos_token_ids)
+            for s, token, row in zip(live, tokens.tolist(), live_rows, strict=True)
+            if not _advance(row, token, tokenizer, eos_token_ids)
         ]
         if not still:
             return
@@ -257,12 +293,32 @@ def _decode_static(
             feed = feed[: len(live)]
             live = list(range(len(live)))
         feed[live] = torch.tensor([token for _, token in still], device=device)
-        if adapters is None:
-            logits = step(feed, next_positions, cache)
-        else:
-            with adapters.routing([rows[i].item.adapter for i in slot_rows], device):
-                logits = step(feed, next_positions, cache)
+        with _routing(adapters, [rows[i].item.adapter for i in slot_rows], device):
+            hidden = step.hidden(feed, next_positions, cache)
         next_positions = next_positions + 1
+
+
+def _pick_from_hidden(step: DecodeStep, hidden: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    """`_pick_tokens` from final hidden states: greedy rows through `DecodeStep.greedy` (the
+    fp32 argmax without every logit), sampled rows through their full logits."""
+    greedy = [i for i, row in enumerate(rows) if row.generator is None]
+    if len(greedy) < len(rows):
+        sampled = [i for i, row in enumerate(rows) if row.generator is not None]
+        tokens = torch.empty(len(rows), dtype=torch.long, device=hidden.device)
+        tokens[sampled] = _pick_tokens(step.logits(hidden[sampled]), [rows[i] for i in sampled])
+        if not greedy:
+            return tokens
+    states = [rows[i].item.grammar for i in greedy]
+    mask = None
+    if any(state is not None for state in states):
+
+        def mask(logits: torch.Tensor) -> None:
+            mask_logits(logits, states)
+
+    if len(greedy) == len(rows):
+        return step.greedy(hidden, mask)
+    tokens[greedy] = step.greedy(hidden[greedy], mask)
+    return tokens
 
 
 def _layout(

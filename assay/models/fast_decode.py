@@ -2,30 +2,38 @@
 
 `batch_generate.generate_batch` prefills with the model's own forward and then, for models
 this module supports (`supports(model)`: Llama and Qwen2 architectures, the embedded
-SmolLM2 among them), decodes with `DecodeStep`: the same modules (norms, projections,
-rotary embedding, MLP), the same arithmetic as transformers' SDPA attention for one query
-token (grouped-query heads packed, boolean padding mask), but with the keys and values in a
-preallocated `kv_cache.StaticKVCache` instead of a `DynamicCache` that concatenates every
-layer on every step, and without the per-step mask building and output bookkeeping. In fp32
-the logits are the model's own, so greedy outputs match the generic path token for token.
+SmolLM2 among them), decodes with `DecodeStep`: the arithmetic of transformers' forward for
+one new token per row (RMS norms, rotary embedding, grouped-query SDPA attention over a
+boolean padding mask, SiLU MLP), but with the keys and values in a preallocated
+`kv_cache.StaticKVCache` instead of a `DynamicCache` that concatenates every layer on every
+step, and without the per-step mask building, module calls and output bookkeeping.
 
-`precision="bf16"` runs the matrix multiplications on bfloat16 copies of the weights
-(AMX / AVX512-BF16 on recent x86 CPUs), fusing q/k/v and gate/up into one matmul each;
-norms, rotary embedding, attention, the residual stream and the logits stay fp32. This is
-faster and close but not identical (bench/results/local_generation.md measures how close).
-LoRA adapters (`multi_lora.MultiLoraLinear`) keep working in both: in fp32 the wrapped module
-runs as is; in bf16 its base weight is fused and its fp32 LoRA delta added to its part.
+The projections run on weights fused and packed once (`decode_weights.py`: q/k/v as one
+matmul, gate/up as one, oneDNN's blocked layout). Precisions:
+
+- `fp32` (default): fp32 weights and arithmetic; logits differ from the generic forward's
+  only by summation order inside the matmuls (about 1e-6 of their size), and greedy answers
+  equal the generic path's token for token (tests/test_local_speed_*.py; measured on the
+  benchmark and on an evaluation in bench/results/local_generation.md).
+- `bf16`: bfloat16 weights and activations in the products (fp32 sums); norms, rotary
+  embedding, attention and the residual stream stay fp32. Faster, close but not identical.
+
+Greedy rows get the exact fp32 argmax of the lm_head without computing every fp32 logit
+(`decode_weights.HeadWeights.greedy`); sampled rows get their full fp32 logits.
+
+LoRA adapters (`multi_lora.MultiLoraLinear`) keep working: each wrapped projection's fp32
+delta for the routed rows is added to its part of the fused output. A projection wrapped by
+anything else (e.g. peft's own layers) is called as a module (fp32 only).
 """
 
 from __future__ import annotations
 
-import sys
-import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from assay.models.decode_weights import DecodeWeights, decode_weights
 from assay.models.kv_cache import StaticKVCache
 from assay.models.multi_lora import MultiLoraLinear
 
@@ -49,17 +57,15 @@ def supports(model: Any, precision: str = "fp32") -> bool:
         return False
     if getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
         return False
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return False
     if next(model.parameters()).dtype != torch.float32:
         return False
     for layer in inner.layers:
         attention = layer.self_attn
         if not all(hasattr(attention, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
             return False
-        if precision == "bf16" and not all(
-            type(m) in (torch.nn.Linear, MultiLoraLinear) for m in _projections(layer)
-        ):
-            return False
-    return precision != "bf16" or type(model.lm_head) is torch.nn.Linear
+    return precision != "bf16" or _packable(model)
 
 
 def _projections(layer: Any) -> list[Any]:
@@ -70,8 +76,22 @@ def _projections(layer: Any) -> list[Any]:
     ]
 
 
+def _packable(model: Any) -> bool:
+    """Every projection and the lm_head are plain linears (LoRA-wrapped ones included)."""
+    layers = model.model.layers[: model.config.num_hidden_layers]
+    plain = (torch.nn.Linear, MultiLoraLinear)
+    return type(model.lm_head) is torch.nn.Linear and all(
+        type(m) in plain for layer in layers for m in _projections(layer)
+    )
+
+
 class DecodeStep:
-    """Feeds one token per row through the model, reading and writing a `StaticKVCache`."""
+    """Feeds one token per row through the model, reading and writing a `StaticKVCache`.
+
+    `hidden(tokens, positions, cache)` gives the final hidden states; `logits(hidden)` the
+    fp32 logits and `greedy(hidden, mask)` the argmax token of each row (without computing
+    every fp32 logit). Calling the step gives the logits directly.
+    """
 
     def __init__(self, model: Any, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
@@ -84,52 +104,118 @@ class DecodeStep:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scaling = self.head_dim**-0.5
         self.layers = list(model.model.layers[: config.num_hidden_layers])
-        self._rotate = sys.modules[type(model.model.layers[0].self_attn).__module__]
-        self.weights = _bf16_weights(model) if precision == "bf16" else None
+        self.weights: DecodeWeights | None = None
+        if _packable(model):
+            self.weights = decode_weights(model, precision)
+        elif precision != "fp32":
+            raise ValueError(f"{precision} needs plain linear projections (see supports())")
+        half = self.head_dim // 2
+        device = next(model.parameters()).device
+        # rotate_half(x) * sin == roll(x, half) * (sign * sin): one roll, no slices or cat
+        self._sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(device)
+        self._q_width = self.heads * self.head_dim
+        self._kv_width = self.kv_heads * self.head_dim
+        # LoRA-wrapped projections of each layer (their deltas are added after the fused matmul)
+        self._lora = [
+            [m for m in _projections(layer) if isinstance(m, MultiLoraLinear)]
+            for layer in self.layers
+        ]
 
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache
     ) -> torch.Tensor:
         """fp32 logits `(rows, vocab)` of the next token after `tokens` `(rows,)`."""
+        return self.logits(self.hidden(tokens, positions, cache))
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: StaticKVCache,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final-norm hidden states `(rows, hidden)` after feeding `tokens` at `positions`.
+
+        One token per row (`(rows,)`, a decode step) or several (`(rows, count)`, a prefill:
+        causal attention among them, `valid` `(rows, count)` marks padding False); only the
+        last column's hidden state is returned. The tokens' keys and values go into `cache`.
+        """
         inner = self.model.model
-        hidden = inner.embed_tokens(tokens[:, None])
-        cos, sin = inner.rotary_emb(hidden, position_ids=positions[:, None])
-        cache.open_column()
-        mask = cache.mask()
+        rows = tokens.shape[0]
+        count = 1 if tokens.dim() == 1 else tokens.shape[1]
+        hidden = inner.embed_tokens(tokens.reshape(-1))
+        cos, sin = inner.rotary_emb(hidden, position_ids=positions.reshape(rows, count))
+        cos = cos.reshape(rows * count, 1, self.head_dim)  # (tokens, 1, head_dim): all heads
+        sin = sin.reshape(rows * count, 1, self.head_dim) * self._sign
+        cache.open_columns(valid, count)
+        mask = cache.mask(count)
+        if count > 1:  # each query's mask row for every query head of its key/value head
+            groups = self.heads // self.kv_heads
+            mask = mask[:, :, :, None].expand(-1, -1, -1, groups, -1).flatten(2, 3)
         for index, layer in enumerate(self.layers):
-            residual = hidden
-            x = layer.input_layernorm(hidden)
-            q, k, v = self._qkv(index, layer.self_attn, x)
-            q, k = self._rotate.apply_rotary_pos_emb(q, k, cos, sin)
+            norm = layer.input_layernorm
+            x = torch.rms_norm(hidden, norm.weight.shape, norm.weight, norm.variance_epsilon)
+            q, k, v = self._qkv(index, layer, x, cos, sin, rows)
             keys, values = cache.write(index, k, v)
-            attended = self._attend(q, keys, values, mask, cache.prefix(index))
-            hidden = residual + self._linear(index, "o", layer.self_attn.o_proj, attended)
-            residual = hidden
-            hidden = residual + self._mlp(index, layer.mlp, layer.post_attention_layernorm(hidden))
-        hidden = inner.norm(hidden)
-        return self._linear(-1, "lm_head", self.model.lm_head, hidden)[:, -1, :].float()
+            attended = self._attend(q, keys, values, mask, cache.prefix(index), count)
+            hidden = hidden + self._project(index, "o", layer.self_attn.o_proj, attended, rows)
+            norm = layer.post_attention_layernorm
+            x = torch.rms_norm(hidden, norm.weight.shape, norm.weight, norm.variance_epsilon)
+            hidden = hidden + self._mlp(index, layer.mlp, x, rows)
+        if count > 1:
+            hidden = hidden.view(rows, count, -1)[:, -1]
+        norm = inner.norm
+        return torch.rms_norm(hidden, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
-    def _qkv(self, index: int, attention: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        rows = x.shape[0]
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits `(rows, vocab)` (bf16 products in bf16)."""
         if self.weights is None:
-            q = attention.q_proj(x)
-            k = attention.k_proj(x)
-            v = attention.v_proj(x)
-        else:
-            fused = _mm(x, self.weights[(index, "qkv")])
-            q, k, v = fused.split(self._qkv_sizes(), dim=-1)
-            q = _plus_lora(q, attention.q_proj, x)
-            k = _plus_lora(k, attention.k_proj, x)
-            v = _plus_lora(v, attention.v_proj, x)
-        q = q.view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-        return q, k, v
+            return self.model.lm_head(hidden).float()
+        return self.weights.head.logits(hidden)
 
-    def _qkv_sizes(self) -> list[int]:
-        return [self.heads * self.head_dim, self.kv_heads * self.head_dim] + [
-            self.kv_heads * self.head_dim
-        ]
+    def greedy(self, hidden: torch.Tensor, mask: Any = None) -> torch.Tensor:
+        """Each row's argmax token of the fp32 logits; `mask(logits)` sets forbidden tokens
+        to -inf in place (grammars)."""
+        if self.weights is None:
+            logits = self.logits(hidden)
+            if mask is not None:
+                mask(logits)
+            return logits.argmax(dim=-1)
+        return self.weights.head.greedy(hidden, mask)
+
+    def _qkv(
+        self,
+        index: int,
+        layer: Any,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        rows: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated queries `(rows, kv_heads, count * groups, head_dim)` (each key/value head's
+        query heads, column-major), keys and values `(rows * count, kv_heads, head_dim)`."""
+        tokens, attention = x.shape[0], layer.self_attn
+        if self.weights is None:
+            fused = torch.cat(
+                [attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)], dim=-1
+            )
+        else:
+            fused = self.weights.layers[index].qkv(x)
+            if self._lora[index]:
+                q_end = self._q_width
+                k_end = q_end + self._kv_width
+                _add_lora(fused[:, :q_end], attention.q_proj, x, rows)
+                _add_lora(fused[:, q_end:k_end], attention.k_proj, x, rows)
+                _add_lora(fused[:, k_end:], attention.v_proj, x, rows)
+        # queries and keys rotate together: (tokens, heads + kv_heads, head_dim)
+        qk = fused[:, : self._q_width + self._kv_width].view(tokens, -1, self.head_dim)
+        qk = qk * cos + qk.roll(self.head_dim // 2, dims=-1) * sin
+        q, k = qk[:, : self.heads], qk[:, self.heads :]
+        v = fused[:, self._q_width + self._kv_width :].view(tokens, self.kv_heads, self.head_dim)
+        if tokens == rows:
+            return q.view(rows, self.kv_heads, -1, self.head_dim), k, v
+        q = q.view(rows, tokens // rows, self.kv_heads, -1, self.head_dim).transpose(1, 2)
+        return q.reshape(rows, self.kv_heads, -1, self.head_dim), k, v
 
     def _attend(
         self,
@@ -138,19 +224,21 @@ class DecodeStep:
         values: torch.Tensor,
         mask: torch.Tensor,
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+        count: int = 1,
     ) -> torch.Tensor:
-        # transformers' sdpa_attention_forward for one query token: the query heads of each
-        # key/value head packed as that head's queries, so no repeat_kv copy of the cache
-        rows, groups = q.shape[0], self.heads // self.kv_heads
-        q = q.reshape(rows, self.kv_heads, groups, self.head_dim)
+        # transformers' sdpa_attention_forward: the query heads of each key/value head packed
+        # as that head's queries, so no repeat_kv copy of the cache. Returns
+        # `(rows * count, heads * head_dim)`, row-major.
+        rows = q.shape[0]
         if prefix is None:
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, scale=self.scaling
             )
         else:
             out = self._attend_with_prefix(q, keys, values, mask, *prefix)
-        out = out.reshape(rows, self.heads, 1, self.head_dim).transpose(1, 2).contiguous()
-        return out.reshape(rows, 1, self.heads * self.head_dim)
+        if count > 1:
+            out = out.view(rows, self.kv_heads, count, -1, self.head_dim).transpose(1, 2)
+        return out.reshape(rows * count, self.heads * self.head_dim)
 
     def _attend_with_prefix(
         self,
@@ -178,78 +266,41 @@ class DecodeStep:
         from_prefix = torch.bmm(to_prefix, prefix_values).view(kv_heads, rows, groups, dim)
         return from_prefix.transpose(0, 1) + torch.matmul(to_own, values)
 
-    def _mlp(self, index: int, mlp: Any, x: torch.Tensor) -> torch.Tensor:
+    def _mlp(self, index: int, mlp: Any, x: torch.Tensor, rows: int) -> torch.Tensor:
         if self.weights is None:
             return mlp(x)
-        gate, up = _mm(x, self.weights[(index, "gate_up")]).chunk(2, dim=-1)
-        gate = _plus_lora(gate, mlp.gate_proj, x)
-        up = _plus_lora(up, mlp.up_proj, x)
-        return self._linear(index, "down", mlp.down_proj, mlp.act_fn(gate) * up)
+        fused = self.weights.layers[index].gate_up(x)
+        if self._lora[index]:
+            width = fused.shape[-1] // 2
+            _add_lora(fused[:, :width], mlp.gate_proj, x, rows)
+            _add_lora(fused[:, width:], mlp.up_proj, x, rows)
+        gate, up = fused.chunk(2, dim=-1)
+        return self._project(index, "down", mlp.down_proj, F.silu(gate) * up, rows)
 
-    def _linear(self, index: int, name: str, module: Any, x: torch.Tensor) -> torch.Tensor:
+    def _project(
+        self, index: int, name: str, module: Any, x: torch.Tensor, rows: int
+    ) -> torch.Tensor:
         if self.weights is None:
             return module(x)
-        return _plus_lora(_mm(x, self.weights[(index, name)]), module, x)
+        out = getattr(self.weights.layers[index], name)(x)
+        if self._lora[index]:
+            _add_lora(out, module, x, rows)
+        return out
 
 
-def _mm(x: torch.Tensor, weight_and_bias: tuple[torch.Tensor, torch.Tensor | None]):
-    weight, bias = weight_and_bias
-    out = F.linear(x.to(weight.dtype), weight).float()
-    return out if bias is None else out + bias
-
-
-def _plus_lora(out: torch.Tensor, module: Any, x: torch.Tensor) -> torch.Tensor:
-    """`out` (the base projection) plus the module's LoRA delta for the routed rows, if any."""
+def _add_lora(out: torch.Tensor, module: Any, x: torch.Tensor, rows: int) -> None:
+    """In place: add the module's LoRA delta for the routed rows (if any) to `out`, the base
+    projection of `x` `(rows * count, in)` (the arithmetic of `MultiLoraLinear.forward`)."""
     if not isinstance(module, MultiLoraLinear):
-        return out
-    rows, uniform = module._owner[0].current
-    if rows is None or not module.pairs:
-        return out
+        return
+    routed, uniform = module._owner[0].current
+    if routed is None or not module.pairs:
+        return
     a_stack, b_stack = module.stacks()
     if uniform is not None:
-        if uniform not in module.pairs:
-            return out
-        return out + (x @ a_stack[uniform]) @ b_stack[uniform]
-    delta = torch.bmm(torch.bmm(x, a_stack[rows]), b_stack[rows])
-    return out + delta.view_as(out)
-
-
-def _base(module: Any) -> torch.nn.Linear:
-    return module.base if isinstance(module, MultiLoraLinear) else module
-
-
-_BF16: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
-
-
-def _bf16_weights(model: Any) -> dict[Any, tuple[torch.Tensor, torch.Tensor | None]]:
-    """bfloat16 copies of the model's projection weights (fused q/k/v, gate/up), made once.
-
-    The copies follow the fp32 weights they were made from: loading LoRA adapters does not
-    change base weights, but a model whose weights are replaced must not reuse old copies.
-    """
-    cached = _BF16.get(model)
-    stamp = [id(p) for p in model.parameters()] + [p._version for p in model.parameters()]
-    if cached is not None and cached["stamp"] == stamp:
-        return cached["weights"]
-    weights: dict[Any, tuple[torch.Tensor, torch.Tensor | None]] = {}
-
-    def fuse(modules: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bases = [_base(m) for m in modules]
-        weight = torch.cat([b.weight.detach() for b in bases]).to(torch.bfloat16).contiguous()
-        if all(b.bias is None for b in bases):
-            return weight, None
-        biases = [
-            b.bias if b.bias is not None else b.weight.new_zeros(b.out_features) for b in bases
-        ]
-        return weight, torch.cat([b.detach().float() for b in biases])
-
-    with torch.no_grad():
-        for index, layer in enumerate(model.model.layers[: model.config.num_hidden_layers]):
-            attention, mlp = layer.self_attn, layer.mlp
-            weights[(index, "qkv")] = fuse([attention.q_proj, attention.k_proj, attention.v_proj])
-            weights[(index, "o")] = fuse([attention.o_proj])
-            weights[(index, "gate_up")] = fuse([mlp.gate_proj, mlp.up_proj])
-            weights[(index, "down")] = fuse([mlp.down_proj])
-        weights[(-1, "lm_head")] = fuse([model.lm_head])
-    _BF16[model] = {"stamp": stamp, "weights": weights}
-    return weights
+        if uniform in module.pairs:
+            out += (x @ a_stack[uniform]) @ b_stack[uniform]
+        return
+    by_row = x.view(rows, -1, x.shape[-1])
+    delta = torch.bmm(torch.bmm(by_row, a_stack[routed]), b_stack[routed])
+    out += delta.view_as(out)

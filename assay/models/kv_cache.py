@@ -3,7 +3,9 @@
 Hugging Face's `DynamicCache` grows by `torch.cat` on every step: each step copies every
 layer's whole cache (30 layers x keys and values for SmolLM2), which is 17% of a batch-32
 decode on CPU. Here each layer's keys and values live in one buffer with room for more
-columns; a step writes its column in place, and attention reads a view of the filled columns.
+columns; a step writes its column in place (the prefill its columns, straight from
+`fast_decode.DecodeStep`, never through a `DynamicCache`), and attention reads a view of the
+filled columns.
 The buffer grows by a block of columns when full (amortised), and finished rows leave it
 only when enough of them have piled up (`compact`), so neither copy happens per step.
 
@@ -36,48 +38,71 @@ class StaticKVCache:
         keys: list[torch.Tensor],
         values: list[torch.Tensor],
         valid: torch.Tensor,
+        length: int = 0,
         prefix_keys: list[torch.Tensor] | None = None,
         prefix_values: list[torch.Tensor] | None = None,
     ):
         self.keys, self.values, self.valid = keys, values, valid
-        self.length = valid.shape[1]
+        self.length = length
         self.prefix_keys, self.prefix_values = prefix_keys, prefix_values
 
     @classmethod
-    def from_dynamic(
-        cls, cache: Any, attention: torch.Tensor, room: int, shared: int = 0
+    def empty(
+        cls,
+        rows: int,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: Any = None,
     ) -> StaticKVCache:
-        """Move a prefilled `DynamicCache` into buffers with `room` free columns.
+        """A cache of `rows` with room for `capacity` columns and nothing written yet."""
+        shape = (rows, kv_heads, capacity, head_dim)
+        keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
+        values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
+        valid = torch.zeros((rows, capacity), dtype=torch.bool, device=device)
+        return cls(keys, values, valid)
 
-        `attention` is the prefill's `(rows, columns)` 0/1 mask, padding included. `shared`:
-        the first `shared` columns are the same in every row (same tokens, same weights);
-        they are kept once, from row 0, as the shared prefix.
+    @classmethod
+    def after_prefix(
+        cls, prefix: StaticKVCache, group: torch.Tensor, capacity: int, once: bool
+    ) -> StaticKVCache:
+        """A cache whose rows start with a prefix already run in `prefix` (one row per set of
+        weights, e.g. per LoRA adapter); row i continues `prefix` row `group[i]`.
+
+        `once`: every row continues the same prefix row, which is held once for all of them
+        (`prefix_keys` / `prefix_values`), and the rows' own columns start empty; otherwise each
+        row gets its own copy of its prefix row's columns. `capacity`: own columns to allocate
+        after the prefix.
         """
-        rows, length = attention.shape
-        if not 0 <= shared < length:
-            raise ValueError(f"shared prefix of {shared} columns in a cache of {length}")
-        own = length - shared
-        capacity = own + max(1, room)
-        keys, values, prefix_keys, prefix_values = [], [], [], []
-        for layer in cache.layers:
-            k, v = layer.keys, layer.values
-            if k.shape[2] != length:
-                raise ValueError(f"cache has {k.shape[2]} columns, the mask {length}")
-            kb = k.new_empty((rows, k.shape[1], capacity, k.shape[3]))
-            vb = v.new_empty((rows, v.shape[1], capacity, v.shape[3]))
-            kb[:, :, :own].copy_(k[:, :, shared:])
-            vb[:, :, :own].copy_(v[:, :, shared:])
-            keys.append(kb)
-            values.append(vb)
-            prefix_keys.append(k[0, :, :shared].contiguous())
-            prefix_values.append(v[0, :, :shared].contiguous())
-        valid = torch.zeros((rows, capacity), dtype=torch.bool, device=attention.device)
-        valid[:, :own] = attention[:, shared:].bool()
-        if shared:
-            cache = cls(keys, values, valid, prefix_keys, prefix_values)
-        else:
-            cache = cls(keys, values, valid)
-        cache.length = own
+        length = prefix.length
+        rows = group.shape[0]
+        first = prefix.keys[0]
+        kv_heads, head_dim = first.shape[1], first.shape[3]
+        layers = len(prefix.keys)
+        if once:
+            cache = cls.empty(
+                rows, layers, kv_heads, head_dim, capacity, dtype=first.dtype, device=first.device
+            )
+            cache.prefix_keys = [k[0, :, :length].contiguous() for k in prefix.keys]
+            cache.prefix_values = [v[0, :, :length].contiguous() for v in prefix.values]
+            return cache
+        cache = cls.empty(
+            rows,
+            layers,
+            kv_heads,
+            head_dim,
+            length + capacity,
+            dtype=first.dtype,
+            device=first.device,
+        )
+        for own, theirs in ((cache.keys, prefix.keys), (cache.values, prefix.values)):
+            for layer, buffer in enumerate(own):
+                buffer[:, :, :length].copy_(theirs[layer][group, :, :length])
+        cache.valid[:, :length] = prefix.valid[group, :length]
+        cache.length = length
         return cache
 
     @property
@@ -103,27 +128,48 @@ class StaticKVCache:
     def capacity(self) -> int:
         return self.valid.shape[1]
 
-    def open_column(self) -> None:
-        """Make room for one more column (all rows real), growing the buffers if full."""
-        if self.length == self.capacity:
-            self._resize(self.capacity + GROW_COLUMNS, None)
-        self.valid[:, self.length] = True
-        self.length += 1
+    def open_columns(self, valid: torch.Tensor | None = None, count: int = 1) -> None:
+        """Make room for the next `count` columns (growing the buffers if full) and mark which
+        hold real tokens: `valid` `(rows, count)` (padding False), or all of them."""
+        if valid is not None:
+            count = valid.shape[1]
+        if self.length + count > self.capacity:
+            more = -(-(self.length + count - self.capacity) // GROW_COLUMNS) * GROW_COLUMNS
+            self._resize(self.capacity + more, None)
+        columns = slice(self.length, self.length + count)
+        self.valid[:, columns] = True if valid is None else valid
+        self.length += count
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Store the step's `(rows, kv_heads, 1, head_dim)` key/value in the open column.
+        """Store the keys and values of the columns opened last: `(rows * count, kv_heads,
+        head_dim)`, row-major (each row's `count` columns in order).
 
-        Returns views of the filled keys and values, for attention.
+        Returns views of the filled keys and values `(rows, kv_heads, length, head_dim)`.
         """
-        column = self.length - 1
-        self.keys[layer][:, :, column : column + 1].copy_(key)
-        self.values[layer][:, :, column : column + 1].copy_(value)
-        return self.keys[layer][:, :, : self.length], self.values[layer][:, :, : self.length]
+        keys, values = self.keys[layer], self.values[layer]
+        rows, kv_heads, _, head_dim = keys.shape
+        count = key.shape[0] // rows
+        start = self.length - count
+        shape = (rows, count, kv_heads, head_dim)
+        keys[:, :, start : self.length].copy_(key.view(shape).transpose(1, 2))
+        values[:, :, start : self.length].copy_(value.view(shape).transpose(1, 2))
+        return keys[:, :, : self.length], values[:, :, : self.length]
 
-    def mask(self) -> torch.Tensor:
-        """The `(rows, 1, 1, length)` boolean attention mask of the next query over the
-        per-row columns (the shared prefix is always attended)."""
-        return self.valid[:, None, None, : self.length]
+    def mask(self, count: int = 1) -> torch.Tensor:
+        """The boolean attention mask of the last `count` opened columns' queries over the
+        per-row columns (the shared prefix is always attended): `(rows, 1, count, length)`.
+
+        A query sees the real tokens up to its own column, and its own column even where that
+        is padding (so no query sees nothing: a padding query's output is unused, but must
+        not be NaN, which masked attention would spread to real queries)."""
+        visible = self.valid[:, None, None, : self.length]
+        if count == 1:
+            return visible
+        columns = torch.arange(self.length, device=self.valid.device)
+        own = torch.arange(self.length - count, self.length, device=self.valid.device)
+        causal = columns[None, :] <= own[:, None]  # (count, length)
+        diagonal = columns[None, :] == own[:, None]
+        return (visible & causal) | diagonal
 
     def compact(self, keep: torch.Tensor) -> None:
         """Keep only the rows in `keep` (a 1-D index tensor), in that order."""
