@@ -287,6 +287,10 @@ def test_cut_layers_pairwise_loss_calibration_and_int8(
     assert "quantized" in type(q_model.bert.encoder.layer[0].attention.self.query).__module__
     int8 = DistilledJudge(judge="cut", dtype="int8").process(table)
     assert int8["distilled_score"].to_pylist() == pytest.approx(fp32, abs=0.05)
+    bf16 = DistilledJudge(judge="cut", dtype="bfloat16").process(table)
+    assert bf16["distilled_score"].to_pylist() == pytest.approx(fp32, abs=0.05)
+    with pytest.raises(ValueError, match="dtype='int4'"):
+        DistilledJudge(judge="cut", dtype="int4")
     with pytest.raises(Exception, match="layers=3"):
         train_distilled(train, "deep", base_model=str(tiny_encoder), layers=3)
 

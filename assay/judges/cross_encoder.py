@@ -25,6 +25,7 @@ Content words are the claim's word-piece ids less punctuation and a short stop-w
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,13 +121,28 @@ class ChunkedPairs:
     def best_window(self, pieces: list[list[int]], claim: set[int]) -> int:
         return max(range(len(pieces)), key=lambda k: len(claim & set(pieces[k])))
 
-    def evidence(self, context: str, claim: set[int], window: int) -> tuple[list[int], str]:
-        """The context's sentences that best cover the claim's content words, in document
-        order, within `window` tokens; and a note saying how many were kept."""
-        sentences = [s for s in _SENTENCE.split(context) if s.strip()]
-        ids = self._many(sentences)
+    @staticmethod
+    def sentences(context: str, ids: list[int], offsets: list[tuple[int, int]]) -> list[list[int]]:
+        """The context's tokens grouped by sentence (a new sentence after . ! ? and a space,
+        or a line break), from the tokens' character offsets."""
+        starts = [m.end() for m in _SENTENCE.finditer(context)]
+        out: list[list[int]] = []
+        current = -1
+        for token, (begin, _) in zip(ids, offsets, strict=True):
+            k = bisect_right(starts, begin)
+            if k != current:
+                out.append([])
+                current = k
+            out[-1].append(token)
+        return out
+
+    def evidence(
+        self, sentences: list[list[int]], claim: set[int], window: int
+    ) -> tuple[list[int], str]:
+        """The sentences that best cover the claim's content words, in document order,
+        within `window` tokens; and a note saying how many were kept."""
         pieces: list[list[int]] = []
-        for sentence in ids:  # a sentence longer than the window is split, not cut
+        for sentence in sentences:  # a sentence longer than the window is split, not cut
             pieces.extend(sentence[k : k + window] for k in range(0, len(sentence), window))
         words = [claim & set(p) for p in pieces]
         chosen: list[int] = []
@@ -163,17 +179,28 @@ class ChunkedPairs:
         out = Encoded()
         responses = self._many([row["response"] or "" for row in rows])
         prompts = self._many([row.get("prompt") or "" for row in rows])
-        contexts = self._many([row["context"] or "" for row in rows])
+        distinct = list(dict.fromkeys(row["context"] or "" for row in rows))
+        tokenized = (
+            self.tok(
+                distinct, add_special_tokens=False, return_offsets_mapping=self.select == "evidence"
+            )
+            if distinct
+            else {"input_ids": []}
+        )
+        where = {text: k for k, text in enumerate(distinct)}
         cls, sep = self.tok.cls_token_id, self.tok.sep_token_id
         for i, row in enumerate(rows):
             claim, truncated = self._claim(prompts[i], responses[i])
             out.truncated_claims += truncated
             window = max(16, self.max_length - len(claim) - 3)
-            context_ids = contexts[i]
+            k = where[row["context"] or ""]
+            context_ids = tokenized["input_ids"][k]
             if len(context_ids) <= window:
                 pieces, note, windows = [context_ids], "whole context", 1
             elif self.select == "evidence":
-                piece, note = self.evidence(row["context"], self.content(claim), window)
+                text, offsets = distinct[k], tokenized["offset_mapping"][k]
+                sentences = self.sentences(text, context_ids, offsets)
+                piece, note = self.evidence(sentences, self.content(claim), window)
                 pieces, windows = [piece], 1
             else:
                 pieces = self.chunks(context_ids, window)

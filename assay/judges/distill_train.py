@@ -29,12 +29,12 @@ from typing import Any
 
 from assay.curate.errors import AssayError
 from assay.judges.cross_encoder import SELECT_MODES, ChunkedPairs, Encoded, pad
+from assay.judges.distilled import DTYPES, judge_logits, prepare_model
 from assay.judges.registry_dir import judge_path
 from assay.operators.dedupe.embeddings import resolve_model
 
 DEFAULT_BASE = "all-MiniLM-L6-v2"
 NEEDED = ("context", "response", "grounded")
-DTYPES = ("float32", "int8")
 
 
 def _check_rows(rows: list[dict[str, Any]], what: str = "training") -> None:
@@ -272,8 +272,6 @@ def train_distilled(
     model.save_pretrained(target_dir)
     tokenizer.save_pretrained(target_dir)
     if validation is not None:
-        from assay.judges.distilled import judge_logits, prepare_model
-
         scorer = prepare_model(model, inference_dtype)
         logits, _, _ = judge_logits(scorer, chunker, validation)
         grounded = [bool(r["grounded"]) for r in validation]
