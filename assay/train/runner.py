@@ -10,6 +10,7 @@ model) and registers it so `local/<base>+<name>` and `assay serve` can use it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ class TrainSettings:
     logging_steps: int = 1
     resume: bool = True
     register: bool = True
+    # > 0: print "<name>: step k/N, loss x, elapsed, ~left" at most this often instead of
+    # TRL's log line per step (the intern job's trainings, which run side by side)
+    progress_every_s: float = 0.0
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +175,51 @@ class StoreCallback(_callback_base()):
                 train_store.log_metrics(store, self.run_id, state.global_step, logs)
 
 
+class StepProgress(_callback_base()):
+    """One line per `every_s` seconds: `<label>: step k/N, loss x, elapsed, ~left`."""
+
+    def __init__(self, label: str, every_s: float, write: Callable[[str], None] = print) -> None:
+        self.label, self.every_s, self.write = label, every_s, write
+        self.started = self.shown = 0.0
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.started = self.shown = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        now = time.monotonic()
+        last = state.global_step >= state.max_steps
+        if now - self.shown < self.every_s and not last:
+            return
+        self.shown = now
+        elapsed = now - self.started
+        left = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+        loss = f", loss {self.loss:.3f}" if self.loss is not None else ""
+        self.write(
+            f"      {self.label}: step {state.global_step}/{state.max_steps}{loss}, "
+            f"{elapsed:.0f} s" + ("" if last else f", ~{left:.0f} s left")
+        )
+
+
+def progress_callbacks(settings: TrainSettings, method: str) -> list[Any]:
+    if settings.progress_every_s <= 0:
+        return []
+    label = settings.name or method
+    return [StepProgress(label, settings.progress_every_s, lambda line: print(line, flush=True))]
+
+
+def drop_log_printer(trainer: Any) -> None:
+    """Without TRL's per-step dict of metrics (StepProgress says what a reader needs)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
 def output_dir_for(settings: TrainSettings, method: str) -> Path:
     if settings.output_dir:
         return Path(settings.output_dir)
@@ -203,7 +252,10 @@ def execute(
         )
     name = settings.name or f"{method}-{run_id}"
     try:
-        trainer = build([StoreCallback(settings.workspace, run_id)], output_dir)
+        progress = progress_callbacks(settings, method)
+        trainer = build([StoreCallback(settings.workspace, run_id), *progress], output_dir)
+        if progress:
+            drop_log_printer(trainer)
         checkpoint = last_checkpoint(output_dir) if settings.resume else None
         trainer.train(resume_from_checkpoint=checkpoint)
         final = output_dir / ("model" if settings.full else "adapter")
