@@ -182,6 +182,14 @@ def server_stats(root: str) -> dict:
         return json.loads(response.read())
 
 
+def wait_for_first_request(root: str, proc: subprocess.Popen, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while server_stats(root)["attempts"] == 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the engine sent no request before the kill")
+        time.sleep(0.02)
+
+
 def run_engine(engine: str, scenario: str, rep: int = 0) -> dict:
     spec = SCENARIOS[scenario]
     server, root = start_server(spec["mix"], spec["quota"])
@@ -192,8 +200,11 @@ def run_engine(engine: str, scenario: str, rep: int = 0) -> dict:
             args = child_args(engine, root, spec, workdir)
             if scenario == "kill":
                 proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
-                # 5 s plus a random part of a second, so kills land anywhere in the
+                # 5 s after the engine's first request reaches the server (its imports take
+                # 1-8 s with the load: timed from the start, a kill could land before any
+                # request), plus a random part of a second, so kills land anywhere in the
                 # engines' one-second send cycles (seeded: the same moments for every engine)
+                wait_for_first_request(root, proc)
                 time.sleep(KILL_AFTER_S + random.Random(rep).uniform(0, 1))
                 before = server_stats(root)
                 proc.kill()
