@@ -169,6 +169,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-generate", action="store_true", help="skip model.generate")
+    parser.add_argument("--sides", default=",".join(SIDES), help="batched sides to run")
+    parser.add_argument("--no-quality", action="store_true", help="skip the quality checks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     backend = LocalBackend(
@@ -179,30 +181,43 @@ def main() -> None:
     print(f"load (cached conversion): {time.perf_counter() - load_start:.1f} s")
     texts = prompts(args.prompts)
     reqs = requests(texts, args.max_tokens)
-    for side in SIDES:  # warm-up: first calls at new shapes are slow on CPU; bf16 copies
+    sides = args.sides.split(",")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for side in sides:  # warm-up: first calls at new shapes are slow on CPU; packed weights
         batched(backend, reqs[:4], side)
     sequential(backend, texts[:1], 8)
-    rates: dict[str, list[float]] = {side: [] for side in [*SIDES, "model.generate"]}
+    rates: dict[str, list[float]] = {side: [] for side in [*sides, "model.generate"]}
     outputs: dict[str, list[str]] = {}
     share = -(-len(texts) // args.rounds)
     for r in range(args.rounds):
-        for side in SIDES:
+        for side in sides:
             tokens, seconds, outputs[side] = batched(backend, reqs, side)
             rates[side].append(tokens / seconds)
-            print(f"round {r}: {side} {tokens} tokens in {seconds:.1f} s", flush=True)
+            print(
+                f"round {r}: {side} {tokens} tokens in {seconds:.1f} s "
+                f"(load {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
         if not args.no_generate:
             part = texts[r * share : (r + 1) * share] or texts[:share]
             tokens, seconds = sequential(backend, part, args.max_tokens)
             rates["model.generate"].append(tokens / seconds)
-            print(f"round {r}: model.generate {tokens} tokens in {seconds:.1f} s", flush=True)
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cpus, torch threads {args.threads}")
+            print(
+                f"round {r}: model.generate {tokens} tokens in {seconds:.1f} s "
+                f"(load {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"torch threads {args.threads}, torch {torch.__version__}"
+    )
     print(
         f"prompts {args.prompts}, max_tokens {args.max_tokens} (every answer that long), "
         f"batch {args.batch_size}, rounds {args.rounds}, load avg {os.getloadavg()[0]:.1f}"
     )
     print("| side | tokens/s (median) | per round | x generic (median) | x model.generate |")
     print("|---|---|---|---|---|")
-    base = rates["generic"]
+    base = rates.get("generic") or rates[sides[0]]
     for side, values in rates.items():
         if not values:
             continue
@@ -215,9 +230,12 @@ def main() -> None:
         print(
             f"| {side} | {statistics.median(values):.1f} | {per_round} | {ratio:.2f} | {vs_gen} |"
         )
-    same = sum(a == b for a, b in zip(outputs["generic"], outputs["fast-fp32"], strict=True))
-    print(f"\nbenchmark answers: fast-fp32 == generic on {same}/{len(texts)} rows")
-    print("quality (greedy, natural stops):", quality(backend, texts, args.max_tokens))
+    for side in sides:
+        if side != "generic" and "generic" in outputs:
+            same = sum(a == b for a, b in zip(outputs["generic"], outputs[side], strict=True))
+            print(f"benchmark answers: {side} == generic on {same}/{len(texts)} rows")
+    if not args.no_quality:
+        print("quality (greedy, natural stops):", quality(backend, texts, args.max_tokens))
     backend.close()
 
 

@@ -332,3 +332,64 @@ def test_a_shared_prefix_held_once_gives_the_logits_of_one_copied_per_row(tiny):
     for copied, held_once in zip(outputs[False], outputs[True], strict=True):
         assert torch.allclose(copied, held_once, atol=1e-4, rtol=1e-4)
         assert torch.equal(copied.argmax(-1), held_once.argmax(-1))
+
+
+def test_the_screened_greedy_pick_is_the_fp32_argmax(tiny):
+    from assay.models.decode_weights import HeadWeights
+
+    model, _, _ = tiny
+    head = torch.nn.Linear(32, 300, bias=False)  # 300 tokens: the last screen block is padded
+    torch.manual_seed(3)
+    with torch.no_grad():
+        head.weight.normal_()
+        head.weight[::5] *= 4  # rows of very different norms
+        head.weight[7] = head.weight[250]  # two tokens with equal logits everywhere
+    head.requires_grad_(False)
+    weights = HeadWeights(head, torch.float32)
+    hidden = torch.randn(64, 32) * 3
+    hidden[0] = head.weight[250] * 10  # rows 0 and 1: tokens 7 and 250 tie for the maximum
+    hidden[1] = head.weight[7] * 10
+    full = torch.nn.functional.linear(hidden, head.weight)
+    assert full[0, 7] == full[0, 250] == full[0].max()
+    with torch.inference_mode():
+        picked = weights.greedy(hidden)
+    assert torch.equal(picked, full.argmax(-1))
+    assert picked[:2].tolist() == [7, 7]  # ties go to the lowest id, as torch.argmax
+    # rows where the bound cannot hold (NaN, inf) take the plain argmax of their logits
+    broken = hidden[:3].clone()
+    broken[1, 0] = float("nan")
+    broken[2, 0] = float("inf")
+    with torch.inference_mode():
+        picked = weights.greedy(broken)
+    plain = torch.nn.functional.linear(broken, head.weight).argmax(-1)
+    assert torch.equal(picked, plain)
+
+    def forbid_best(logits):  # a grammar mask: the full logits, by token id
+        logits[torch.arange(len(logits)), full[: len(logits)].argmax(-1)] = float("-inf")
+
+    with torch.inference_mode():
+        masked = weights.greedy(hidden[2:10], forbid_best)
+    expected = full[2:10].clone()
+    forbid_best(expected)
+    assert torch.equal(masked, expected.argmax(-1))
+
+
+def test_the_screen_keeps_a_token_that_bf16_rounding_puts_behind():
+    from assay.models.decode_weights import HeadWeights
+
+    # token 20's fp32 logit beats token 10's by eps, but rounding the weights to bf16 puts
+    # token 10 ahead by 2**-7: the screen must keep both and the fp32 logits decide
+    eps = 2.0**-14
+    head = torch.nn.Linear(4, 100, bias=False).requires_grad_(False)
+    head.weight.zero_()
+    head.weight[10] = torch.tensor([1.0 + 2.0**-8 + eps, 1.0, 0.0, 0.0])  # bf16: 1 + 2**-7
+    head.weight[20] = torch.tensor([1.0 + 2.0**-8 - eps, 1.0, 3 * eps, 0.0])  # bf16: 1
+    hidden = torch.tensor([[1.0, -1.0, 1.0, 0.0]])
+    full = torch.nn.functional.linear(hidden, head.weight)
+    bf16 = torch.nn.functional.linear(hidden.bfloat16(), head.weight.bfloat16()).float()
+    assert full.argmax().item() == 20 and bf16.argmax().item() == 10
+    weights = HeadWeights(head, torch.float32)
+    with torch.inference_mode():
+        assert weights.greedy(hidden).tolist() == [20]
+        weights.c = 0.0  # without the bound the screen alone would pick token 10
+        assert weights.greedy(hidden).tolist() == [10]

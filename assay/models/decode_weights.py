@@ -49,7 +49,7 @@ def onednn_available(device: torch.device) -> bool:
         device.type == "cpu"
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and _LINEAR is not None
     )
 
 
@@ -68,16 +68,22 @@ class Packed:
             except RuntimeError:  # an unsupported dtype on this CPU: plain F.linear
                 self.packed = None
         self.weight = weight if self.packed is None else None
+        self.plain = self.packed is not None and dtype == torch.float32 and self.bias is None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """fp32 `x @ W.T + b` for `x` `(rows, in)` (bf16 weights: bf16 products, rounded out)."""
+        if self.plain:  # fp32, packed, no bias: the common case, one call
+            return _LINEAR(x, self.packed, None, "none", [], "")
         x = x.to(self.dtype)
         if self.packed is not None:
-            out = torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+            out = _LINEAR(x, self.packed, None, "none", [], "")
         else:
             out = F.linear(x, self.weight)
         out = out.float()
         return out if self.bias is None else out + self.bias
+
+
+_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
 def _fuse(modules: list[Any], dtype: torch.dtype) -> Packed:

@@ -152,6 +152,8 @@ class DecodeStep:
         if count > 1:  # each query's mask row for every query head of its key/value head
             groups = self.heads // self.kv_heads
             mask = mask[:, :, :, None].expand(-1, -1, -1, groups, -1).flatten(2, 3)
+        if cache.prefix_length:
+            mask = ~mask  # the prefix path fills the masked-out scores: invert once per step
         for index, layer in enumerate(self.layers):
             norm = layer.input_layernorm
             x = torch.rms_norm(hidden, norm.weight.shape, norm.weight, norm.variance_epsilon)
@@ -227,8 +229,8 @@ class DecodeStep:
         count: int = 1,
     ) -> torch.Tensor:
         # transformers' sdpa_attention_forward: the query heads of each key/value head packed
-        # as that head's queries, so no repeat_kv copy of the cache. Returns
-        # `(rows * count, heads * head_dim)`, row-major.
+        # as that head's queries, so no repeat_kv copy of the cache. `mask`: what each query
+        # sees (with a prefix: its inverse). Returns `(rows * count, heads * head_dim)`.
         rows = q.shape[0]
         if prefix is None:
             out = F.scaled_dot_product_attention(
@@ -245,21 +247,22 @@ class DecodeStep:
         q: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        mask: torch.Tensor,
+        blocked: torch.Tensor,
         prefix_keys: torch.Tensor,
         prefix_values: torch.Tensor,
     ) -> torch.Tensor:
         """Attention over the shared prefix (held once) and each row's own columns, in one
         softmax. Every row's queries against the prefix are one matmul per key/value head
         (rows x groups queries by prefix keys), so the prefix is read once per step, not once
-        per row. `q` `(rows, kv_heads, groups, head_dim)`; returns the same shape."""
+        per row. `q` `(rows, kv_heads, groups, head_dim)`; `blocked` marks the per-row columns
+        a query must not see (the inverse of `StaticKVCache.mask`); returns `q`'s shape."""
         rows, kv_heads, groups, dim = q.shape
         length = prefix_keys.shape[1]
         q = q * self.scaling
         by_head = q.transpose(0, 1).reshape(kv_heads, rows * groups, dim)
         on_prefix = torch.bmm(by_head, prefix_keys.transpose(1, 2))
         on_prefix = on_prefix.view(kv_heads, rows, groups, length).transpose(0, 1)
-        on_own = torch.matmul(q, keys.transpose(-1, -2)).masked_fill(~mask, float("-inf"))
+        on_own = torch.matmul(q, keys.transpose(-1, -2)).masked_fill_(blocked, float("-inf"))
         weights = torch.cat([on_prefix, on_own], dim=-1).softmax(dim=-1)
         to_prefix, to_own = weights.split([length, keys.shape[2]], dim=-1)
         to_prefix = to_prefix.transpose(0, 1).reshape(kv_heads, rows * groups, length)
