@@ -301,6 +301,10 @@ def test_bf16_falls_back_where_a_projection_is_wrapped_by_something_unknown(tiny
     generic = generate_batch(wrapped, tokenizer, items(), set(), fast=False)
     asked_bf16 = generate_batch(wrapped, tokenizer, items(), set(), precision="bf16")
     assert [a.token_ids for a in asked_bf16] == [g.token_ids for g in generic]
+    # fp32 keeps the fast loop, calling the model's modules instead of packed weights
+    assert DecodeStep(wrapped).weights is None and DecodeStep(model).weights is not None
+    fast = generate_batch(wrapped, tokenizer, items(), set(), fast=True)
+    assert [f.token_ids for f in fast] == [g.token_ids for g in generic]
     with pytest.raises(ValueError, match="precision"):
         generate_batch(wrapped, tokenizer, items(), set(), precision="fp8")
 
