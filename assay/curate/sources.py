@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from assay.curate.arrays import from_numpy
 from assay.curate.errors import SourceError
 from assay.curate.stage import ID
 
@@ -269,7 +270,9 @@ def with_ids(table: pa.Table, offset: int, source: Source | None = None) -> pa.T
             dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"]
             raise SourceError(f"{_where(source)}{ID!r} {dup.as_py()!r} appears more than once")
         return table
-    ids = pc.cast(pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)), pa.string())
+    ids = pc.cast(
+        from_numpy(np.arange(offset, offset + table.num_rows, dtype=np.int64)), pa.string()
+    )
     return table.add_column(0, ID, ids)
 
 

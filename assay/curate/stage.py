@@ -23,10 +23,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from assay.curate.arrays import from_numpy, repeat, scalar
 from assay.curate.errors import MissingColumnError, StageError
 
 ID = "id"
@@ -68,7 +70,7 @@ class Outcome:
 
     def reason_array(self) -> pa.Array:
         if isinstance(self.reasons, str):
-            return pa.array([self.reasons] * self.rejected.num_rows, pa.string())
+            return repeat(self.reasons, self.rejected.num_rows)
         return self.reasons.cast(pa.string())
 
 
@@ -178,7 +180,9 @@ def split_by_mask(stage: str, table: pa.Table, mask: Any, reasons: Any) -> pa.Ta
 
     `reasons` is one string for all dropped rows or an array with one value per input row.
     """
-    mask = pc.fill_null(_as_array(mask), False)
+    mask = _as_array(mask)
+    if mask.null_count:
+        mask = pc.fill_null(mask, scalar(False, pa.bool_()))
     if len(mask) != table.num_rows:
         raise StageError(stage, f"mask has {len(mask)} values for {table.num_rows} rows")
     drop = pc.invert(mask)
@@ -196,4 +200,6 @@ def _as_array(values: Any) -> pa.Array:
         return values.combine_chunks()
     if isinstance(values, pa.Array):
         return values
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype == np.bool_:
+        return from_numpy(values)  # no pandas import (see assay/curate/arrays.py)
     return pa.array(values)

@@ -32,6 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from assay import __version__
+from assay.curate.arrays import from_values, repeat
 from assay.curate.errors import AssayError
 
 SCHEMA = """
@@ -111,9 +112,9 @@ class FinishedBatch:
 
 def _tag(rejects: pa.Table, segment: int, batch: int) -> pa.Table:
     n = rejects.num_rows
-    return rejects.append_column(
-        "segment", pa.repeat(pa.scalar(segment, pa.int32()), n)
-    ).append_column("batch", pa.repeat(pa.scalar(batch, pa.int32()), n))
+    return rejects.append_column("segment", repeat(segment, n, pa.int32())).append_column(
+        "batch", repeat(batch, n, pa.int32())
+    )
 
 
 class UnknownRunError(AssayError):
@@ -233,30 +234,34 @@ class RunStore:
         # Arrow inserts: an executemany runs one statement per row (~1 ms each here)
         counts = pa.table(
             {
-                "stage_index": pa.array(
+                "stage_index": from_values(
                     [c.stage_index for f in batches for c in f.counts], pa.int32()
                 ),
-                "segment": pa.array([f.segment for f in batches for _ in f.counts], pa.int32()),
-                "batch": pa.array([f.batch for f in batches for _ in f.counts], pa.int32()),
-                "rows_in": pa.array([c.rows_in for f in batches for c in f.counts], pa.int64()),
-                "rows_out": pa.array([c.rows_out for f in batches for c in f.counts], pa.int64()),
-                "rows_rejected": pa.array(
+                "segment": from_values([f.segment for f in batches for _ in f.counts], pa.int32()),
+                "batch": from_values([f.batch for f in batches for _ in f.counts], pa.int32()),
+                "rows_in": from_values([c.rows_in for f in batches for c in f.counts], pa.int64()),
+                "rows_out": from_values(
+                    [c.rows_out for f in batches for c in f.counts], pa.int64()
+                ),
+                "rows_rejected": from_values(
                     [c.rows_rejected for f in batches for c in f.counts], pa.int64()
                 ),
-                "seconds": pa.array([c.seconds for f in batches for c in f.counts], pa.float64()),
+                "seconds": from_values(
+                    [c.seconds for f in batches for c in f.counts], pa.float64()
+                ),
             }
         )
         now = _now()
         done = pa.table(
             {
-                "segment": pa.array([f.segment for f in batches], pa.int32()),
-                "batch": pa.array([f.batch for f in batches], pa.int32()),
-                "rows_in": pa.array([f.fingerprint.rows_in for f in batches], pa.int64()),
-                "first_id": pa.array([f.fingerprint.first_id for f in batches], pa.string()),
-                "last_id": pa.array([f.fingerprint.last_id for f in batches], pa.string()),
-                "checksum": pa.array([f.fingerprint.checksum for f in batches], pa.string()),
-                "rows_out": pa.array([f.rows_out for f in batches], pa.int64()),
-                "committed_at": pa.array([now] * len(batches), pa.timestamp("us")),
+                "segment": from_values([f.segment for f in batches], pa.int32()),
+                "batch": from_values([f.batch for f in batches], pa.int32()),
+                "rows_in": from_values([f.fingerprint.rows_in for f in batches], pa.int64()),
+                "first_id": from_values([f.fingerprint.first_id for f in batches], pa.string()),
+                "last_id": from_values([f.fingerprint.last_id for f in batches], pa.string()),
+                "checksum": from_values([f.fingerprint.checksum for f in batches], pa.string()),
+                "rows_out": from_values([f.rows_out for f in batches], pa.int64()),
+                "committed_at": from_values([now] * len(batches), pa.timestamp("us")),
             }
         )
         rejects = [_tag(f.rejects, f.segment, f.batch) for f in batches if f.rejects is not None]

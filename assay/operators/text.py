@@ -7,6 +7,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from assay.curate.arrays import scalar
 from assay.curate.registry import register
 from assay.curate.stage import Filter, Map
 
@@ -68,7 +69,8 @@ class MinLength(Filter):
         return [self.column]
 
     def keep(self, table: pa.Table) -> pa.Array:
-        return pc.greater_equal(pc.utf8_length(table[self.column]), self.chars)
+        lengths = pc.utf8_length(table[self.column])
+        return pc.greater_equal(lengths, scalar(self.chars, lengths.type))
 
 
 @register
@@ -87,4 +89,5 @@ class MaxLength(Filter):
         return [self.column]
 
     def keep(self, table: pa.Table) -> pa.Array:
-        return pc.less_equal(pc.utf8_length(table[self.column]), self.chars)
+        lengths = pc.utf8_length(table[self.column])
+        return pc.less_equal(lengths, scalar(self.chars, lengths.type))

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from assay.curate.arrays import repeat
 from assay.curate.context import StageContext, current_stage
 from assay.curate.errors import AssayError, StageError
 from assay.curate.executors.checks import check_result, check_unchanged, fingerprint
@@ -247,7 +248,7 @@ class _SegmentRun:
                         await self._off_loop(self._write_rejects, index, stage, b, rejected)
                     )
                 if created is not None:
-                    stage_col = pa.array([index] * created.num_rows, pa.int32())
+                    stage_col = repeat(index, created.num_rows, pa.int32())
                     lineage.append(created.append_column("stage_index", stage_col))
             counts.append(
                 StageCount(
@@ -330,8 +331,8 @@ class _SegmentRun:
         return pa.table(
             {
                 "row_id": rejected[ID],
-                "stage_index": pa.array([index] * n, pa.int32()),
-                "stage": pa.array([stage.name] * n, pa.string()),
+                "stage_index": repeat(index, n, pa.int32()),
+                "stage": repeat(stage.name, n),
                 "reason": rejected["_reason"],
             }
         )

@@ -23,6 +23,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from assay.curate.arrays import bools, from_numpy
 from assay.curate.stage import ID, Outcome, split_by_mask
 
 
@@ -67,7 +68,10 @@ class ClusterAssignment:
     def from_fit(cls, fit: ClusterFit, reason: str) -> ClusterAssignment:
         """The assignment of a fit's positions, after checking every input id is unique."""
         check_unique(pl.Series(fit.ids).cast(pl.String))
-        take = fit.ids.take
+
+        def take(positions: np.ndarray) -> pa.ChunkedArray:
+            return fit.ids.take(from_numpy(np.asarray(positions, np.int64)))
+
         return cls(
             take(fit.members),
             take(fit.keepers),
@@ -88,12 +92,14 @@ class ClusterAssignment:
             keep &= rows.is_not_null().to_numpy()
         member = np.zeros(n, bool)
         member[at] = True
-        cluster = pc.replace_with_mask(ids, pa.array(member), self._keepers.take(slot))
+        cluster = pc.replace_with_mask(
+            ids, from_numpy(member), self._keepers.take(from_numpy(slot))
+        )
         removed = ~self._is_keeper[slot]
         text = self.frame[slot[removed]].select(self._reason_expr()).to_series().to_arrow()
         index = np.full(n, -1, np.int64)
         index[at[removed]] = np.arange(len(text))
-        reasons = text.take(pa.array(index, mask=index < 0))
+        reasons = text.take(from_numpy(index, mask=index < 0))
         if cluster_column in table.column_names:
             table = table.drop_columns([cluster_column])
         table = table.append_column(cluster_column, cluster.cast(pa.string()))
@@ -109,8 +115,10 @@ class ClusterAssignment:
             at = joined.is_not_null().arg_true().to_numpy()
             return at, joined.gather(at).to_numpy().astype(np.int64)
         at, slot = self._lookup.find(rows.hash(seed=0).to_numpy())
-        same = pc.equal(ids.take(at), self._ids.take(slot))  # a hash match: compare the ids
-        same = pc.fill_null(same, False).to_numpy(zero_copy_only=False)
+        same = pc.equal(
+            ids.take(from_numpy(at)), self._ids.take(from_numpy(slot))
+        )  # a hash match: compare the ids
+        same = bools(same)  # a null compares as not the same
         return at[same], slot[same]
 
     def _reason_expr(self) -> pl.Expr:
