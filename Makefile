@@ -13,6 +13,13 @@ EXTRAS := dev,embed,ray,viewer
 
 .PHONY: demo test lint format lock bench clean browser
 
+# The install skips compiling bytecode (--no-compile, below): a module is compiled when first
+# imported and its .pyc kept for every later process. With PYTHONDONTWRITEBYTECODE set (some
+# machines set it for every shell) nothing is kept, and every process compiles again all it
+# imports: 12-17 CPU-s for torch + transformers + TRL, in the demo's main process and in
+# each training process. So the recipes run without it.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
