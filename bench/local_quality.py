@@ -46,21 +46,33 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="questions per split (0: all)")
     parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--splits", default="heldout,unseen")
+    parser.add_argument(
+        "--samples", type=int, default=0, help="seeded samples per question (0: one greedy answer)"
+    )
+    parser.add_argument("--temperature", type=float, default=0.3, help="with --samples")
     parser.add_argument("--out", default="", help="write the answers and verdicts (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sides = args.sides.split(",")
-    rows = [
+    questions = [
         row
-        for split in ("heldout", "unseen")
+        for split in args.splits.split(",")
         for row in (task_rows(split, limit=args.limit) if args.limit else task_rows(split))
     ]
     verifier = sql_verifier(default_database(), seed=0, drop_incorrect=False)
     backend = LocalBackend("smollm2-135m", threads=args.threads, device="cpu")
     backend.load()
-    params = {"temperature": 0, "max_tokens": args.max_tokens}
+    if args.samples:  # the intern job's teacher step: seeded samples of every question
+        params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "seed": 0}
+        rows = [row for row in questions for _ in range(args.samples)]
+        indices = [k for _ in questions for k in range(args.samples)]
+    else:
+        params = {"temperature": 0, "max_tokens": args.max_tokens}
+        rows, indices = questions, [0] * len(questions)
     requests = [
-        ChatRequest("local/smollm2-135m", tuple(row["teacher_messages"]), params) for row in rows
+        ChatRequest("local/smollm2-135m", tuple(row["teacher_messages"]), params, sample_index=k)
+        for row, k in zip(rows, indices, strict=True)
     ]
     answers: dict[str, list[str]] = {}
     correct: dict[str, list[bool]] = {}
@@ -85,7 +97,8 @@ def main() -> None:
     backend.close()
     n = len(rows)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cpus, torch threads {args.threads}")
-    print(f"intern-sql heldout + unseen: {n} questions, teacher prompt, greedy, {args.max_tokens}")
+    how = f"{args.samples} samples at T={args.temperature}" if args.samples else "greedy"
+    print(f"intern-sql {args.splits}: {n} answers, teacher prompt, {how}, {args.max_tokens} tokens")
     reference = sides[0]
     print(
         f"| side | accuracy | stderr | answers equal to {reference}'s | "
