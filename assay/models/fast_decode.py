@@ -267,7 +267,8 @@ class DecodeStep:
         to_prefix, to_own = weights.split([length, keys.shape[2]], dim=-1)
         to_prefix = to_prefix.transpose(0, 1).reshape(kv_heads, rows * groups, length)
         from_prefix = torch.bmm(to_prefix, prefix_values).view(kv_heads, rows, groups, dim)
-        return from_prefix.transpose(0, 1) + torch.matmul(to_own, values)
+        # added into the (contiguous) per-row part, so the caller's reshape needs no copy
+        return torch.matmul(to_own, values).add_(from_prefix.transpose(0, 1))
 
     def _mlp(self, index: int, mlp: Any, x: torch.Tensor, rows: int) -> torch.Tensor:
         if self.weights is None:
