@@ -95,9 +95,12 @@ def test_rejects_of_a_failed_attempt_do_not_outlive_it(workspace: Path, tmp_path
     pipeline = Pipeline(
         [RejectOddUntilFixed(fixed=fixed), FailOn(bad_id="0", fixed=fixed)], batch_size=5
     )
-    # first attempt at batch 0: the odd rows are rejected, then the next stage fails
+    # first attempt at batch 0: the odd rows are rejected, then the next stage fails (one
+    # worker: no other batch finishes, and commits its rejects, before the failure)
     with pytest.raises(StageError, match="boom"):
-        pipeline.run(ROWS, workspace=workspace, progress="quiet")
+        pipeline.run(
+            ROWS, workspace=workspace, progress="quiet", executor=LocalExecutor(5, cpu_workers=1)
+        )
     (run_dir,) = (workspace / "runs").iterdir()
     assert list(run_dir.glob("rejects/*/seg0-000000.parquet"))
     Path(fixed).touch()

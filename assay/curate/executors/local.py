@@ -7,17 +7,21 @@ rename; a segment's output that only the next segment reads is written uncompres
 `shards.py`), then its counts, rejects and lineage recorded in the run store in one
 transaction (shared by the batches that finish within `COMMIT_INTERVAL_S`).
 A segment's output is the next segment's input, so a fit stage reads a complete, durable
-input and memory stays bounded by the batches in flight.
+input. That output is also kept in memory while it fits `hold_bytes` (the next segment reads
+it twice: its fit, then its batches); beyond that, and on resume, it is read from the shards.
 
 Resume skips every committed batch; a batch that was in flight when the process died is
 redone from its input (its LLM requests come back from the request cache).
 
-Several batches are in flight at once: up to `max_batches_in_flight` when a segment waits on
-an LLM, up to `cpu_workers` (one per core by default) when it only computes. CPU stages run
-in the segment's worker threads, one per batch in flight (pyarrow and polars release the
-GIL), so a stage's `process` must not mutate state shared between batches. Shards are named
-by batch index, so output order does not depend on which batch finishes first, and memory
-stays bounded by the batches in flight.
+Several batches are in flight at once. A CPU-only segment runs `cpu_workers` threads (one
+per core by default): each takes the next batch from the source, in order, and carries it
+through every stage to its shard, and a worker that finds the commit interval passed commits
+while the others go on (pyarrow, polars and DuckDB release the GIL). A segment that waits on
+an LLM keeps up to `max_batches_in_flight` batches awaiting it on an event loop, its CPU
+stages and writes in a pool of as many threads. Either way a stage's `process` must not
+mutate state shared between batches. Shards are named by batch index, so output order does
+not depend on which batch finishes first, and memory stays bounded by the batches in flight
+(plus what is held for the next segment).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import concurrent.futures
 import contextvars
 import functools
 import os
+import threading
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -34,16 +39,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from assay.curate.arrays import repeat
 from assay.curate.context import StageContext, current_stage
-from assay.curate.errors import AssayError, StageError
+from assay.curate.errors import AssayError, SourceError, StageError
 from assay.curate.executors.checks import check_result, check_unchanged, fingerprint
 from assay.curate.executors.shards import fsync_dir, write_atomic, write_options
 from assay.curate.progress import Progress, QuietProgress
 from assay.curate.sources import ParquetSource, Source, read_batches
 from assay.curate.stage import ID, Outcome, Stage
-from assay.curate.store import FinishedBatch, RunStore, StageCount
+from assay.curate.store import BatchFingerprint, FinishedBatch, RunStore, StageCount
 
 # Batches finishing within this interval share one DuckDB transaction (a commit costs an
 # fsync and ~10 ms of CPU here); a crash loses at most this much finished work (its shards
@@ -53,6 +59,10 @@ COMMIT_INTERVAL_S = 1.0
 # 10,000 rows keeps a batch of long documents in the tens of MB while amortising the
 # per-batch commit (one DuckDB transaction and one Parquet file) to well under 1% of runtime.
 DEFAULT_BATCH_SIZE = 10_000
+
+# A segment's output that the next segment reads is also kept in memory up to this many bytes
+# (reading it back costs a Parquet decode per pass, and a fit stage makes two passes).
+HOLD_BYTES = 1 << 30
 
 T = TypeVar("T")
 
@@ -83,8 +93,14 @@ class LocalExecutor:
 
     `max_batches_in_flight` applies when a segment has an async (LLM) stage: several batches
     wait on the model at once while CPU stages run in worker threads. CPU-only segments run
-    `cpu_workers` batches at once (default: one per core; 1 runs them one after another),
-    which bounds memory to about that many batches per stage.
+    on `cpu_workers` threads (default: one per core; 1 runs the batches one after another in
+    the calling thread), each taking the next batch from the source and carrying it through
+    every stage, so memory stays about that many batches per stage.
+
+    `hold_bytes`: a segment's output that the next segment reads (twice: its fit, then its
+    batches) is also kept in memory, up to this many bytes in all (default `HOLD_BYTES`, at
+    most a quarter of the machine's memory; 0 reads everything back from the shards). The
+    shards are written either way: a resume reads them.
     """
 
     def __init__(
@@ -92,12 +108,14 @@ class LocalExecutor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_batches_in_flight: int = 4,
         cpu_workers: int | None = None,
+        hold_bytes: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
         self.max_batches_in_flight = max_batches_in_flight
         self.cpu_workers = max(1, cpu_workers or os.cpu_count() or 1)
+        self.hold_bytes = default_hold_bytes() if hold_bytes is None else max(0, hold_bytes)
 
     def run(
         self,
@@ -112,12 +130,14 @@ class LocalExecutor:
         """Run every segment not yet complete; return the directory of the output shards."""
         progress = progress or QuietProgress()
         segments = split_segments(stages)
+        budget = _Budget(self.hold_bytes)
         current: Source = source
         created = False  # whether an earlier segment has a stage that creates rows
         for segment in segments:
             last = segment.index == len(segments) - 1
             out_dir = run_dir / "output" if last else run_dir / "work" / f"seg-{segment.index}"
             out_dir.mkdir(parents=True, exist_ok=True)
+            held: dict[str, pa.Table] = {}
             if not store.segment_complete(run_id, segment.index):
                 runner = _SegmentRun(
                     self, segment, current, store, run_id, run_dir, out_dir, progress, no_cache
@@ -125,12 +145,96 @@ class LocalExecutor:
                 runner.scratch = not last
                 # an earlier segment's output: ids already checked, unless a stage made new ones
                 runner.checked_input = segment.index > 0 and not created
-                n_batches = run_coroutine(runner.run())
+                if not last:  # the next segment reads this output twice: keep what fits
+                    runner.hold = _Hold(budget, held)
+                n_batches = runner.run()
                 store.complete_segment(run_id, segment.index, n_batches)
-            # the next segment reads this one's shards; their row count is in the store
-            current = ParquetSource(out_dir, rows=store.segment_rows(run_id, segment.index))
+            if isinstance(current, HeldSource):
+                current.release()  # this segment has read its input for the last time
+            # the next segment reads this one's shards (or the tables held in memory); their
+            # row count is in the store
+            rows = store.segment_rows(run_id, segment.index)
+            current = HeldSource(out_dir, rows=rows, held=held, budget=budget)
             created = created or any(s.creates_rows for s in segment.stages)
         return run_dir / "output"
+
+
+def default_hold_bytes() -> int:
+    """`HOLD_BYTES`, or a quarter of the machine's memory when that is less."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return HOLD_BYTES
+    return min(HOLD_BYTES, memory // 4)
+
+
+class _Budget:
+    """Bytes of segment output held in memory, shared by the segments of a run."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self.lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self.lock:
+            self.used -= n
+
+
+class _Hold:
+    """Where a segment keeps the output tables the next segment will read (by shard name)."""
+
+    def __init__(self, budget: _Budget, tables: dict[str, pa.Table]) -> None:
+        self.budget = budget
+        self.tables = tables
+        self.lock = threading.Lock()
+
+    def add(self, name: str, table: pa.Table) -> None:
+        if self.budget.take(table.get_total_buffer_size()):
+            with self.lock:
+                self.tables[name] = table
+
+
+class HeldSource(ParquetSource):
+    """A segment's output shards, read from memory where the segment held them.
+
+    `held` maps a shard's file name to the table written to it (the same rows, so batches,
+    fingerprints and results are those of reading the shards)."""
+
+    def __init__(
+        self,
+        path: Path,
+        rows: int | None,
+        held: dict[str, pa.Table],
+        budget: _Budget,
+    ) -> None:
+        super().__init__(path, rows=rows)
+        self.held = held
+        self.budget = budget
+
+    def record_batches(self) -> Iterator[pa.RecordBatch | pa.Table]:
+        for file in self.files():
+            table = self.held.get(file.name) if file.parent == self.path else None
+            if table is not None:
+                yield table
+                continue
+            try:
+                yield from pq.ParquetFile(file).iter_batches(batch_size=65536)
+            except (pa.ArrowException, OSError) as exc:
+                raise SourceError(f"cannot read Parquet file {str(file)!r}: {exc}") from exc
+
+    def release(self) -> None:
+        """Drop the held tables (the next reads come from the shards)."""
+        held = sum(t.get_total_buffer_size() for t in self.held.values())
+        self.held.clear()
+        self.budget.give(held)
 
 
 class _SegmentRun:
@@ -157,46 +261,177 @@ class _SegmentRun:
         self.batch_size = executor.batch_size
         self.concurrent = any(s.is_async for s in segment.stages)
         self.in_flight = executor.max_batches_in_flight if self.concurrent else executor.cpu_workers
-        self.threaded = self.concurrent or self.in_flight > 1
-        # one worker thread per batch in flight: stages and shard writes run there
+        # LLM segments: one worker thread per batch in flight runs their CPU stages and
+        # shard writes while the event loop awaits the model
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         # a segment's output that the next segment reads, not the run's: see shards.py
         self.scratch = False
         self.checked_input = False
+        self.hold: _Hold | None = None  # keeps output tables for the next segment
         self.unsynced_dirs: set[Path] = set()
         self.write_options: dict[tuple[Path, pa.Schema], dict[str, Any]] = {}
         self.finished: list[FinishedBatch] = []
         self.last_commit = time.monotonic()
+        # worker threads share: the finished list, the folders to fsync, the write options
+        # and progress (`lock`); the source's iterator (`read_lock`); the store (`commit_lock`)
+        self.lock = threading.Lock()
+        self.read_lock = threading.Lock()
+        self.commit_lock = threading.Lock()
+        self.committing = False
+        self.stop = threading.Event()  # a batch failed (or the run was interrupted)
+        self.read_count = 0
 
-    async def run(self) -> int:
-        if self.threaded:
-            self.pool = concurrent.futures.ThreadPoolExecutor(
-                self.in_flight, thread_name_prefix=f"assay-seg{self.segment.index}"
-            )
-        try:
-            return await self._run()
-        finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True)
-                self.pool = None
+    def run(self) -> int:
+        """Run the segment's batches not yet committed; return its number of batches."""
+        if self.concurrent:
+            return run_coroutine(self._run_async())
+        return self._run_threads()
 
-    async def _run(self) -> int:
+    def _fit(self) -> None:
         seg = self.segment
         for j, stage in enumerate(seg.stages):
             if stage.needs_fit:
                 with _stage_context(self, seg.offset + j, stage):
                     stage.fit(self._read_input)
+
+    def _start(self) -> tuple[dict[int, BatchFingerprint], Iterator[pa.Table]]:
+        """The committed batches' fingerprints and the stream of input batches."""
+        seg = self.segment
         done = self.store.done_batches(self.run_id, seg.index)
         total = self.source.count_rows()
         self.progress.start_segment(
             [(seg.offset + j, s.name) for j, s in enumerate(seg.stages)], total
         )
+        batches = read_batches(
+            self.source, self.batch_size, unique_ids=seg.index == 0, checked=self.checked_input
+        )
+        return done, batches
+
+    # CPU-only segments: worker threads ---------------------------------------------------
+
+    def _run_threads(self) -> int:
+        """Each worker takes the next batch from the source (in order, under `read_lock`)
+        and carries it through every stage to its shard; a worker that finds the commit
+        interval passed commits what has finished while the others go on. The stages and
+        writes are pyarrow / polars calls that release the GIL, so batches overlap."""
+        self._fit()
+        done, batches = self._start()
+        numbered = enumerate(batches)
+        errors: list[BaseException] = []
+        try:
+            if self.in_flight == 1:
+                self._work(numbered, done)
+            else:
+                threads = [
+                    threading.Thread(
+                        target=self._guarded_work,
+                        args=(numbered, done, errors),
+                        name=f"assay-seg{self.segment.index}-{k}",
+                        daemon=True,
+                    )
+                    for k in range(self.in_flight)
+                ]
+                for thread in threads:
+                    thread.start()
+                try:
+                    for thread in threads:
+                        thread.join()
+                finally:  # interrupted (Ctrl-C): let the workers finish their batch
+                    self.stop.set()
+                    for thread in threads:
+                        thread.join()
+                if errors:
+                    raise errors[0]
+        finally:
+            self.commit()  # what finished is kept, even when another batch failed
+            self.progress.end_segment()
+        return self.read_count
+
+    def _guarded_work(
+        self,
+        numbered: Iterator[tuple[int, pa.Table]],
+        done: dict[int, BatchFingerprint],
+        errors: list[BaseException],
+    ) -> None:
+        try:
+            self._work(numbered, done)
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # handed to the calling thread, which raises it
+            with self.lock:
+                errors.append(exc)
+            self.stop.set()
+
+    def _work(
+        self, numbered: Iterator[tuple[int, pa.Table]], done: dict[int, BatchFingerprint]
+    ) -> None:
+        while not self.stop.is_set():
+            with self.read_lock:  # the source is read in order, one batch at a time
+                if self.stop.is_set():
+                    return
+                item = next(numbered, None)
+                if item is None:
+                    return
+                b, table = item
+                self.read_count = b + 1
+            if b in done:
+                check_unchanged(b, table, done[b])
+                with self.lock:
+                    self.progress.skip(table.num_rows)
+                continue
+            self._finish(self._process(b, table))
+
+    def _process(self, b: int, table: pa.Table) -> FinishedBatch:
+        """One batch through every stage of the segment, in this thread, to its shard."""
+        seg = self.segment
+        counts: list[StageCount] = []
+        rejects: list[pa.Table] = []
+        lineage: list[pa.Table] = []
+        rows_at_start = table.num_rows
+        batch_fingerprint = fingerprint(table)
+        self._clear_stale_rejects(b)
+        for j, stage in enumerate(seg.stages):
+            if self.stop.is_set():  # another batch failed: leave this one to the resume
+                raise _Abandoned
+            index = seg.offset + j
+            started = time.perf_counter()
+            rows_in = table.num_rows
+            n_rejected = 0
+            if rows_in:
+                stage.check_columns(table)
+                with _stage_context(self, index, stage):
+                    result = _call(stage, b, stage.process, table)
+                table, rejected = self._accept(stage, index, b, table, result, lineage)
+                if rejected is not None:
+                    n_rejected = rejected.num_rows
+                    rejects.append(self._write_rejects(index, stage, b, rejected))
+            counts.append(
+                StageCount(
+                    index, rows_in, table.num_rows, n_rejected, time.perf_counter() - started
+                )
+            )
+            with self.lock:
+                self.progress.advance(index, rows_at_start, rows_in, table.num_rows, n_rejected)
+        return self._output(b, batch_fingerprint, table, counts, rejects, lineage)
+
+    # LLM segments: an event loop, CPU work in a pool -------------------------------------
+
+    async def _run_async(self) -> int:
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            self.in_flight, thread_name_prefix=f"assay-seg{self.segment.index}"
+        )
+        try:
+            return await self._run_batches()
+        finally:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+    async def _run_batches(self) -> int:
+        self._fit()
+        done, batches = self._start()
         pending: set[asyncio.Task[None]] = set()
         n_batches = 0
         try:
-            batches = read_batches(
-                self.source, self.batch_size, unique_ids=seg.index == 0, checked=self.checked_input
-            )
             for b, table in enumerate(batches):
                 n_batches = b + 1
                 if b in done:
@@ -217,10 +452,6 @@ class _SegmentRun:
             self.progress.end_segment()
         return n_batches
 
-    def _read_input(self) -> Iterator[pa.Table]:
-        """A fresh pass over the segment's input (what a fit stage reads)."""
-        return read_batches(self.source, self.batch_size, checked=self.checked_input)
-
     async def _batch(self, b: int, table: pa.Table) -> None:
         seg = self.segment
         counts: list[StageCount] = []
@@ -228,10 +459,7 @@ class _SegmentRun:
         lineage: list[pa.Table] = []
         rows_at_start = table.num_rows
         batch_fingerprint = fingerprint(table)
-        # a failed earlier attempt at this batch may have left reject shards: they must not
-        # outlive it (this attempt writes its own, under the same names)
-        for stale in (self.run_dir / "rejects").glob(f"*/seg{seg.index}-{b:06d}.parquet"):
-            stale.unlink()
+        self._clear_stale_rejects(b)
         for j, stage in enumerate(seg.stages):
             index = seg.offset + j
             started = time.perf_counter()
@@ -241,37 +469,103 @@ class _SegmentRun:
                 stage.check_columns(table)
                 with _stage_context(self, index, stage):
                     result = await self._call(stage, table, b)
-                table, rejected, created = check_result(stage, table, result, b)
-                if rejected is not None and rejected.num_rows:
+                table, rejected = self._accept(stage, index, b, table, result, lineage)
+                if rejected is not None:
                     n_rejected = rejected.num_rows
                     rejects.append(
                         await self._off_loop(self._write_rejects, index, stage, b, rejected)
                     )
-                if created is not None:
-                    stage_col = repeat(index, created.num_rows, pa.int32())
-                    lineage.append(created.append_column("stage_index", stage_col))
             counts.append(
                 StageCount(
                     index, rows_in, table.num_rows, n_rejected, time.perf_counter() - started
                 )
             )
             self.progress.advance(index, rows_at_start, rows_in, table.num_rows, n_rejected)
-        await self._off_loop(
-            self._write_shard, table, self.out_dir / f"part-{b:06d}.parquet", self.scratch
+        finished = await self._off_loop(
+            self._output, b, batch_fingerprint, table, counts, rejects, lineage
         )
-        self.finished.append(
-            FinishedBatch(
-                seg.index,
-                b,
-                batch_fingerprint,
-                table.num_rows,
-                counts,
-                rejects=pa.concat_tables(rejects) if rejects else None,
-                lineage=pa.concat_tables(lineage) if lineage else None,
-            )
+        self._finish(finished)
+
+    async def _call(self, stage: Stage, table: pa.Table, b: int) -> pa.Table | Outcome:
+        if stage.is_async:
+            try:
+                return await stage.aprocess(table)  # type: ignore[attr-defined]
+            except AssayError:
+                raise
+            except Exception as exc:
+                raise _stage_error(stage, b, exc) from exc
+        return await self._off_loop(_call, stage, b, stage.process, table)
+
+    async def _off_loop(self, fn: Any, *args: Any) -> Any:
+        """Call `fn` in a worker thread (the stage context travels with the call)."""
+        assert self.pool is not None
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, functools.partial(ctx.run, fn, *args))
+
+    # both ---------------------------------------------------------------------------------
+
+    def _clear_stale_rejects(self, b: int) -> None:
+        # a failed earlier attempt at this batch may have left reject shards: they must not
+        # outlive it (this attempt writes its own, under the same names)
+        pattern = f"*/seg{self.segment.index}-{b:06d}.parquet"
+        for stale in (self.run_dir / "rejects").glob(pattern):
+            stale.unlink()
+
+    def _accept(
+        self,
+        stage: Stage,
+        index: int,
+        b: int,
+        table: pa.Table,
+        result: object,
+        lineage: list[pa.Table],
+    ) -> tuple[pa.Table, pa.Table | None]:
+        """Check a stage's result; return the kept rows and the rejected ones (or None)."""
+        kept, rejected, created = check_result(stage, table, result, b)
+        if created is not None:
+            stage_col = repeat(index, created.num_rows, pa.int32())
+            lineage.append(created.append_column("stage_index", stage_col))
+        return kept, rejected if rejected is not None and rejected.num_rows else None
+
+    def _output(
+        self,
+        b: int,
+        batch_fingerprint: BatchFingerprint,
+        table: pa.Table,
+        counts: list[StageCount],
+        rejects: list[pa.Table],
+        lineage: list[pa.Table],
+    ) -> FinishedBatch:
+        """Write the batch's output shard; return the batch, ready to commit."""
+        name = f"part-{b:06d}.parquet"
+        self._write_shard(table, self.out_dir / name, self.scratch)
+        if self.hold is not None:
+            self.hold.add(name, table)
+        return FinishedBatch(
+            self.segment.index,
+            b,
+            batch_fingerprint,
+            table.num_rows,
+            counts,
+            rejects=pa.concat_tables(rejects) if rejects else None,
+            lineage=pa.concat_tables(lineage) if lineage else None,
         )
-        if time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S:
-            self.commit()
+
+    def _finish(self, finished: FinishedBatch) -> None:
+        """Queue a finished batch for the next commit; commit if the interval has passed
+        (unless another thread is committing: the batch goes into the next one)."""
+        with self.lock:
+            self.finished.append(finished)
+            due = not self.committing and time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S
+            if due:
+                self.committing = True
+        if due:
+            try:
+                self.commit()
+            finally:
+                with self.lock:
+                    self.committing = False
 
     def commit(self) -> None:
         """Commit the finished batches not yet recorded (their shards are on disk already).
@@ -279,43 +573,35 @@ class _SegmentRun:
         The shards' folders are fsynced first: a batch the store calls done survives a power
         loss with its shard (the files themselves were fsynced before their rename).
         """
-        if not self.finished:
-            return
-        for folder in sorted(self.unsynced_dirs):
-            fsync_dir(folder)
-        self.unsynced_dirs.clear()
-        self.store.commit_batches(self.run_id, self.finished)
-        self.finished = []
-        self.last_commit = time.monotonic()
+        with self.commit_lock:
+            with self.lock:  # every batch taken here added its folder before it finished
+                batches, self.finished = self.finished, []
+                folders, self.unsynced_dirs = self.unsynced_dirs, set()
+            if not batches:
+                with self.lock:
+                    self.unsynced_dirs |= folders
+                return
+            for folder in sorted(folders):
+                fsync_dir(folder)
+            self.store.commit_batches(self.run_id, batches)
+            self.last_commit = time.monotonic()
 
-    async def _call(self, stage: Stage, table: pa.Table, b: int) -> pa.Table | Outcome:
-        try:
-            if stage.is_async:
-                return await stage.aprocess(table)  # type: ignore[attr-defined]
-            return await self._off_loop(stage.process, table)
-        except AssayError:
-            raise
-        except Exception as exc:
-            raise StageError(
-                stage.name, f"failed on batch {b}: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    async def _off_loop(self, fn: Any, *args: Any) -> Any:
-        """Call `fn` in a worker thread when batches overlap, else inline."""
-        if self.pool is not None:
-            ctx = contextvars.copy_context()  # the stage context travels with the call
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.pool, functools.partial(ctx.run, fn, *args))
-        return fn(*args)
+    def _read_input(self) -> Iterator[pa.Table]:
+        """A fresh pass over the segment's input (what a fit stage reads)."""
+        return read_batches(self.source, self.batch_size, checked=self.checked_input)
 
     def _write_shard(self, table: pa.Table, path: Path, scratch: bool = False) -> None:
         # the write options are judged on a folder's first shard of each schema
         key = (path.parent, table.schema)
-        options = self.write_options.get(key)
+        with self.lock:
+            options = self.write_options.get(key)
         if options is None:
-            options = self.write_options[key] = write_options(table, scratch)
+            options = write_options(table, scratch)
+            with self.lock:
+                options = self.write_options.setdefault(key, options)
         write_atomic(table, path, options)
-        self.unsynced_dirs.add(path.parent)
+        with self.lock:
+            self.unsynced_dirs.add(path.parent)
 
     def _write_rejects(self, index: int, stage: Stage, b: int, rejected: pa.Table) -> pa.Table:
         """Keep the removed rows as Parquet; return (row_id, stage_index, stage, reason)."""
@@ -336,6 +622,24 @@ class _SegmentRun:
                 "reason": rejected["_reason"],
             }
         )
+
+
+class _Abandoned(Exception):
+    """A batch left unfinished because another one failed (the resume redoes it)."""
+
+
+def _call(stage: Stage, b: int, fn: Any, table: pa.Table) -> pa.Table | Outcome:
+    """`fn(table)`, a failure named after the stage and batch."""
+    try:
+        return fn(table)
+    except AssayError:
+        raise
+    except Exception as exc:
+        raise _stage_error(stage, b, exc) from exc
+
+
+def _stage_error(stage: Stage, b: int, exc: Exception) -> StageError:
+    return StageError(stage.name, f"failed on batch {b}: {type(exc).__name__}: {exc}")
 
 
 async def _reap(pending: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
