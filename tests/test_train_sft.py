@@ -220,3 +220,32 @@ def test_full_finetune_and_export_merge(tiny, tmp_path):
         want = peft_model(input_ids=ids).logits
         assert torch.allclose(merged(input_ids=ids).logits, want, atol=1e-4)
         assert not torch.allclose(base(input_ids=ids).logits, want, atol=1e-3)
+
+
+def test_metrics_are_written_in_groups_and_at_the_end(tmp_path) -> None:
+    """The store is opened at most every `every_s` seconds while training logs, and once at
+    the end: every logged step's metrics arrive, none twice."""
+    from types import SimpleNamespace
+
+    from assay.train import store as train_store
+    from assay.train.runner import StoreCallback
+
+    with RunStore(tmp_path) as store:
+        run_id = train_store.start_run(store, "sft", "tiny", {}, str(tmp_path), {"train": []})
+
+    def count() -> int:
+        with RunStore(tmp_path) as store:
+            return store.con.execute(
+                "select count(*) from train_metrics where run_id = ?", [run_id]
+            ).fetchone()[0]
+
+    recorder = StoreCallback(str(tmp_path), run_id, every_s=3600)
+    for step in (1, 2, 3):
+        recorder.on_log(None, SimpleNamespace(global_step=step), None, logs={"loss": 1.0 / step})
+    assert count() == 0  # nothing written yet: within the hour
+    recorder.on_train_end(None, SimpleNamespace(global_step=3), None)
+    assert count() == 3
+    recorder.every_s = 0  # now every log writes
+    recorder.on_log(None, SimpleNamespace(global_step=4), None, logs={"loss": 0.2})
+    recorder.on_train_end(None, SimpleNamespace(global_step=4), None)
+    assert count() == 4

@@ -161,18 +161,35 @@ def _callback_base():
 
 
 class StoreCallback(_callback_base()):
-    """Writes every logged metric to `train_metrics` (opening the store briefly, so
-    `assay show` can read it while training runs)."""
+    """Writes every logged metric to `train_metrics`, in groups: the store is opened at most
+    once every `every_s` seconds (an open costs 30-130 ms of CPU, 1-2% of a CPU training
+    step when done at every step) and at the end of training, so `assay show` sees a
+    running training's metrics at most that late."""
 
-    def __init__(self, workspace: str, run_id: str) -> None:
-        self.workspace, self.run_id = workspace, run_id
+    def __init__(self, workspace: str, run_id: str, every_s: float = 10.0) -> None:
+        self.workspace, self.run_id, self.every_s = workspace, run_id, every_s
+        self.pending: list[tuple[int, dict[str, Any]]] = []
+        self.written = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if logs:
+            self.pending.append((state.global_step, dict(logs)))
+        if time.monotonic() - self.written >= self.every_s:
+            self.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.flush()
+
+    def flush(self) -> None:
         from assay.curate.store import RunStore
 
-        if logs:
-            with RunStore(self.workspace) as store:
-                train_store.log_metrics(store, self.run_id, state.global_step, logs)
+        self.written = time.monotonic()
+        if not self.pending:
+            return
+        with RunStore(self.workspace) as store:
+            for step, logs in self.pending:
+                train_store.log_metrics(store, self.run_id, step, logs)
+        self.pending = []
 
 
 class StepProgress(_callback_base()):
@@ -251,9 +268,10 @@ def execute(
             store, method, settings.model, config, str(output_dir), splits
         )
     name = settings.name or f"{method}-{run_id}"
+    recorder = StoreCallback(settings.workspace, run_id)
     try:
         progress = progress_callbacks(settings, method)
-        trainer = build([StoreCallback(settings.workspace, run_id), *progress], output_dir)
+        trainer = build([recorder, *progress], output_dir)
         if progress:
             drop_log_printer(trainer)
         checkpoint = last_checkpoint(output_dir) if settings.resume else None
@@ -270,6 +288,7 @@ def execute(
                 base = resolve_model(settings.model).base_name
                 registered = register_adapter(name, final, base=base)
     except BaseException as exc:
+        recorder.flush()  # the metrics of the steps that ran, for `assay show`
         with RunStore(settings.workspace) as store:
             train_store.finish_run(store, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
