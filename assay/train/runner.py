@@ -162,11 +162,11 @@ def _callback_base():
 
 class StoreCallback(_callback_base()):
     """Writes every logged metric to `train_metrics`, in groups: the store is opened at most
-    once every `every_s` seconds (an open costs 30-130 ms of CPU, 1-2% of a CPU training
+    once every `every_s` seconds (an open costs 30-130 ms of CPU, 1-3% of a CPU training
     step when done at every step) and at the end of training, so `assay show` sees a
     running training's metrics at most that late."""
 
-    def __init__(self, workspace: str, run_id: str, every_s: float = 10.0) -> None:
+    def __init__(self, workspace: str, run_id: str, every_s: float = 30.0) -> None:
         self.workspace, self.run_id, self.every_s = workspace, run_id, every_s
         self.pending: list[tuple[int, dict[str, Any]]] = []
         self.written = time.monotonic()
