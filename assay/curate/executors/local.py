@@ -31,6 +31,7 @@ import concurrent.futures
 import contextvars
 import functools
 import os
+import queue
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -316,8 +317,10 @@ class _SegmentRun:
         writes are pyarrow / polars calls that release the GIL, so batches overlap."""
         self._fit()
         done, batches = self._start()
-        numbered = enumerate(batches)
         errors: list[BaseException] = []
+        if self.in_flight > 1:  # decode the next batches while the workers compute
+            batches = read_ahead(batches, self.in_flight)
+        numbered = enumerate(batches)
         try:
             if self.in_flight == 1:
                 self._work(numbered, done)
@@ -343,6 +346,9 @@ class _SegmentRun:
                 if errors:
                     raise errors[0]
         finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # stops the read-ahead thread
             self.commit()  # what finished is kept, even when another batch failed
             self.progress.end_segment()
         return self.read_count
@@ -587,8 +593,9 @@ class _SegmentRun:
             self.last_commit = time.monotonic()
 
     def _read_input(self) -> Iterator[pa.Table]:
-        """A fresh pass over the segment's input (what a fit stage reads)."""
-        return read_batches(self.source, self.batch_size, checked=self.checked_input)
+        """A fresh pass over the segment's input (what a fit stage reads), decoded a batch
+        ahead in another thread while the fit works on the current one."""
+        return read_ahead(read_batches(self.source, self.batch_size, checked=self.checked_input))
 
     def _write_shard(self, table: pa.Table, path: Path, scratch: bool = False) -> None:
         # the write options are judged on a folder's first shard of each schema
@@ -622,6 +629,51 @@ class _SegmentRun:
                 "reason": rejected["_reason"],
             }
         )
+
+
+def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """`items`, produced by a background thread up to `depth` ahead of the consumer (an
+    exception it raises is raised here). Closing this generator, or dropping it, stops the
+    thread after the item it is making."""
+    slots: queue.Queue[tuple[bool, Any]] = queue.Queue(max(1, depth))
+    stop = threading.Event()
+
+    def put(item: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # handed to the consumer
+            put((False, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="assay-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = slots.get()
+            if more:
+                yield item
+            elif item is None:
+                return
+            else:
+                raise item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _Abandoned(Exception):
