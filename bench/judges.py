@@ -13,7 +13,7 @@ what they read, and time them.
 each pair; `--pairs` for the first N pairs only), calibrates it on the validation split and
 registers it as `halueval-<set>` (or `--name`). `eval` runs `assay judge-eval` on the test
 split (`--limit` first pairs) and writes the report (markdown, JSON, PNGs) under
-bench/out/judges/<set>-<judge>/. `diagnose` measures, on the test split, what the
+bench/out/judges/<set>-<judge>/. `diagnose` measures, on the test split (`--split validation` for choices), what the
 distilled judge's ranking rests on: the pairs where the hallucinated answer is the shorter
 one, the answers scored against another row's context, and a response-only baseline (TF-IDF
 logistic regression on the train split's answers, no context: how far style alone goes).
@@ -117,10 +117,15 @@ def diagnose(args: argparse.Namespace) -> None:
     from assay.judges.baselines import length_score
     from assay.judges.distilled import DistilledJudge
 
-    pairs = load_halueval(args.subset, "test", limit=args.limit)
+    pairs = load_halueval(args.subset, args.split, limit=args.limit)
     rows = as_responses(pairs)
     judge = DistilledJudge(
-        judge=args.judge, response_column="response", prompt_column="prompt", threads=args.threads
+        judge=args.judge,
+        response_column="response",
+        prompt_column="prompt",
+        threads=args.threads,
+        dtype=args.dtype,
+        select=args.select,
     )
     own = [j.score for j in judge.scores(rows)]
     rng = random.Random(0)
@@ -131,6 +136,13 @@ def diagnose(args: argparse.Namespace) -> None:
     ]  # both answers of a pair against the same other pair's context
     moved = [j.score for j in judge.scores(swapped)]
     style = style_scores(args.subset, rows)
+    _, chunker, _ = judge.load()
+    budget = chunker.max_length // 2
+    fits = [
+        k
+        for k in range(len(pairs))
+        if max(len(chunker._ids(rows[2 * k + j]["response"])) for j in (0, 1)) <= budget
+    ]
     length = [length_score(r["response"]) for r in rows]
     shorter = [k for k in range(len(pairs)) if length[2 * k + 1] > length[2 * k]]
     keep = [k for k in range(len(pairs)) if others[k] != k]
@@ -142,13 +154,23 @@ def diagnose(args: argparse.Namespace) -> None:
     report = {
         "set": args.subset,
         "judge": args.judge,
-        "test_pairs": len(pairs),
+        "dtype": args.dtype or "judge default",
+        "select": args.select or "judge default",
+        "split": args.split,
+        "pairs": len(pairs),
         "pairwise": {"judge": pw(own), "length": pw(length), "style (response only)": pw(style)},
         "hallucinated_shorter": {
             "pairs": len(shorter),
             "judge": pw(own, shorter),
             "length": pw(length, shorter),
             "style (response only)": pw(style, shorter),
+        },
+        "both_answers_within_the_claim_budget": {
+            "budget_tokens": budget,
+            "pairs": len(fits),
+            "judge": pw(own, fits),
+            "length": pw(length, fits),
+            "style (response only)": pw(style, fits),
         },
         "other_context": {
             "pairs": len(keep),
@@ -164,8 +186,14 @@ def diagnose(args: argparse.Namespace) -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"diagnose-{args.subset}-{args.judge}.json"
+    tag = f"{args.split}-{args.dtype or 'default'}-{args.select or 'default'}"
+    target = out / f"diagnose-{args.subset}-{args.judge}-{tag}.json"
     target.write_text(json.dumps(report, indent=2) + "\n")
+    scores = [
+        {"id": r["id"], "judge": a, "other_context": b, "style": c}
+        for r, a, b, c in zip(rows, own, moved, style, strict=True)
+    ]
+    target.with_suffix(".scores.json").write_text(json.dumps(scores) + "\n")
     print(json.dumps(report, indent=2))
 
 
@@ -188,7 +216,8 @@ def speed(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         select=args.select,
     )
-    judge.scores(rows[:4])  # load the model first
+    judge.load()
+    judge.scores(rows[:4])  # load the model and warm up
     results = []
     for _ in range(args.repeats):
         load = os.getloadavg()[0]
@@ -252,6 +281,9 @@ def main() -> None:
     d.add_argument("--judge", required=True, help="a trained judge's name")
     d.add_argument("--limit", type=int, default=None)
     d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "int8"])
+    d.add_argument("--select", default=None, choices=["all", "best", "evidence"])
+    d.add_argument("--split", default="test", choices=["validation", "test"])
     d.add_argument("--out", default="bench/out/judges")
     p = sub.add_parser("speed")
     p.add_argument("--subset", required=True, choices=sets)

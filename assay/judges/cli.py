@@ -87,7 +87,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         bf16: Annotated[bool, typer.Option(help="bf16 autocast while training")] = False,
-        dtype: Annotated[str, typer.Option(help="Inference: float32, bfloat16 or int8")] = "float32",
+        dtype: Annotated[
+            str, typer.Option(help="Inference: float32, bfloat16 or int8")
+        ] = "float32",
         threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     ) -> None:
         """Fine-tune a small cross-encoder on labelled rows and register it by name."""

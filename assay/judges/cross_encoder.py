@@ -211,6 +211,8 @@ class ChunkedPairs:
                     note = f"window {best} of {windows} (most claim words)"
                 else:
                     note = f"best of {windows} windows"
+            if truncated:
+                note += f"; response cut to its first {self.max_length // 2} tokens"
             out.notes.append(note)
             out.windows.append(len(pieces))
             for piece in pieces:

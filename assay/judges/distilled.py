@@ -144,12 +144,16 @@ class DistilledJudge(Stage):
         cols = [self.context_column, self.response_column]
         return cols + ([self.prompt_column] if self.prompt_column else [])
 
-    def scores(self, rows: list[dict[str, Any]]) -> list[Judgement]:
-        """Judgements for rows with `context`, `prompt` and `response` keys."""
+    def load(self) -> tuple[Any, ChunkedPairs, dict[str, Any]]:
+        """(model, context reader, judge.json): loaded once per process (first call pays)."""
         model, tokenizer, meta = load_judge(str(self._path), self.threads, self.dtype)
         if self._chunker is None or self._chunker.tok is not tokenizer:
             self._chunker = chunker_for(tokenizer, meta, self.select)
-        chunker = self._chunker
+        return model, self._chunker, meta
+
+    def scores(self, rows: list[dict[str, Any]]) -> list[Judgement]:
+        """Judgements for rows with `context`, `prompt` and `response` keys."""
+        model, chunker, meta = self.load()
         logits, notes, count = judge_logits(model, chunker, rows, self.batch_size)
         cut = self.threshold if self.threshold is not None else 0.5
         out = []

@@ -196,6 +196,7 @@ def score_with(
         from assay.judges.distilled import DistilledJudge
 
         distilled = DistilledJudge(judge=name, response_column="response", prompt_column="prompt")
+        distilled.load()
         started = time.monotonic()  # loading the judge aside, like an LLM's start-up
         judgements = distilled.scores(rows)
         return [j.score for j in judgements], time.monotonic() - started, 0.0
