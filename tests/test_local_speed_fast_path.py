@@ -397,3 +397,38 @@ def test_the_screen_keeps_a_token_that_bf16_rounding_puts_behind():
         assert weights.greedy(hidden).tolist() == [20]
         weights.c = 0.0  # without the bound the screen alone would pick token 10
         assert weights.greedy(hidden).tolist() == [10]
+
+
+def test_projection_biases_are_kept(tiny):
+    """Qwen2-style q/k/v biases (here a Llama with `attention_bias`) go into the fused
+    projection: fast greedy answers still equal the generic path's."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer, _ = tiny
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(5)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)  # clear-cut greedy choices, as in the tiny model
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.bias.normal_()
+            layer.self_attn.v_proj.bias.normal_()
+    assert DecodeStep(model).weights.layers[0].qkv.bias is not None
+
+    def items():
+        return [GenerationItem(ids_of(tokenizer, p, SYSTEM), 12, 0) for p in PROMPTS]
+
+    generic, fast = both_paths(model, tokenizer, items)
+    assert [f.token_ids for f in fast] == [g.token_ids for g in generic]
+    _, half = both_paths(model, tokenizer, items, precision="bf16")
+    assert all(len(h.token_ids) > 0 for h in half)
