@@ -134,3 +134,31 @@ def test_registering_the_same_class_again_replaces_it() -> None:
 
     with pytest.raises(ValueError, match="taken"):
         register(NotebookStage)
+
+
+def test_cpu_workers_leave_fsyncs_and_commits_to_the_calling_thread(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the workers write shards under temporary names; the calling thread makes them durable
+    # (fsync, rename) and commits, so no worker waits on the disk or on DuckDB
+    threads: dict[str, set[int]] = {"fsync": set(), "commit": set()}
+    real_fsync, real_commit = os.fsync, RunStore.commit_batches
+
+    def recording_fsync(fd: int) -> None:
+        threads["fsync"].add(threading.get_ident())
+        real_fsync(fd)
+
+    def recording_commit(self: RunStore, run_id: str, batches: list) -> None:
+        threads["commit"].add(threading.get_ident())
+        real_commit(self, run_id, batches)
+
+    monkeypatch.setattr(local_executor.os, "fsync", recording_fsync)
+    monkeypatch.setattr(RunStore, "commit_batches", recording_commit)
+    MeetInPairs.barrier.reset()
+    result = Pipeline([MeetInPairs()]).run(
+        ROWS, workspace=workspace, progress="quiet", executor=LocalExecutor(10, cpu_workers=2)
+    )
+    workers = set(result.to_arrow()["thread"].to_pylist())
+    assert len(workers) == 2
+    assert threads["fsync"] == threads["commit"] == {threading.get_ident()}
+    assert not list(result.run_dir.rglob("*.tmp"))  # every shard published under its name

@@ -26,7 +26,6 @@ not depend on which batch finishes first, and memory stays bounded by the batche
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextvars
 import functools
@@ -37,7 +36,7 @@ import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,11 +45,19 @@ from assay.curate.arrays import repeat
 from assay.curate.context import StageContext, current_stage
 from assay.curate.errors import AssayError, SourceError, StageError
 from assay.curate.executors.checks import check_result, check_unchanged, fingerprint
-from assay.curate.executors.shards import fsync_dir, write_atomic, write_options
+from assay.curate.executors.shards import (
+    fsync_dir,
+    publish,
+    write_options,
+    write_pending,
+)
 from assay.curate.progress import Progress, QuietProgress
 from assay.curate.sources import ParquetSource, Source, read_batches
 from assay.curate.stage import ID, Outcome, Stage
 from assay.curate.store import BatchFingerprint, FinishedBatch, RunStore, StageCount
+
+if TYPE_CHECKING:  # asyncio is imported when a segment awaits an LLM (it costs ~30 ms)
+    import asyncio
 
 # Batches finishing within this interval share one DuckDB transaction (a commit costs an
 # fsync and ~10 ms of CPU here); a crash loses at most this much finished work (its shards
@@ -269,16 +276,20 @@ class _SegmentRun:
         self.scratch = False
         self.checked_input = False
         self.hold: _Hold | None = None  # keeps output tables for the next segment
-        self.unsynced_dirs: set[Path] = set()
+        # shards written but not yet durable, by batch: (temporary name, name); a commit
+        # fsyncs and renames those of the batches it records
+        self.pending: dict[int, list[tuple[Path, Path]]] = {}
         self.write_options: dict[tuple[Path, pa.Schema], dict[str, Any]] = {}
-        self.finished: list[FinishedBatch] = []
+        self.finished: list[tuple[FinishedBatch, list[tuple[Path, Path]]]] = []
+        self.published: list[FinishedBatch] = []  # shards durable, batch not yet committed
+        self.published_dirs: set[Path] = set()
+        self.ready = threading.Event()  # a batch finished, or a worker stopped
         self.last_commit = time.monotonic()
         # worker threads share: the finished list, the folders to fsync, the write options
         # and progress (`lock`); the source's iterator (`read_lock`); the store (`commit_lock`)
         self.lock = threading.Lock()
         self.read_lock = threading.Lock()
         self.commit_lock = threading.Lock()
-        self.committing = False
         self.stop = threading.Event()  # a batch failed (or the run was interrupted)
         self.read_count = 0
 
@@ -337,9 +348,8 @@ class _SegmentRun:
                 for thread in threads:
                     thread.start()
                 try:
-                    for thread in threads:
-                        thread.join()
-                finally:  # interrupted (Ctrl-C): let the workers finish their batch
+                    self._commit_while(threads)
+                finally:  # a failed commit, or Ctrl-C: the workers stop at the next stage
                     self.stop.set()
                     for thread in threads:
                         thread.join()
@@ -349,9 +359,25 @@ class _SegmentRun:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()  # stops the read-ahead thread
-            self.commit()  # what finished is kept, even when another batch failed
-            self.progress.end_segment()
+            try:
+                self.commit()  # what finished is kept, even when another batch failed
+            finally:
+                self._drop_pending()
+                self.progress.end_segment()
         return self.read_count
+
+    def _commit_while(self, threads: list[threading.Thread]) -> None:
+        """While the workers run, this thread publishes (fsyncs and renames) the shards of
+        each batch as it finishes and commits once per `COMMIT_INTERVAL_S`, so a worker never
+        waits on the disk or on DuckDB."""
+        while True:
+            self.ready.clear()  # before looking: a batch or an exit after this sets it again
+            if not any(thread.is_alive() for thread in threads):
+                return
+            self.publish_finished()
+            if time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S:
+                self.commit()
+            self.ready.wait(max(0.01, COMMIT_INTERVAL_S - (time.monotonic() - self.last_commit)))
 
     def _guarded_work(
         self,
@@ -367,6 +393,8 @@ class _SegmentRun:
             with self.lock:
                 errors.append(exc)
             self.stop.set()
+        finally:
+            self.ready.set()  # the committing thread looks whether the workers are done
 
     def _work(
         self, numbered: Iterator[tuple[int, pa.Table]], done: dict[int, BatchFingerprint]
@@ -385,7 +413,7 @@ class _SegmentRun:
                 with self.lock:
                     self.progress.skip(table.num_rows)
                 continue
-            self._finish(self._process(b, table))
+            self._finish(self._process(b, table), commit=self.in_flight == 1)
 
     def _process(self, b: int, table: pa.Table) -> FinishedBatch:
         """One batch through every stage of the segment, in this thread, to its shard."""
@@ -431,8 +459,11 @@ class _SegmentRun:
         finally:
             self.pool.shutdown(wait=True)
             self.pool = None
+            self._drop_pending()  # of batches cancelled by another's failure
 
     async def _run_batches(self) -> int:
+        import asyncio
+
         self._fit()
         done, batches = self._start()
         pending: set[asyncio.Task[None]] = set()
@@ -490,7 +521,9 @@ class _SegmentRun:
         finished = await self._off_loop(
             self._output, b, batch_fingerprint, table, counts, rejects, lineage
         )
-        self._finish(finished)
+        # the commit stays on the loop's thread: the LLM cache writes to the same DuckDB
+        # connection from there (the shards were published in the pool already)
+        self._finish(finished, commit=True)
 
     async def _call(self, stage: Stage, table: pa.Table, b: int) -> pa.Table | Outcome:
         if stage.is_async:
@@ -504,6 +537,8 @@ class _SegmentRun:
 
     async def _off_loop(self, fn: Any, *args: Any) -> Any:
         """Call `fn` in a worker thread (the stage context travels with the call)."""
+        import asyncio
+
         assert self.pool is not None
         ctx = contextvars.copy_context()
         loop = asyncio.get_running_loop()
@@ -516,6 +551,8 @@ class _SegmentRun:
         # outlive it (this attempt writes its own, under the same names)
         pattern = f"*/seg{self.segment.index}-{b:06d}.parquet"
         for stale in (self.run_dir / "rejects").glob(pattern):
+            stale.unlink()
+        for stale in (self.run_dir / "rejects").glob(pattern + ".tmp"):
             stale.unlink()
 
     def _accept(
@@ -545,7 +582,7 @@ class _SegmentRun:
     ) -> FinishedBatch:
         """Write the batch's output shard; return the batch, ready to commit."""
         name = f"part-{b:06d}.parquet"
-        self._write_shard(table, self.out_dir / name, self.scratch)
+        self._write_shard(b, table, self.out_dir / name, self.scratch)
         if self.hold is not None:
             self.hold.add(name, table)
         return FinishedBatch(
@@ -558,46 +595,66 @@ class _SegmentRun:
             lineage=pa.concat_tables(lineage) if lineage else None,
         )
 
-    def _finish(self, finished: FinishedBatch) -> None:
-        """Queue a finished batch for the next commit; commit if the interval has passed
-        (unless another thread is committing: the batch goes into the next one)."""
+    def _finish(self, finished: FinishedBatch, commit: bool) -> None:
+        """Queue a finished batch (and its pending shards) for publishing and the next
+        commit; with `commit`, this thread commits if the interval has passed."""
         with self.lock:
-            self.finished.append(finished)
-            due = not self.committing and time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S
-            if due:
-                self.committing = True
-        if due:
-            try:
-                self.commit()
-            finally:
-                with self.lock:
-                    self.committing = False
+            self.finished.append((finished, self.pending.pop(finished.batch, [])))
+        self.ready.set()
+        if commit and time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S:
+            self.commit()
+
+    def publish_finished(self) -> None:
+        """fsync and rename the shards of the finished batches (not yet committed)."""
+        with self.commit_lock:
+            self._publish()
+
+    def _publish(self) -> None:
+        with self.lock:
+            taken, self.finished = self.finished, []
+        for batch, files in taken:
+            for tmp, path in files:
+                if tmp != path:  # not published yet
+                    publish(tmp, path)
+                self.published_dirs.add(path.parent)
+            self.published.append(batch)
 
     def commit(self) -> None:
-        """Commit the finished batches not yet recorded (their shards are on disk already).
+        """Commit the finished batches not yet recorded.
 
-        The shards' folders are fsynced first: a batch the store calls done survives a power
-        loss with its shard (the files themselves were fsynced before their rename).
+        Their shards, written under temporary names, are fsynced and renamed (unless
+        `publish_finished` did that already), then their folders fsynced, then the batches
+        recorded in the store: a batch the store calls done survives a power loss with its
+        shards.
         """
         with self.commit_lock:
-            with self.lock:  # every batch taken here added its folder before it finished
-                batches, self.finished = self.finished, []
-                folders, self.unsynced_dirs = self.unsynced_dirs, set()
-            if not batches:
-                with self.lock:
-                    self.unsynced_dirs |= folders
+            self._publish()
+            if not self.published:
+                self.last_commit = time.monotonic()  # nothing to commit: a new interval
                 return
+            batches, self.published = self.published, []
+            folders, self.published_dirs = self.published_dirs, set()
             for folder in sorted(folders):
                 fsync_dir(folder)
             self.store.commit_batches(self.run_id, batches)
             self.last_commit = time.monotonic()
+
+    def _drop_pending(self) -> None:
+        """Remove the temporary shards of batches that did not finish (a failure, Ctrl-C)."""
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        for files in pending.values():
+            for tmp, path in files:
+                if tmp != path:
+                    tmp.unlink(missing_ok=True)
 
     def _read_input(self) -> Iterator[pa.Table]:
         """A fresh pass over the segment's input (what a fit stage reads), decoded a batch
         ahead in another thread while the fit works on the current one."""
         return read_ahead(read_batches(self.source, self.batch_size, checked=self.checked_input))
 
-    def _write_shard(self, table: pa.Table, path: Path, scratch: bool = False) -> None:
+    def _write_shard(self, b: int, table: pa.Table, path: Path, scratch: bool = False) -> None:
+        """Write batch `b`'s shard under its temporary name; its commit publishes it."""
         # the write options are judged on a folder's first shard of each schema
         key = (path.parent, table.schema)
         with self.lock:
@@ -606,9 +663,12 @@ class _SegmentRun:
             options = write_options(table, scratch)
             with self.lock:
                 options = self.write_options.setdefault(key, options)
-        write_atomic(table, path, options)
+        tmp = write_pending(table, path, options)
+        if self.concurrent:  # an LLM segment commits on its event loop: publish here
+            publish(tmp, path)
+            tmp = path
         with self.lock:
-            self.unsynced_dirs.add(path.parent)
+            self.pending.setdefault(b, []).append((tmp, path))
 
     def _write_rejects(self, index: int, stage: Stage, b: int, rejected: pa.Table) -> pa.Table:
         """Keep the removed rows as Parquet; return (row_id, stage_index, stage, reason)."""
@@ -619,7 +679,7 @@ class _SegmentRun:
             / f"seg{self.segment.index}-{b:06d}.parquet"
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_shard(rejected, path)
+        self._write_shard(b, rejected, path)
         n = rejected.num_rows
         return pa.table(
             {
@@ -696,6 +756,8 @@ def _stage_error(stage: Stage, b: int, exc: Exception) -> StageError:
 
 async def _reap(pending: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
     """Wait for at least one batch; raise the first failure (after retrieving them all)."""
+    import asyncio
+
     finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     errors = [task.exception() for task in finished if not task.cancelled()]
     first = next((e for e in errors if e is not None), None)
@@ -723,6 +785,8 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
 
     There the loop's thread must not block on itself, so the run gets its own thread and loop.
     """
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

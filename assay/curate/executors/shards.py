@@ -11,7 +11,9 @@ Two kinds of shard:
 
 Every shard is written under a temporary name, fsynced and renamed, so a reader never sees a
 partial file and the file survives a power loss once its folder is fsynced too
-(`fsync_dir`, which the executor calls before it commits the batch).
+(`fsync_dir`, which the executor calls before it commits the batch). The executor writes a
+batch's shards with `write_pending` and makes them durable at its commit (`publish`), so the
+workers that write them never wait on the disk.
 """
 
 from __future__ import annotations
@@ -52,10 +54,22 @@ def write_atomic(table: pa.Table, path: Path, options: bool | dict[str, Any] = F
 
     `options`: `write_options`' result, or `scratch` to have them judged on this table.
     """
+    publish(write_pending(table, path, options), path)
+
+
+def write_pending(table: pa.Table, path: Path, options: bool | dict[str, Any] = False) -> Path:
+    """Write `path`'s content under its temporary name (returned), not yet durable: `publish`
+    makes it so and gives it its name."""
     if not isinstance(options, dict):
         options = write_options(table, scratch=options)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, **options)
+    return tmp
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """fsync a pending shard, then rename it to `path` (its folder's fsync, `fsync_dir`,
+    makes the rename durable)."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
