@@ -351,3 +351,35 @@ def test_cli_trains_from_a_file_and_lists_it(
     assert "DistilledJudge(judge='from-file')" in done.output
     listed = runner.invoke(app, ["judge", "list"])
     assert "from-file:" in listed.output and "6 rows" in listed.output
+    # the training options of the final HaluEval judges, calibrated on a validation file
+    done = runner.invoke(
+        app,
+        [
+            "judge",
+            "train",
+            "calibrated",
+            "--data",
+            str(data),
+            "--validation",
+            str(data),
+            "--base-model",
+            str(tiny_encoder),
+            "--max-length",
+            "64",
+            "--layers",
+            "1",
+            "--select",
+            "evidence",
+            "--other-contexts",
+            "random",
+            "--freeze-embeddings",
+            "--bf16",
+            "--dtype",
+            "int8",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    meta = json.loads((judges_dir / "calibrated" / "judge.json").read_text())
+    assert meta["layers"] == 1 and meta["select"] == "evidence"
+    assert meta["other_contexts"] == "random" and meta["train_examples"] == 9
+    assert meta["inference_dtype"] == "int8" and meta["calibration"] is not None
