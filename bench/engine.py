@@ -1,16 +1,20 @@
 """Engine overhead: N rows through normalise -> min-length filter -> exact dedupe.
 
-Runs the same work twice, each in its own subprocess so peak RSS is its own:
+Runs the same work several ways, each in its own subprocess so peak RSS is its own:
 - assay: `Pipeline([Normalize, MinLength, ExactDedupe])` from a Parquet file, with run-store
-  bookkeeping, rejects kept and Parquet shards written;
-- assay-1-worker: the same, one batch at a time (`cpu_workers=1`, the engine before it used
+  bookkeeping, rejects kept and Parquet shards written, and (as `Pipeline.run` does by
+  default) the viewer's search index of the output written at the end;
+- assay-no-index: the same pipeline with `search_index=False`: the pipeline's own work, what
+  the polars query does too;
+- assay-1-worker: that, one batch at a time (`cpu_workers=1`, the engine before it used
   every core);
 - polars: the same three steps as one lazy query, written to one Parquet file.
 
-    python bench/engine.py --rows 1000000
+    python bench/engine.py --rows 1000000 [--repeat 3]
 
-Prints a Markdown table row per engine (rows/s, seconds, CPU seconds, the imports' share,
-peak RSS MiB, rows out) and the ratios to polars with and without the imports.
+Prints a Markdown table row per engine and run (rows/s, seconds, CPU seconds, the imports'
+share, peak RSS MiB, rows out) and, per run, the ratios of each assay row to polars with and
+without the imports.
 """
 
 from __future__ import annotations
@@ -96,7 +100,9 @@ def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
     writer.close()
 
 
-def run_assay(source: str, workspace: str, cpu_workers: int | None = None) -> dict:
+def run_assay(
+    source: str, workspace: str, cpu_workers: int | None = None, search_index: bool = True
+) -> dict:
     from assay.curate.executors.local import LocalExecutor
     from assay.curate.pipeline import Pipeline
     from assay.operators.dedupe.exact import ExactDedupe
@@ -112,7 +118,13 @@ def run_assay(source: str, workspace: str, cpu_workers: int | None = None) -> di
         batch_size=10_000,
     )
     executor = LocalExecutor(batch_size=10_000, cpu_workers=cpu_workers)
-    result = pipeline.run(source, workspace=workspace, progress="quiet", executor=executor)
+    result = pipeline.run(
+        source,
+        workspace=workspace,
+        progress="quiet",
+        executor=executor,
+        search_index=search_index,
+    )
     import pyarrow.parquet as pq
 
     rows_out = sum(pq.read_metadata(p).num_rows for p in result.output_dir.glob("*.parquet"))
@@ -145,7 +157,8 @@ IMPORTS = {
     ),
     "polars": ("polars",),
 }
-IMPORTS["assay-1-worker"] = IMPORTS["assay"]
+IMPORTS["assay-no-index"] = IMPORTS["assay-1-worker"] = IMPORTS["assay"]
+ENGINES = ("polars", "assay", "assay-no-index", "assay-1-worker")
 
 
 def child(engine: str, source: str, workspace: str) -> None:
@@ -159,7 +172,8 @@ def child(engine: str, source: str, workspace: str) -> None:
     import_cpu = time.process_time() - cpu
     engines = {
         "assay": run_assay,
-        "assay-1-worker": lambda s, w: run_assay(s, w, cpu_workers=1),
+        "assay-no-index": lambda s, w: run_assay(s, w, search_index=False),
+        "assay-1-worker": lambda s, w: run_assay(s, w, cpu_workers=1, search_index=False),
         "polars": run_polars,
     }
     info = engines[engine](source, workspace)
@@ -174,46 +188,55 @@ def child(engine: str, source: str, workspace: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every engine")
     parser.add_argument("--child", nargs=3, metavar=("ENGINE", "SOURCE", "WORKSPACE"))
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
+    runs: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "corpus.parquet"
         make_corpus(source, args.rows)
-        results = {}
-        for engine in ("polars", "assay", "assay-1-worker"):
-            ws = Path(tmp) / engine
-            ws.mkdir()
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", engine, str(source), str(ws)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results[engine] = json.loads(out.stdout.strip().splitlines()[-1])
+        for run in range(args.repeat):
+            results = {}
+            for engine in ENGINES:
+                ws = Path(tmp) / f"{engine}-{run}"
+                ws.mkdir()
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", engine, str(source), str(ws)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                results[engine] = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.append(results)
     print(f"rows: {args.rows:,}; seconds and CPU s include the imports (also shown apart)")
-    print("| engine | seconds | rows/s | CPU s | import s (CPU) | peak RSS MiB | rows out |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for engine, r in results.items():
-        print(
-            f"| {engine} | {r['seconds']:.1f} | {args.rows / r['seconds']:,.0f} | "
-            f"{r['cpu_seconds']:.1f} | {r['import_seconds']:.1f} ({r['import_cpu_seconds']:.1f}) "
-            f"| {r['peak_rss_mib']:,.0f} | {r['rows_out']:,} |"
-        )
-    a, p = results["assay"], results["polars"]
-    wall, cpu = a["seconds"] / p["seconds"], a["cpu_seconds"] / p["cpu_seconds"]
-    run_wall = (a["seconds"] - a["import_seconds"]) / (p["seconds"] - p["import_seconds"])
-    run_cpu = (a["cpu_seconds"] - a["import_cpu_seconds"]) / (
-        p["cpu_seconds"] - p["import_cpu_seconds"]
-    )
-    print(
-        f"assay / polars: wall time {wall:.2f}x, CPU {cpu:.2f}x; "
-        f"without imports: wall {run_wall:.2f}x, CPU {run_cpu:.2f}x"
-    )
-    if results["assay"]["rows_out"] != results["polars"]["rows_out"]:
-        print("WARNING: the engines disagree on rows out")
+    print("| run | engine | seconds | rows/s | CPU s | import s (CPU) | peak RSS MiB | rows out |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for k, results in enumerate(runs, start=1):
+        for engine, r in results.items():
+            print(
+                f"| {k} | {engine} | {r['seconds']:.2f} | {args.rows / r['seconds']:,.0f} | "
+                f"{r['cpu_seconds']:.2f} | {r['import_seconds']:.2f} "
+                f"({r['import_cpu_seconds']:.2f}) | {r['peak_rss_mib']:,.0f} | "
+                f"{r['rows_out']:,} |"
+            )
+    for k, results in enumerate(runs, start=1):
+        p = results["polars"]
+        for engine in ENGINES[1:]:
+            a = results[engine]
+            wall, cpu = a["seconds"] / p["seconds"], a["cpu_seconds"] / p["cpu_seconds"]
+            run_wall = (a["seconds"] - a["import_seconds"]) / (p["seconds"] - p["import_seconds"])
+            run_cpu = (a["cpu_seconds"] - a["import_cpu_seconds"]) / (
+                p["cpu_seconds"] - p["import_cpu_seconds"]
+            )
+            print(
+                f"run {k}: {engine} / polars: wall time {wall:.2f}x, CPU {cpu:.2f}x; "
+                f"without imports: wall {run_wall:.2f}x, CPU {run_cpu:.2f}x"
+            )
+            if a["rows_out"] != p["rows_out"]:
+                print(f"WARNING: {engine} and polars disagree on rows out")
 
 
 if __name__ == "__main__":
