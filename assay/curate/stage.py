@@ -79,6 +79,10 @@ class Stage(BaseModel):
 
     Class attributes a subclass may set:
     - `needs_fit`: the executor calls `fit(read_input)` with the stage's whole input first.
+    - `fit_overlaps`: the executor may run that fit in a thread of its own while the previous
+      segment still makes its input (the first pass over `read_input()` then yields batches
+      as they are finished); only for a fit that shares no state with other stages and does
+      not use the run store (no LLM requests).
     - `creates_rows`: the stage emits rows with new ids; each new row has a `parent_id`
       column naming the input row it came from (recorded as lineage).
     """
@@ -86,6 +90,7 @@ class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     needs_fit: ClassVar[bool] = False
+    fit_overlaps: ClassVar[bool] = False
     creates_rows: ClassVar[bool] = False
     is_async: ClassVar[bool] = False
 

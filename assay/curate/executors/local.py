@@ -117,6 +117,7 @@ class LocalExecutor:
         max_batches_in_flight: int = 4,
         cpu_workers: int | None = None,
         hold_bytes: int | None = None,
+        overlap_fits: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -124,6 +125,7 @@ class LocalExecutor:
         self.max_batches_in_flight = max_batches_in_flight
         self.cpu_workers = max(1, cpu_workers or os.cpu_count() or 1)
         self.hold_bytes = default_hold_bytes() if hold_bytes is None else max(0, hold_bytes)
+        self.overlap_fits = overlap_fits
 
     def run(
         self,
@@ -141,21 +143,31 @@ class LocalExecutor:
         budget = _Budget(self.hold_bytes)
         current: Source = source
         created = False  # whether an earlier segment has a stage that creates rows
+        fitted: _FitAhead | None = None  # the next segment's fit, run alongside this one
         for segment in segments:
             last = segment.index == len(segments) - 1
             out_dir = run_dir / "output" if last else run_dir / "work" / f"seg-{segment.index}"
             out_dir.mkdir(parents=True, exist_ok=True)
             held: dict[str, pa.Table] = {}
+            # the next segment's input: ids already checked, unless a stage made new ones
+            next_checked = not (created or any(s.creates_rows for s in segment.stages))
+            ahead = None
             if not store.segment_complete(run_id, segment.index):
                 runner = _SegmentRun(
                     self, segment, current, store, run_id, run_dir, out_dir, progress, no_cache
                 )
                 runner.scratch = not last
-                # an earlier segment's output: ids already checked, unless a stage made new ones
                 runner.checked_input = segment.index > 0 and not created
+                runner.fitted = fitted
                 if not last:  # the next segment reads this output twice: keep what fits
                     runner.hold = _Hold(budget, held)
-                n_batches = runner.run()
+                    ahead = self._fit_ahead(segments[segment.index + 1], runner, next_checked)
+                try:
+                    n_batches = runner.run()
+                except BaseException:
+                    if ahead is not None:
+                        ahead.abandon()
+                    raise
                 store.complete_segment(run_id, segment.index, n_batches)
             if isinstance(current, HeldSource):
                 current.release()  # this segment has read its input for the last time
@@ -163,8 +175,30 @@ class LocalExecutor:
             # row count is in the store
             rows = store.segment_rows(run_id, segment.index)
             current = HeldSource(out_dir, rows=rows, held=held, budget=budget)
+            if ahead is not None:
+                ahead.input_complete(current, n_batches)
+            fitted = ahead
             created = created or any(s.creates_rows for s in segment.stages)
         return run_dir / "output"
+
+    def _fit_ahead(
+        self, following: Segment, runner: _SegmentRun, checked: bool
+    ) -> _FitAhead | None:
+        """Start the fit of `following`'s first stage on `runner`'s output as it is made,
+        when the stage allows it (`Stage.fit_overlaps`) and the segment is not done yet."""
+        stage = following.stages[0]
+        if not (self.overlap_fits and self.cpu_workers > 1):
+            return None  # one worker: one core
+        if not (stage.needs_fit and stage.fit_overlaps):
+            return None
+        if runner.store.segment_complete(runner.run_id, following.index):
+            return None
+        feed = _FitFeed(runner.out_dir)
+        runner.feed = feed
+        context = StageContext(
+            runner.run_id, following.offset, stage.name, runner.store, runner.no_cache
+        )
+        return _FitAhead(stage, feed, context, self.batch_size, checked)
 
 
 def default_hold_bytes() -> int:
@@ -204,10 +238,13 @@ class _Hold:
         self.tables = tables
         self.lock = threading.Lock()
 
-    def add(self, name: str, table: pa.Table) -> None:
-        if self.budget.take(table.get_total_buffer_size()):
-            with self.lock:
-                self.tables[name] = table
+    def add(self, name: str, table: pa.Table) -> bool:
+        """Hold `table` if it fits the budget; whether it does."""
+        if not self.budget.take(table.get_total_buffer_size()):
+            return False
+        with self.lock:
+            self.tables[name] = table
+        return True
 
 
 class HeldSource(ParquetSource):
@@ -245,6 +282,140 @@ class HeldSource(ParquetSource):
         self.budget.give(held)
 
 
+class _FitFeed:
+    """A segment's output batches in batch order, as the segment makes them: the input of
+    the next segment's fit while this one runs. A batch comes as the table itself (held in
+    memory) or as its shard, read once it is published (or committed by an earlier run)."""
+
+    ON_DISK = None
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.cond = threading.Condition()
+        self.ready: dict[int, pa.Table | None] = {}
+        self.next = 0  # the next batch the fit reads
+        self.count: int | None = None  # batches in all, once the segment is done
+        self.abandoned = False
+
+    def put(self, b: int, table: pa.Table) -> None:
+        with self.cond:
+            self.ready[b] = table
+            self.cond.notify_all()
+
+    def on_disk(self, b: int) -> None:
+        with self.cond:
+            if b >= self.next and b not in self.ready:
+                self.ready[b] = self.ON_DISK
+                self.cond.notify_all()
+
+    def end(self, count: int) -> None:
+        """The segment is done with `count` batches: every shard is on disk now, so a batch
+        not handed over yet is read from there."""
+        with self.cond:
+            self.count = count
+            for b in range(self.next, count):
+                self.ready.setdefault(b, self.ON_DISK)
+            self.cond.notify_all()
+
+    def abandon(self) -> None:
+        with self.cond:
+            self.abandoned = True
+            self.cond.notify_all()
+
+    def tables(self) -> Iterator[pa.RecordBatch | pa.Table]:
+        while True:
+            with self.cond:
+                while not self.abandoned and self.next not in self.ready:
+                    if self.count is not None and self.next >= self.count:
+                        return
+                    self.cond.wait()
+                if self.abandoned:
+                    raise _Abandoned
+                b = self.next
+                table = self.ready.pop(b)
+                self.next += 1
+            if table is not None:
+                yield table
+                continue
+            path = self.out_dir / f"part-{b:06d}.parquet"
+            try:
+                yield from pq.ParquetFile(path).iter_batches(batch_size=65536)
+            except (pa.ArrowException, OSError) as exc:
+                raise SourceError(f"cannot read Parquet file {str(path)!r}: {exc}") from exc
+
+
+class _FeedSource(Source):
+    def __init__(self, feed: _FitFeed) -> None:
+        self.feed = feed
+
+    def record_batches(self) -> Iterator[pa.RecordBatch | pa.Table]:
+        return self.feed.tables()
+
+
+class _FitAhead:
+    """The fit of a segment's first stage, run in a thread of its own while the previous
+    segment makes its input: its first pass reads the batches as they are finished; a
+    second pass, if it makes one, waits for the whole input."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        feed: _FitFeed,
+        context: StageContext,
+        batch_size: int,
+        checked: bool,
+    ) -> None:
+        self.stage = stage
+        self.feed = feed
+        self.context = context
+        self.batch_size = batch_size
+        self.checked = checked
+        self.complete = threading.Event()
+        self.source: Source | None = None
+        self.error: BaseException | None = None
+        self.passes = 0
+        self.thread = threading.Thread(target=self._fit, name="assay-fit-ahead", daemon=True)
+        self.thread.start()
+
+    def _read_input(self) -> Iterator[pa.Table]:
+        self.passes += 1
+        if self.passes == 1:
+            source: Source = _FeedSource(self.feed)
+        else:
+            self.complete.wait()
+            assert self.source is not None
+            source = self.source
+        return read_batches(source, self.batch_size, checked=self.checked)
+
+    def _fit(self) -> None:
+        token = current_stage.set(self.context)
+        try:
+            self.stage.fit(self._read_input)
+        except BaseException as exc:  # raised in the executor's thread by `wait`
+            self.error = exc
+        finally:
+            current_stage.reset(token)
+
+    def input_complete(self, source: Source, batches: int) -> None:
+        """The previous segment is done: its batch count ends the first pass; `source`
+        serves a second one."""
+        self.source = source
+        self.feed.end(batches)
+        self.complete.set()
+
+    def abandon(self) -> None:
+        """The previous segment failed: stop the fit."""
+        self.feed.abandon()
+        self.complete.set()
+        self.thread.join()
+
+    def wait(self) -> None:
+        """Wait for the fit; raise its error (as a fit run in place would)."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 class _SegmentRun:
     def __init__(
         self,
@@ -276,6 +447,8 @@ class _SegmentRun:
         self.scratch = False
         self.checked_input = False
         self.hold: _Hold | None = None  # keeps output tables for the next segment
+        self.feed: _FitFeed | None = None  # hands output to the next segment's running fit
+        self.fitted: _FitAhead | None = None  # this segment's fit, run alongside the last
         # shards written but not yet durable, by batch: (temporary name, name); a commit
         # fsyncs and renames those of the batches it records
         self.pending: dict[int, list[tuple[Path, Path]]] = {}
@@ -302,9 +475,13 @@ class _SegmentRun:
     def _fit(self) -> None:
         seg = self.segment
         for j, stage in enumerate(seg.stages):
-            if stage.needs_fit:
-                with _stage_context(self, seg.offset + j, stage):
-                    stage.fit(self._read_input)
+            if not stage.needs_fit:
+                continue
+            if j == 0 and self.fitted is not None:
+                self.fitted.wait()  # fitted while the previous segment ran (raises its error)
+                continue
+            with _stage_context(self, seg.offset + j, stage):
+                stage.fit(self._read_input)
 
     def _start(self) -> tuple[dict[int, BatchFingerprint], Iterator[pa.Table]]:
         """The committed batches' fingerprints and the stream of input batches."""
@@ -410,6 +587,8 @@ class _SegmentRun:
                 self.read_count = b + 1
             if b in done:
                 check_unchanged(b, table, done[b])
+                if self.feed is not None:
+                    self.feed.on_disk(b)
                 with self.lock:
                     self.progress.skip(table.num_rows)
                 continue
@@ -473,6 +652,8 @@ class _SegmentRun:
                 n_batches = b + 1
                 if b in done:
                     check_unchanged(b, table, done[b])
+                    if self.feed is not None:
+                        self.feed.on_disk(b)
                     self.progress.skip(table.num_rows)
                     continue
                 while len(pending) >= self.in_flight:
@@ -583,8 +764,12 @@ class _SegmentRun:
         """Write the batch's output shard; return the batch, ready to commit."""
         name = f"part-{b:06d}.parquet"
         self._write_shard(b, table, self.out_dir / name, self.scratch)
-        if self.hold is not None:
-            self.hold.add(name, table)
+        held = self.hold is not None and self.hold.add(name, table)
+        if self.feed is not None:
+            if held:
+                self.feed.put(b, table)
+            elif self.concurrent:  # published already
+                self.feed.on_disk(b)
         return FinishedBatch(
             self.segment.index,
             b,
@@ -618,6 +803,8 @@ class _SegmentRun:
                     publish(tmp, path)
                 self.published_dirs.add(path.parent)
             self.published.append(batch)
+            if self.feed is not None:
+                self.feed.on_disk(batch.batch)  # unless it was handed over in memory
 
     def commit(self) -> None:
         """Commit the finished batches not yet recorded.

@@ -55,6 +55,7 @@ class ClusterDedupe(Stage):
     """
 
     needs_fit = True
+    fit_overlaps = True  # a fit reads its input and computes; it shares nothing
     reason: ClassVar[str] = "duplicate of {keeper}"
 
     cluster_column: str = "cluster_id"
