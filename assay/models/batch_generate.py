@@ -11,11 +11,11 @@ each row's own tokens, masked out. Rows that finish are dropped from the batch (
 cache), so long tails do not pay for finished rows. Rows naming different LoRA adapters share
 each forward pass (`multi_lora.MultiLora` routes each row through its adapter).
 
-The prefill always uses the model's own forward. Decoding then takes one of two loops: the
-fast one (`fast_decode.DecodeStep` on a `kv_cache.StaticKVCache`, for the Llama/Qwen2 models
-`fast_decode.supports`; fp32 by default, greedy outputs equal the generic loop's) or the
-generic one (transformers' forward with a `DynamicCache`, for everything else or with
-`ASSAY_LOCAL_FAST=0`).
+Two paths run prefill and decoding: the fast one (`fast_decode.DecodeStep` on a
+`kv_cache.StaticKVCache`, for the Llama/Qwen2 models `fast_decode.supports`: packed weights,
+the prompt prefilled by the same step, greedy rows picked by the screened fp32 argmax; fp32
+by default, greedy outputs equal the generic loop's) or the generic one (transformers'
+forward with a `DynamicCache`, for everything else or with `ASSAY_LOCAL_FAST=0`).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def generate_batch(
     `fast`: decode with `fast_decode.DecodeStep` and a static KV cache (default: on for
     the models it supports, unless `ASSAY_LOCAL_FAST=0`); `False` keeps the generic
     transformers forward with a `DynamicCache`. `precision`: `"fp32"` (default; greedy
-    outputs equal the generic path's) or `"bf16"` (bfloat16 matmuls, fast path only;
+    outputs equal the generic path's) or `"bf16"` (bfloat16 projections, fast path only;
     default from `ASSAY_LOCAL_PRECISION`). `prefix_once`: in the fast loop, hold a shared
     prefix once for all rows (default) rather than a copy per row (the benchmark's peer).
     """
