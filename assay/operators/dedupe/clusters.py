@@ -67,7 +67,8 @@ class ClusterAssignment:
     @classmethod
     def from_fit(cls, fit: ClusterFit, reason: str) -> ClusterAssignment:
         """The assignment of a fit's positions, after checking every input id is unique."""
-        check_unique(pl.Series(fit.ids).cast(pl.String))
+        if not fit.ids_unique:
+            check_unique(pl.Series(fit.ids).cast(pl.String))
 
         def take(positions: np.ndarray) -> pa.ChunkedArray:
             return fit.ids.take(from_numpy(np.asarray(positions, np.int64)))
@@ -196,7 +197,8 @@ class ClusterFit:
     clusters of two or more; `keepers[i]`: the position of `members[i]`'s kept row.
     `matches[i]` / `scores[i]`: the row `members[i]` matched best and that similarity (for
     the reason; None when the reason names only the keeper). `pairs`: similar pairs the fit
-    found; `edges`: how many of them it kept to build the clusters.
+    found; `edges`: how many of them it kept to build the clusters. `ids_unique`: the stage
+    has shown the ids are unique (distinct hashes), so `from_fit` need not check them again.
     """
 
     ids: pa.ChunkedArray
@@ -206,6 +208,7 @@ class ClusterFit:
     scores: np.ndarray | None = None
     pairs: int = 0
     edges: int = 0
+    ids_unique: bool = False
 
 
 def check_unique(ids: pl.Series) -> None:

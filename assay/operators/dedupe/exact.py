@@ -86,13 +86,24 @@ class ExactDedupe(ClusterDedupe):
 
     def find_clusters(self, read_input: BatchReader) -> ClusterFit:
         hashes: list[np.ndarray] = []
+        id_hashes: list[np.ndarray] = []
         ids: list[pa.Array] = []
         for batch in read_input():
             hashes.append(self.hashes(batch))
-            ids.extend(batch[ID].cast(pa.string()).chunks)
+            batch_ids = batch[ID].cast(pa.string())
+            ids.extend(batch_ids.chunks)
+            # hashed batch by batch (while the input is still being made, when the executor
+            # runs this fit beside the segment before): distinct hashes prove distinct ids
+            id_hashes.append(pl.Series(batch_ids).hash(seed=0).to_numpy())
         all_hashes = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
         # rows of groups with a duplicate, then each one's first row: the unique over the
         # members only (a few percent of the rows) instead of over every row
         members = pl.Series(all_hashes).is_duplicated().arg_true().to_numpy().astype(np.int64)
         _, first, group = np.unique(all_hashes[members], return_index=True, return_inverse=True)
-        return ClusterFit(pa.chunked_array(ids, pa.string()), members, members[first[group]])
+        all_ids = np.concatenate(id_hashes) if id_hashes else np.empty(0, np.uint64)
+        return ClusterFit(
+            pa.chunked_array(ids, pa.string()),
+            members,
+            members[first[group]],
+            ids_unique=pl.Series(all_ids).n_unique() == len(all_ids),
+        )
