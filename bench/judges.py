@@ -52,6 +52,8 @@ def train(args: argparse.Namespace) -> None:
         freeze_layers=args.freeze_layers,
         freeze_embeddings=True,
         layers=args.layers,
+        base_model=args.base_model,
+        seed=args.seed,
         pairwise_weight=args.pairwise_weight,
         other_contexts=args.other_contexts,
         select=args.select,
@@ -260,6 +262,13 @@ def main() -> None:
     t.add_argument("--prompt-tokens", type=int, default=64)
     t.add_argument("--select", default="evidence", choices=["all", "best", "evidence"])
     t.add_argument("--layers", type=int, default=3)
+    t.add_argument(
+        "--base-model",
+        default="all-MiniLM-L6-v2",
+        help="the encoder to start from: all-MiniLM-L6-v2 or a local folder (e.g. a trained "
+        "judge's, to train it further)",
+    )
+    t.add_argument("--seed", type=int, default=0, help="batch order and other-context draws")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--learning-rate", type=float, default=1e-4)

@@ -34,16 +34,36 @@ RECIPES = {
     "sql_intern": ROOT / "recipes/tools_sql_intern.yaml",
     "bfcl": ROOT / "recipes/tools_bfcl.yaml",
     "bfcl_first_turn": ROOT / "recipes/tools_bfcl_first_turn.yaml",
+    "bfcl_first_turn_one_call": ROOT / "recipes/tools_bfcl_first_turn.yaml",
+}
+# runs that read another task list than their recipe's
+SOURCES = {
+    "bfcl_first_turn_one_call": ROOT / "recipes/data/tools_bfcl_base_first_turn_one_call.jsonl"
 }
 
 
-def run(name: str, limit: int | None, overrides: dict[str, int]) -> dict[str, object]:
+def _called(episode: dict[str, object]) -> list[str]:
+    return [t["name"] for c in episode["calls"] for t in c.get("tools", [])]  # type: ignore[union-attr]
+
+
+def _ground_truth_names(task_id: str, turns: int | None) -> set[str]:
+    from assay.datasets import bfcl
+
+    truth = bfcl.task_by_id(task_id)["ground_truth"]
+    truth = json.loads(truth) if isinstance(truth, str) else truth
+    return {c.split("(", 1)[0] for turn in truth[:turns] for c in turn}
+
+
+def run(
+    name: str, limit: int | None, overrides: dict[str, object], source: str | None = None
+) -> dict[str, object]:
     """Run one recipe (its first `limit` tasks; stage parameters overridden) from scratch."""
     pipeline = load_recipe(RECIPES[name])
     if name == "sql_free":
-        overrides = {"force_tools": 0, "generation_kwargs": {}, **overrides}
+        overrides = {"force_tools": 0, "generation_kwargs": {}, "system_prompt": None, **overrides}
     pipeline.stages = [pipeline.stages[0].model_copy(update=overrides), *pipeline.stages[1:]]
-    tasks = [json.loads(line) for line in Path(str(pipeline.source)).read_text().splitlines()]
+    path = Path(source) if source else SOURCES.get(name, Path(str(pipeline.source)))
+    tasks = [json.loads(line) for line in path.read_text().splitlines()]
     tasks = tasks[:limit] if limit else tasks
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix=f"bench-tools-{name}-") as tmp:
@@ -54,8 +74,10 @@ def run(name: str, limit: int | None, overrides: dict[str, int]) -> dict[str, ob
     episodes = [json.loads(r["episode"]) for r in rows]
     tool_calls = sum(len(c.get("tools", [])) for e in episodes for c in e["calls"])
     stage = pipeline.stages[0]
+    correct = [(r, e) for r, e in zip(rows, episodes, strict=True) if r["correct"]]
     out: dict[str, object] = {
         "tasks": [t["id"] for t in tasks],
+        "torch_threads": _threads(),
         "n": stage.n,
         "max_turns": stage.max_turns,
         "max_tokens": stage.max_tokens,
@@ -68,13 +90,31 @@ def run(name: str, limit: int | None, overrides: dict[str, int]) -> dict[str, ob
         "mean_reward": round(sum(r["reward"] for r in rows) / len(rows), 3),
         "finish": dict(Counter(r["finish"] for r in rows)),
         "tasks_solved": len({r["parent_id"] for r in rows if r["correct"]}),
+        "correct_with_a_tool_call": sum(1 for _, e in correct if _called(e)),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     if name.startswith("sql"):
         inspected = [e["final_state"]["inspected_before_query"] for e in episodes]
         out["inspected_before_query"] = round(sum(inspected) / len(rows), 3)
+        # correct episodes whose last query returned the gold result (not a lucky answer)
+        out["correct_after_a_query"] = sum(
+            1 for _, e in correct if e["final_state"].get("last_result") is not None
+        )
+    else:
+        turns = stage.environment_kwargs.get("first_turns")
+        out["correct_calling_a_ground_truth_function"] = sum(
+            1
+            for r, e in correct
+            if set(_called(e)) & _ground_truth_names(str(r["parent_id"]), turns)
+        )
     return out
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def baselines(limit: int | None) -> dict[str, object]:
@@ -111,9 +151,14 @@ def baselines(limit: int | None) -> dict[str, object]:
             "tasks": len(tasks),
             **{k: round(v / len(tasks), 3) for k, v in passed.items()},
         }
-    for name, first_turns in (("bfcl", None), ("bfcl_first_turn", 1)):
+    for name, first_turns in (
+        ("bfcl", None),
+        ("bfcl_first_turn", 1),
+        ("bfcl_first_turn_one_call", 1),
+    ):
         pipeline = load_recipe(RECIPES[name])
-        tasks = [json.loads(x) for x in Path(str(pipeline.source)).read_text().splitlines()]
+        path = SOURCES.get(name, Path(str(pipeline.source)))
+        tasks = [json.loads(x) for x in path.read_text().splitlines()]
         tasks = tasks[:limit] if limit else tasks
         env = BfclEnvironment(first_turns=first_turns)
         passed = {"no_calls": 0, "ground_truth_replayed": 0}
@@ -141,9 +186,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="first N tasks of each recipe's source")
     parser.add_argument("--n", type=int, help="episodes per task (recipe's by default)")
     parser.add_argument("--max-turns", type=int, help="model calls per episode")
+    parser.add_argument("--source", help="task list (JSONL) instead of the recipe's")
     parser.add_argument("--out", default=str(ROOT / "bench/results/tools.json"))
     args = parser.parse_args()
-    overrides = {
+    overrides: dict[str, object] = {
         k: v for k, v in {"n": args.n, "max_turns": args.max_turns}.items() if v is not None
     }
     names = ["sql", "bfcl"] if args.only is None else args.only
@@ -155,7 +201,7 @@ def main() -> None:
         results["baselines"] = baselines(args.limit)
         print("baselines", json.dumps(results["baselines"]), flush=True)
     for name in names:
-        results["runs"][name] = run(name, args.limit, overrides)  # type: ignore[index]
+        results["runs"][name] = run(name, args.limit, overrides, args.source)  # type: ignore[index]
         print(name, json.dumps(results["runs"][name]), flush=True)  # type: ignore[index]
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

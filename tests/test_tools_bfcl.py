@@ -17,9 +17,11 @@ from assay.operators.tools.bfcl_env import BfclEnvironment, call_string, openai_
 from assay.operators.tools.rollouts import ToolRollouts
 
 
-def replay(task_id: str, change: tuple[int, int, str] | None = None) -> BfclEnvironment:
+def replay(
+    task_id: str, change: tuple[int, int, str] | None = None, **options: Any
+) -> BfclEnvironment:
     """Play a task's ground truth; `change=(turn, call, replacement)` swaps one call."""
-    env = BfclEnvironment()
+    env = BfclEnvironment(**options)
     env.reset({"id": task_id})
     for k, turn in enumerate(env.task["ground_truth"]):
         calls = list(turn)
@@ -27,7 +29,8 @@ def replay(task_id: str, change: tuple[int, int, str] | None = None) -> BfclEnvi
             calls[change[1]] = change[2]
         if calls:
             env.step_calls([openai_call(c, env.docs, i) for i, c in enumerate(calls)])
-        assert env.end_turn("done") is None or not env.done
+        if env.end_turn("done") is None:
+            break
     return env
 
 
@@ -51,6 +54,21 @@ def test_one_changed_call_scores_as_wrong_at_its_turn() -> None:
     assert [c["passed"] for c in score.checks] == [True, False, False, False]
     assert "instance_state_mismatch" in score.checks[1]["detail"]
     assert score.reward == 0.25
+
+
+def test_stopping_at_the_failed_turn_gives_the_whole_episodes_score() -> None:
+    change = (1, 1, "mv(source='log.txt',destination='backup')")
+    whole = replay("multi_turn_base_1", change=change)
+    stopped = replay("multi_turn_base_1", change=change, stop_at_failed_turn=True)
+    assert stopped.done and stopped.failed_turn == 1 and len(stopped.decoded_turns()) == 2
+    assert len(whole.decoded_turns()) == 4
+    a, b = whole.score(), stopped.score()
+    assert (a.reward, a.correct) == (b.reward, b.correct) == (0.25, False)
+    assert [c["passed"] for c in b.checks] == [c["passed"] for c in a.checks]
+    assert b.checks[1]["detail"] == a.checks[1]["detail"]
+    # a task played right to its end scores as before
+    good = replay("multi_turn_base_1", stop_at_failed_turn=True)
+    assert good.failed_turn is None and good.score().correct
 
 
 def test_tool_results_come_from_bfcl_state_and_the_episode_walks_the_turns() -> None:

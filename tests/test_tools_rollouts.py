@@ -284,3 +284,66 @@ def test_force_tools_as_a_list_names_the_tool_of_each_call(workspace: Path, shop
         "describe_table",
         "run_query",
     }
+
+
+class RecordingClient:
+    """A client that answers with the `disciplined` script and records each batch of
+    requests the stage sends together (`complete_many`)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    async def complete_many(self, requests: list[Any]) -> list[Any]:
+        import asyncio
+
+        from assay.curate.llm.types import ChatResponse
+
+        self.batches.append(list(requests))
+        await asyncio.sleep(0.01)  # the answer takes a while: other tasks may go meanwhile
+        out = []
+        for request in requests:
+            answer = disciplined({"messages": list(request.messages)})
+            if isinstance(answer, str):
+                out.append(ChatResponse(text=answer, finish_reason="stop"))
+            else:
+                calls = answer["tool_calls"]
+                out.append(ChatResponse(text=None, tool_calls=calls, finish_reason="tool_calls"))
+        return out
+
+
+@pytest.mark.parametrize("concurrent_tasks", [1, 0])
+def test_episodes_of_a_task_go_out_together_one_task_at_a_time(
+    shop: str, concurrent_tasks: int
+) -> None:
+    import asyncio
+
+    import pyarrow as pa
+
+    tasks = [
+        {**TASK, "id": f"lyon-{i}", "question": f"How many customers live in Lyon? ({i})"}
+        for i in range(3)
+    ]
+    client = RecordingClient()
+    stage = ToolRollouts(
+        model="openai/fake",
+        environment="sql",
+        environment_kwargs={"database": shop},
+        n=4,
+        concurrent_tasks=concurrent_tasks,
+    ).use_client(client)
+    out = asyncio.run(stage.aprocess(pa.Table.from_pylist(tasks))).to_pylist()
+    assert [r["id"] for r in out] == [f"lyon-{i}/r{k}" for i in range(3) for k in range(4)]
+    assert all(r["correct"] and r["turns"] == 4 for r in out)
+    # every round sends the live episodes' calls in one batch: 4 calls per episode
+    tasks_per_batch = [
+        {next(m["content"] for m in r.messages if m["role"] == "user") for r in batch}
+        for batch in client.batches
+    ]
+    assert [len(b) for b in client.batches] == [4] * 12
+    assert all(len(t) == 1 for t in tasks_per_batch)
+    assert all(sorted(r.sample_index for r in b) == [0, 1, 2, 3] for b in client.batches)
+    first_rounds = [t.pop() for t in tasks_per_batch[:3]]
+    if concurrent_tasks == 1:  # one task after the other: its 4 rounds, then the next task
+        assert len(set(first_rounds)) == 1
+    else:  # no limit: the tasks play at the same time (their first rounds come first)
+        assert len(set(first_rounds)) == 3

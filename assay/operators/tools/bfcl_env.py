@@ -78,13 +78,21 @@ def openai_call(call: str, docs: list[dict[str, Any]], index: int = 0) -> dict[s
 class BfclEnvironment(ToolEnvironment):
     """One BFCL multi-turn task per episode."""
 
-    def __init__(self, first_turns: int | None = None) -> None:
+    def __init__(self, first_turns: int | None = None, stop_at_failed_turn: bool = False) -> None:
         """`first_turns`: play and score only the task's first `first_turns` user turns
-        (BFCL's checker on that prefix of the ground truth), a shorter, easier task."""
+        (BFCL's checker on that prefix of the ground truth), a shorter, easier task.
+        `stop_at_failed_turn`: check each turn as it ends (BFCL's checker on the turns so
+        far) and end the episode at the first failed turn. The score is the one the whole
+        task would get (a task fails at its first failed turn, and `reward` counts the turns
+        passed before it); the trajectory stops there, so a failing episode costs one turn's
+        model calls instead of every turn's."""
         super().__init__()
         if first_turns is not None and first_turns < 1:
             raise ValueError("first_turns must be at least 1")
         self.first_turns = first_turns
+        self.stop_at_failed_turn = stop_at_failed_turn
+        self._turn_checks: dict[int, dict[str, Any]] = {}
+        self.failed_turn: int | None = None
         bfcl.bfcl_package()
         from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
 
@@ -125,6 +133,7 @@ class BfclEnvironment(ToolEnvironment):
         ]
         self.turn = 0
         self.steps: list[list[list[str]]] = [[]]  # turns -> steps -> BFCL call strings
+        self._turn_checks, self.failed_turn = {}, None
         # BFCL keys live instances by model name + task id: a fresh tag per episode keeps
         # concurrent episodes of one task apart
         self._tag = f"assay_{uuid.uuid4().hex[:12]}"
@@ -147,6 +156,12 @@ class BfclEnvironment(ToolEnvironment):
 
     def end_turn(self, answer: str | None) -> str | None:
         self.turn += 1
+        if self.stop_at_failed_turn:
+            result = self._turn_check(self.turn - 1)
+            if not result["valid"]:
+                self.failed_turn = self.turn - 1
+                self.done = True
+                return None
         if self.turn >= len(self.task["questions"]):
             self.done = True
             return None
@@ -230,10 +245,31 @@ class BfclEnvironment(ToolEnvironment):
         finally:
             self._forget_instances(tag)
 
+    def _turn_check(self, k: int) -> dict[str, Any]:
+        """BFCL's checker on turns 0..k (cached: the model's calls of ended turns are final)."""
+        if k not in self._turn_checks:
+            self._turn_checks[k] = self._check(k + 1)
+        return self._turn_checks[k]
+
     def score(self) -> EpisodeScore:
         expected = len(self.task["ground_truth"])
         decoded = self.decoded_turns()
         checks: list[dict[str, Any]] = []
+        if self.failed_turn is not None:
+            # stopped at its first failed turn (stop_at_failed_turn): the turns before it
+            # passed, it failed, the rest count as failed, as in a whole episode's score
+            for k in range(expected):
+                if k < self.failed_turn:
+                    checks.append({"turn": k, "passed": True, "detail": "state and results match"})
+                elif k == self.failed_turn:
+                    result = self._turn_checks[k]
+                    detail = f"{result.get('error_type')}: {result.get('error_message')}"
+                    checks.append({"turn": k, "passed": False, "detail": detail})
+                else:
+                    checks.append(
+                        {"turn": k, "passed": False, "detail": "not played: an earlier turn failed"}
+                    )
+            return EpisodeScore(self.failed_turn / expected, False, checks)
         if len(decoded) < expected or not self.done:
             # BFCL fails a task whose inference stopped early ("force_terminated")
             for k in range(expected):
@@ -250,7 +286,7 @@ class BfclEnvironment(ToolEnvironment):
             if failed:
                 checks.append({"turn": k, "passed": False, "detail": "an earlier turn failed"})
                 continue
-            result = self._check(k + 1)
+            result = self._turn_check(k)
             if result["valid"]:
                 checks.append({"turn": k, "passed": True, "detail": "state and results match"})
             else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import zlib
 from typing import Any
 
 import pyarrow as pa
@@ -108,6 +109,13 @@ def _json_object(arguments: str) -> bool:
         return False
 
 
+def task_seed(seed: int, task_id: str) -> int:
+    """The seed of one task's episodes: `seed` mixed with the task id, so tasks whose prompts
+    differ by a word (How many products / orders are there?) do not replay the same draws
+    (sample k of every task would otherwise share one seed)."""
+    return (seed * 1_000_003 + zlib.crc32(task_id.encode())) % 2**31
+
+
 def message(role: str, content: str | None = "", **extra: Any) -> dict[str, Any]:
     """A chat message in the trajectory schema (every field present)."""
     return {
@@ -166,6 +174,8 @@ class ToolRollouts(AsyncStage, UsesLLM):
     max_turns: int = 8
     temperature: float | None = None
     max_tokens: int | None = 256
+    # each task's episodes use a seed derived from this one and the task id (`task_seed`);
+    # episode k of a task samples with that seed's k-th sample seed
     seed: int | None = None
     generation_kwargs: dict[str, Any] = {}
     # the first model calls after each user message are sent with a forced tool_choice (on
@@ -174,13 +184,21 @@ class ToolRollouts(AsyncStage, UsesLLM):
     # "none" (an answer: the call is sent without tools);
     # later calls use generation_kwargs' tool_choice (auto by default), so the model can answer
     force_tools: int | list[str] = 0
+    # how many tasks play at once (each task's n episodes together, in lockstep); None:
+    # one at a time on a local model (its batch then shares the task's prompt prefix: the
+    # tool schemas and task, computed once for the n rows, instead of a batch of unrelated
+    # prompts of thousands of tokens each), every task of the batch at once otherwise
+    concurrent_tasks: int | None = None
 
     creates_rows = True
     _env_cls: type[ToolEnvironment] | None = PrivateAttr(default=None)
+    _gates: dict[Any, asyncio.Semaphore] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any) -> None:
         if self.n < 1 or self.max_turns < 1:
             raise ValueError("n and max_turns must be at least 1")
+        if self.concurrent_tasks is not None and self.concurrent_tasks < 0:
+            raise ValueError("concurrent_tasks must be 0 (no limit) or more")
         if isinstance(self.force_tools, int) and self.force_tools < 0:
             raise ValueError("force_tools must be 0 or more, or a list of tool names")
         self._env_cls = environment_class(self.environment)
@@ -199,8 +217,12 @@ class ToolRollouts(AsyncStage, UsesLLM):
             return "required"  # the named tool is not offered (yet): any tool
         return {"type": "function", "function": {"name": plan[k]}}
 
-    def params(self) -> dict[str, Any]:
-        params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+    def params(self, task_id: str | None = None) -> dict[str, Any]:
+        """Generation parameters; with `seed` and a task id, the task's own seed."""
+        seed = self.seed
+        if seed is not None and task_id is not None:
+            seed = task_seed(seed, task_id)
+        params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": seed}
         params.update(self.generation_kwargs)
         return {k: v for k, v in params.items() if v is not None}
 
@@ -210,113 +232,46 @@ class ToolRollouts(AsyncStage, UsesLLM):
 
     async def episode(self, row: dict[str, Any], k: int) -> dict[str, Any]:
         """One episode of `row` (sample `k`), as an output row."""
-        env = self.new_environment()
-        try:
-            observation = env.reset(row)
-        except Exception as exc:
-            raise StageError(
-                self.name,
-                f"environment cannot start: {type(exc).__name__}: {exc}",
-                row_id=str(row.get(ID)),
-            ) from exc
-        messages = [message("system", self.system_prompt)] if self.system_prompt else []
-        messages.append(message("user", observation))
-        offered = env.tool_schemas()
-        log: list[dict[str, Any]] = []
-        finish, turns, error = "turn_limit", 0, None
-        calls_this_turn = 0  # model calls since the last user message
-        while turns < self.max_turns:
-            tools = env.tool_schemas()
-            offered += [t for t in tools if t not in offered]
-            params = self.params()
-            forced = self.forced_choice(calls_this_turn, tools)
-            if forced == "none":
-                # an answer, not a call: the request offers no tools (providers and local
-                # models differ in how they honour tool_choice "none"; without tools, all answer)
-                tools = []
-            elif forced is not None:
-                params["tool_choice"] = forced
-            calls_this_turn += 1
-            request = ChatRequest(
-                model=self.model,
-                messages=request_messages(messages),
-                params=params,
-                tools=tuple(tools),
-                sample_index=k,
-            )
-            response = await self.client.complete(request)
-            turns += 1
-            entry: dict[str, Any] = {
-                "call": turns,
-                "latency_s": response.latency_s,
-                "cached": response.cached,
-                "input_tokens": response.input_tokens,
-                "output_tokens": response.output_tokens,
-            }
-            log.append(entry)
-            if response.error is not None:
-                finish, error = "error", response.error
-                entry["error"] = response.error
-                break
-            entry["finish_reason"] = response.finish_reason
-            calls = [_call(c, i) for i, c in enumerate(response.tool_calls or [])]
-            choice = params.get("tool_choice") if tools else None
-            if cut_tool_call(response.finish_reason, response.text, calls, choice):
-                # the call was cut at max_tokens: kept as the text it was, never executed
-                messages.append(message("assistant", response.text))
-                finish, entry["truncated"] = "length", True
-                break
-            messages.append(message("assistant", response.text, tool_calls=calls or None))
-            if calls:
-                results = (
-                    env.step_calls(calls)
-                    if hasattr(env, "step_calls")
-                    else [env.step(c) for c in calls]
-                )
-                entry["tools"] = []
-                for call, result in zip(calls, results, strict=True):
-                    messages.append(
-                        message("tool", result.content, tool_call_id=call["id"], name=result.name)
-                    )
-                    entry["tools"].append(
-                        {
-                            "name": result.name,
-                            "arguments": result.arguments,
-                            "result": result.content,
-                            "error": result.error,
-                            "seconds": round(result.seconds, 6),
-                        }
-                    )
-                continue
-            follow_up = env.end_turn(response.text)
-            if follow_up is None:
-                finish = "answer"
-                break
-            messages.append(message("user", follow_up))
-            calls_this_turn = 0
-        score = env.score()
-        episode = {
-            "environment": self.environment,
-            "calls": log,
-            "checks": score.checks,
-            "final_state": env.final_state(),
-            "error": error,
-        }
-        return {
-            "messages": messages,
-            "tools": json.dumps(offered, ensure_ascii=False),
-            "episode": json.dumps(episode, ensure_ascii=False, default=str),
-            "reward": float(score.reward),
-            "correct": bool(score.correct) and finish not in ("error", "length"),
-            "turns": turns,
-            "finish": finish,
-        }
+        return (await self.play_group([(row, k)]))[0]
+
+    async def play_group(self, samples: list[tuple[dict[str, Any], int]]) -> list[dict[str, Any]]:
+        """Play the episodes of `samples` ((row, sample index) pairs) in lockstep: each
+        round, the next model call of every live episode goes out together
+        (`client.complete_many`), so a local backend gets them in one batch, whose shared
+        prompt prefix (system prompt, tool schemas, task) it computes once."""
+        episodes = [_Episode(self, row, k) for row, k in samples]
+        while live := [e for e in episodes if not e.over]:
+            requests = [e.next_request() for e in live]
+            responses = await self.client.complete_many(requests)
+            for e, response in zip(live, responses, strict=True):
+                e.apply(response)
+        return [e.result() for e in episodes]
+
+    def _task_gate(self) -> asyncio.Semaphore | None:
+        """The semaphore that lets `concurrent_tasks` tasks play at once in this event loop
+        (shared by every batch in flight), or None for no limit."""
+        limit = self.concurrent_tasks
+        if limit is None:
+            limit = 1 if self.model.startswith("local/") else 0
+        if limit <= 0:
+            return None
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = self._gates[loop] = asyncio.Semaphore(limit)
+        return gate
+
+    async def _play_task(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        gate = self._task_gate()
+        if gate is None:
+            return await self.play_group([(row, k) for k in range(self.n)])
+        async with gate:
+            return await self.play_group([(row, k) for k in range(self.n)])
 
     async def aprocess(self, table: pa.Table) -> pa.Table:
         rows = table.to_pylist()
-        episodes = await asyncio.gather(
-            *(self.episode(row, k) for row in rows for k in range(self.n))
-        )
+        groups = await asyncio.gather(*(self._play_task(row) for row in rows))
+        episodes = [e for group in groups for e in group]
         keep = [c for c in table.column_names if c not in (*OUTPUT_TYPES, ID, PARENT_ID)]
         take = pa.array([i for i in range(len(rows)) for _ in range(self.n)], pa.int64())
         base = table.select(keep).take(take)
@@ -329,3 +284,125 @@ class ToolRollouts(AsyncStage, UsesLLM):
         for name, kind in OUTPUT_TYPES.items():
             columns[name] = pa.array([e[name] for e in episodes], kind)
         return pa.table(columns)
+
+
+class _Episode:
+    """One episode's state between model calls (ToolRollouts.play_group drives it)."""
+
+    def __init__(self, stage: ToolRollouts, row: dict[str, Any], k: int) -> None:
+        self.stage, self.k = stage, k
+        self.task_id = str(row.get(ID))
+        self.env = env = stage.new_environment()
+        try:
+            observation = env.reset(row)
+        except Exception as exc:
+            raise StageError(
+                stage.name,
+                f"environment cannot start: {type(exc).__name__}: {exc}",
+                row_id=str(row.get(ID)),
+            ) from exc
+        self.messages = [message("system", stage.system_prompt)] if stage.system_prompt else []
+        self.messages.append(message("user", observation))
+        self.offered = env.tool_schemas()
+        self.log: list[dict[str, Any]] = []
+        self.finish, self.turns, self.error = "turn_limit", 0, None
+        self.calls_this_turn = 0  # model calls since the last user message
+        self.over = False
+        self._params: dict[str, Any] = {}
+        self._tools: list[dict[str, Any]] = []
+
+    def next_request(self) -> ChatRequest:
+        stage, env = self.stage, self.env
+        tools = env.tool_schemas()
+        self.offered += [t for t in tools if t not in self.offered]
+        params = stage.params(self.task_id)
+        forced = stage.forced_choice(self.calls_this_turn, tools)
+        if forced == "none":
+            # an answer, not a call: the request offers no tools (providers and local
+            # models differ in how they honour tool_choice "none"; without tools, all answer)
+            tools = []
+        elif forced is not None:
+            params["tool_choice"] = forced
+        self.calls_this_turn += 1
+        self._params, self._tools = params, tools
+        return ChatRequest(
+            model=stage.model,
+            messages=request_messages(self.messages),
+            params=params,
+            tools=tuple(tools),
+            sample_index=self.k,
+        )
+
+    def apply(self, response: Any) -> None:
+        """Take the model's answer to `next_request`: run its tool calls, or end the turn."""
+        env, messages = self.env, self.messages
+        self.turns += 1
+        entry: dict[str, Any] = {
+            "call": self.turns,
+            "latency_s": response.latency_s,
+            "cached": response.cached,
+            "input_tokens": response.input_tokens,
+            "output_tokens": response.output_tokens,
+        }
+        self.log.append(entry)
+        self.over = self.turns >= self.stage.max_turns
+        if response.error is not None:
+            self.finish, self.error, self.over = "error", response.error, True
+            entry["error"] = response.error
+            return
+        entry["finish_reason"] = response.finish_reason
+        calls = [_call(c, i) for i, c in enumerate(response.tool_calls or [])]
+        choice = self._params.get("tool_choice") if self._tools else None
+        if cut_tool_call(response.finish_reason, response.text, calls, choice):
+            # the call was cut at max_tokens: kept as the text it was, never executed
+            messages.append(message("assistant", response.text))
+            self.finish, entry["truncated"], self.over = "length", True, True
+            return
+        messages.append(message("assistant", response.text, tool_calls=calls or None))
+        if calls:
+            results = (
+                env.step_calls(calls)
+                if hasattr(env, "step_calls")
+                else [env.step(c) for c in calls]
+            )
+            entry["tools"] = []
+            for call, result in zip(calls, results, strict=True):
+                messages.append(
+                    message("tool", result.content, tool_call_id=call["id"], name=result.name)
+                )
+                entry["tools"].append(
+                    {
+                        "name": result.name,
+                        "arguments": result.arguments,
+                        "result": result.content,
+                        "error": result.error,
+                        "seconds": round(result.seconds, 6),
+                    }
+                )
+            return
+        follow_up = env.end_turn(response.text)
+        if follow_up is None:
+            self.finish, self.over = "answer", True
+            return
+        messages.append(message("user", follow_up))
+        self.calls_this_turn = 0
+
+    def result(self) -> dict[str, Any]:
+        env = self.env
+        score = env.score()
+        episode = {
+            "environment": self.stage.environment,
+            "calls": self.log,
+            "checks": score.checks,
+            "final_state": env.final_state(),
+            "error": self.error,
+        }
+        return {
+            "messages": self.messages,
+            "tools": json.dumps(self.offered, ensure_ascii=False),
+            "episode": json.dumps(episode, ensure_ascii=False, default=str),
+            "reward": float(score.reward),
+            "correct": bool(score.correct) and self.finish not in ("error", "length"),
+            "turns": self.turns,
+            "finish": self.finish,
+        }
