@@ -349,7 +349,7 @@ def test_the_screened_greedy_pick_is_the_fp32_argmax(tiny):
         head.weight[::5] *= 4  # rows of very different norms
         head.weight[7] = head.weight[250]  # two tokens with equal logits everywhere
     head.requires_grad_(False)
-    weights = HeadWeights(head, torch.float32)
+    weights = HeadWeights(head, torch.float32, screen=True)  # on any CPU
     hidden = torch.randn(64, 32) * 3
     hidden[0] = head.weight[250] * 10  # rows 0 and 1: tokens 7 and 250 tie for the maximum
     hidden[1] = head.weight[7] * 10
@@ -392,11 +392,25 @@ def test_the_screen_keeps_a_token_that_bf16_rounding_puts_behind():
     full = torch.nn.functional.linear(hidden, head.weight)
     bf16 = torch.nn.functional.linear(hidden.bfloat16(), head.weight.bfloat16()).float()
     assert full.argmax().item() == 20 and bf16.argmax().item() == 10
-    weights = HeadWeights(head, torch.float32)
+    weights = HeadWeights(head, torch.float32, screen=True)
     with torch.inference_mode():
         assert weights.greedy(hidden).tolist() == [20]
         weights.c = 0.0  # without the bound the screen alone would pick token 10
         assert weights.greedy(hidden).tolist() == [10]
+
+
+def test_the_screen_is_used_only_where_bf16_is_native():
+    from assay.models.decode_weights import HeadWeights, native_bf16
+
+    head = torch.nn.Linear(8, 64, bias=False).requires_grad_(False)
+    auto = HeadWeights(head, torch.float32)
+    assert (auto.screen is not None) == native_bf16(torch.device("cpu"))
+    plain = HeadWeights(head, torch.float32, screen=False)
+    hidden = torch.randn(5, 8)
+    with torch.inference_mode():
+        expected = torch.nn.functional.linear(hidden, head.weight).argmax(-1)
+        assert plain.screen is None and torch.equal(plain.greedy(hidden), expected)
+        assert torch.equal(auto.greedy(hidden), expected)
 
 
 def test_projection_biases_are_kept(tiny):

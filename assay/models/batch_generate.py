@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +30,13 @@ from typing import Any
 import torch
 
 from assay.models.constrained import GrammarState, mask_logits
+from assay.models.decode_weights import native_bf16
 from assay.models.fast_decode import PRECISIONS, DecodeStep, supports
 from assay.models.kv_cache import GROW_COLUMNS, StaticKVCache
 from assay.models.multi_lora import MultiLora
+
+log = logging.getLogger(__name__)
+_warned_bf16: set[str] = set()
 
 
 @dataclass
@@ -132,6 +137,13 @@ def _use_fast_path(model: Any, fast: bool | None, precision: str) -> bool:
         fast = os.environ.get("ASSAY_LOCAL_FAST", "1") != "0"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = next(model.parameters()).device
+    if precision == "bf16" and not native_bf16(device) and str(device) not in _warned_bf16:
+        _warned_bf16.add(str(device))
+        log.warning(
+            "precision bf16 on a CPU without native bfloat16 (AVX512-BF16/AMX): torch emulates "
+            "it at about a third of fp32's speed here; use fp32"
+        )
     return bool(fast) and supports(model, precision)
 
 

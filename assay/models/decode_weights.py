@@ -22,7 +22,10 @@ fp32 logits, not all of them. A bfloat16 pass over the vocabulary gives every lo
 a bound that follows from bfloat16's rounding and the Cauchy-Schwarz inequality; only the
 tokens that can still be the maximum under that bound get their fp32 logit, and the argmax
 among them is the fp32 argmax (same token, same tie rule), at about half the cost of the fp32
-lm_head. Sampled rows still get all their fp32 logits.
+lm_head. Sampled rows still get all their fp32 logits. The screen pays only where the CPU
+multiplies bfloat16 natively (AVX512-BF16 / AMX): on an AVX2-only CPU bfloat16 products are
+emulated at about a third of fp32's speed (bench/results/local_generation.md), so there the
+greedy pick is the plain argmax of the fp32 lm_head.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ PACK_ROWS = 32  # the batch size oneDNN's weight layout is chosen for (other siz
 
 def _base(module: Any) -> torch.nn.Linear:
     return module.base if isinstance(module, MultiLoraLinear) else module
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where bfloat16 matmuls run natively: a GPU, or a CPU with AVX512-BF16 / AMX
+    (oneDNN's own check); elsewhere torch emulates them, slower than fp32."""
+    if device.type != "cpu":
+        return True
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
 
 
 def onednn_available(device: torch.device) -> bool:
@@ -126,7 +138,9 @@ class HeadWeights:
     candidate of the vocabulary.
     """
 
-    def __init__(self, head: Any, dtype: torch.dtype) -> None:
+    def __init__(self, head: Any, dtype: torch.dtype, screen: bool | None = None) -> None:
+        """`screen`: greedy picks through the bf16 screen (True) or the full fp32 lm_head
+        (False); None: the screen where bf16 is native (`native_bf16`)."""
         weight = _base(head).weight.detach()
         if _base(head).bias is not None:
             raise ValueError("an lm_head with a bias is not supported")
@@ -134,6 +148,9 @@ class HeadWeights:
         self.weight = weight  # fp32 rows of the candidate tokens are read from here
         vocab, inner = weight.shape
         norms = weight.float().norm(dim=-1)
+        self.screen: Packed | None = None
+        if not (native_bf16(weight.device) if screen is None else screen):
+            return  # greedy takes the fp32 argmax: an emulated bf16 screen costs more
         self.order = norms.argsort(descending=True)  # screen position -> token id
         padded = -(-vocab // BLOCK) * BLOCK
         screen = weight.new_zeros((padded, inner))
@@ -168,6 +185,8 @@ class HeadWeights:
             logits = self.full(hidden)
             mask(logits)
             return logits.argmax(dim=-1)
+        if self.screen is None:
+            return self.full(hidden).argmax(dim=-1)
         rows = hidden.shape[0]
         hidden = hidden.float()
         approx = self.screen(hidden)
