@@ -172,6 +172,51 @@ def test_rollouts_of_the_ground_truth_through_the_fake_server_score_as_correct(
     assert "GorillaFileSystem" in episode["final_state"]
 
 
+def test_a_rollout_stopped_at_its_failed_turn_says_so(workspace: Path) -> None:
+    task = multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]
+    ground_truth = json.loads(task["ground_truth"])
+    docs = [d for c in task["involved_classes"] for d in function_docs(c)]
+    wrong = "mv(source='log.txt',destination='backup')"
+
+    def second_turn_wrong(body: dict[str, Any]) -> dict[str, Any] | str:
+        messages = body["messages"]
+        turn = sum(m["role"] == "user" for m in messages) - 1
+        if messages[-1]["role"] == "tool":
+            return "Done."
+        calls = list(ground_truth[turn])
+        if turn == 1:
+            calls[1] = wrong
+        return {
+            "content": None,
+            "tool_calls": [openai_call(c, docs, i) for i, c in enumerate(calls)],
+        }
+
+    with FakeOpenAI(responder=second_turn_wrong) as server:
+        stage = ToolRollouts(
+            model="openai/fake",
+            api_base=server.base_url,
+            api_key="sk-fake",
+            environment="bfcl",
+            environment_kwargs={"stop_at_failed_turn": True},
+            max_turns=10,
+            max_attempts=1,
+        )
+        result = Pipeline([stage]).run(
+            [{"id": "multi_turn_base_1"}], workspace=workspace, progress="quiet"
+        )
+    (row,) = result.to_arrow().to_pylist()
+    # two turns played (4 model calls), not four; the whole episode's score
+    assert (row["correct"], row["reward"], row["finish"], row["turns"]) == (
+        False,
+        0.25,
+        "failed_turn",
+        4,
+    )
+    assert [m["role"] for m in row["messages"]].count("user") == 2
+    checks = json.loads(row["episode"])["checks"]
+    assert [c["passed"] for c in checks] == [True, False, False, False]
+
+
 def test_first_turns_plays_and_scores_only_a_prefix_of_the_task() -> None:
     env = BfclEnvironment(first_turns=1)
     env.reset({"id": "multi_turn_base_1"})

@@ -347,3 +347,29 @@ def test_episodes_of_a_task_go_out_together_one_task_at_a_time(
         assert len(set(first_rounds)) == 1
     else:  # no limit: the tasks play at the same time (their first rounds come first)
         assert len(set(first_rounds)) == 3
+
+
+def test_default_task_concurrency_fills_a_local_batch_and_is_one_gate_per_loop() -> None:
+    import asyncio
+
+    async def gate(stage: ToolRollouts) -> tuple[int | None, bool]:
+        first, again = stage._task_gate(), stage._task_gate()
+        return (None if first is None else first._value), first is again
+
+    def stage(model: str, n: int, **options: Any) -> ToolRollouts:
+        return ToolRollouts(model=model, environment="sql", n=n, **options)
+
+    assert asyncio.run(gate(stage("local/smollm2-135m", 2))) == (4, True)
+    assert asyncio.run(gate(stage("local/smollm2-135m", 8))) == (1, True)
+    assert asyncio.run(gate(stage("local/smollm2-135m", 8, concurrent_tasks=3))) == (3, True)
+    assert asyncio.run(gate(stage("openai/gpt-4.1-mini", 2))) == (None, True)
+    one = stage("local/smollm2-135m", 2)
+    loops = []
+
+    async def grab() -> None:
+        loops.append(one._task_gate())
+
+    asyncio.run(grab())
+    asyncio.run(grab())
+    assert loops[0] is not loops[1]  # a semaphore belongs to one event loop
+    assert len(one._gates) == 1  # the first (closed) loop's went when the second came

@@ -137,14 +137,15 @@ def _use_fast_path(model: Any, fast: bool | None, precision: str) -> bool:
         fast = os.environ.get("ASSAY_LOCAL_FAST", "1") != "0"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    use = bool(fast) and supports(model, precision)
     device = next(model.parameters()).device
-    if precision == "bf16" and not native_bf16(device) and str(device) not in _warned_bf16:
+    if use and precision == "bf16" and not native_bf16(device) and str(device) not in _warned_bf16:
         _warned_bf16.add(str(device))
         log.warning(
-            "precision bf16 on a CPU without native bfloat16 (AVX512-BF16/AMX): torch emulates "
-            "it at about a third of fp32's speed here; use fp32"
+            "precision bf16 on a device without native bfloat16 (a CPU without AVX512-BF16 or "
+            "AMX): torch emulates it, about a third of fp32's speed on an AVX2 CPU; use fp32"
         )
-    return bool(fast) and supports(model, precision)
+    return use
 
 
 def _prefill(

@@ -47,12 +47,18 @@ def _base(module: Any) -> torch.nn.Linear:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """True where bfloat16 matmuls run natively: a GPU, or a CPU with AVX512-BF16 / AMX
-    (oneDNN's own check); elsewhere torch emulates them, slower than fp32."""
+    """True where bfloat16 matmuls run natively: a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 or AMX; elsewhere (AVX2, or AVX-512 without BF16) torch emulates them,
+    slower than fp32. (oneDNN's `_is_mkldnn_bf16_supported` is True on any AVX-512 CPU, so
+    it is not the check.)"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
-        return True
-    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    return bool(check is not None and check())
+        return False
+    checks = [
+        getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return any(check is not None and check() for check in checks)
 
 
 def onednn_available(device: torch.device) -> bool:

@@ -82,10 +82,11 @@ class BfclEnvironment(ToolEnvironment):
         """`first_turns`: play and score only the task's first `first_turns` user turns
         (BFCL's checker on that prefix of the ground truth), a shorter, easier task.
         `stop_at_failed_turn`: check each turn as it ends (BFCL's checker on the turns so
-        far) and end the episode at the first failed turn. The score is the one the whole
-        task would get (a task fails at its first failed turn, and `reward` counts the turns
-        passed before it); the trajectory stops there, so a failing episode costs one turn's
-        model calls instead of every turn's."""
+        far) and end the episode at the first failed turn. `correct` is the whole task's
+        (false: a task fails at its first failed turn) and so is `reward` (the turns passed
+        before it), unless the whole episode would have been cut later (turn limit, cut
+        call, error: BFCL scores that 0); the trajectory stops there, so a failing episode
+        costs one turn's model calls instead of every turn's."""
         super().__init__()
         if first_turns is not None and first_turns < 1:
             raise ValueError("first_turns must be at least 1")

@@ -149,7 +149,9 @@ class ToolRollouts(AsyncStage, UsesLLM):
     as JSON strings), `tools` (JSON: the tool schemas offered), `episode` (JSON: per-call
     timings and tool results, `checks` `[{"turn", "passed", "detail"}]`, the final state),
     `reward` (float), `correct` (bool), `turns` (model calls), `finish` ("answer",
-    "turn_limit", "length" or "error"); the task's other columns are kept. Every call in
+    "failed_turn" (the environment ended the episode at a failed turn, e.g.
+    `BfclEnvironment(stop_at_failed_turn=True)`), "turn_limit", "length" or "error"); the
+    task's other columns are kept. Every call in
     `episode.calls` records the response's `finish_reason`.
     A tool call cut at `max_tokens` (see `cut_tool_call`) ends the episode with
     `finish="length"`, `correct=false`: it is stored as the assistant's text and never
@@ -184,15 +186,16 @@ class ToolRollouts(AsyncStage, UsesLLM):
     # "none" (an answer: the call is sent without tools);
     # later calls use generation_kwargs' tool_choice (auto by default), so the model can answer
     force_tools: int | list[str] = 0
-    # how many tasks play at once (each task's n episodes together, in lockstep); None:
-    # one at a time on a local model (its batch then shares the task's prompt prefix: the
-    # tool schemas and task, computed once for the n rows, instead of a batch of unrelated
-    # prompts of thousands of tokens each), every task of the batch at once otherwise
+    # how many tasks play at once (each task's n episodes together, in lockstep); 0: no
+    # limit. None: on a local model max(1, 8 // n) (a batch of one task's n episodes shares
+    # the task's prompt prefix, tool schemas and task, computed once; rows of other tasks
+    # each bring theirs, thousands of tokens on BFCL), every task of the batch otherwise
     concurrent_tasks: int | None = None
 
     creates_rows = True
     _env_cls: type[ToolEnvironment] | None = PrivateAttr(default=None)
-    _gates: dict[Any, asyncio.Semaphore] = PrivateAttr(default_factory=dict)
+    # one semaphore per (event loop, limit); closed loops' are dropped when a new loop comes
+    _gates: dict[Any, dict[int, asyncio.Semaphore]] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any) -> None:
         if self.n < 1 or self.max_turns < 1:
@@ -252,14 +255,16 @@ class ToolRollouts(AsyncStage, UsesLLM):
         (shared by every batch in flight), or None for no limit."""
         limit = self.concurrent_tasks
         if limit is None:
-            limit = 1 if self.model.startswith("local/") else 0
+            limit = max(1, 8 // self.n) if self.model.startswith("local/") else 0
         if limit <= 0:
             return None
         loop = asyncio.get_running_loop()
-        gate = self._gates.get(loop)
-        if gate is None:
-            gate = self._gates[loop] = asyncio.Semaphore(limit)
-        return gate
+        if loop not in self._gates:
+            self._gates = {k: v for k, v in self._gates.items() if not k.is_closed()}
+        per_loop = self._gates.setdefault(loop, {})
+        if limit not in per_loop:
+            per_loop[limit] = asyncio.Semaphore(limit)
+        return per_loop[limit]
 
     async def _play_task(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         gate = self._task_gate()
@@ -382,7 +387,8 @@ class _Episode:
             return
         follow_up = env.end_turn(response.text)
         if follow_up is None:
-            self.finish, self.over = "answer", True
+            failed = getattr(env, "failed_turn", None) is not None
+            self.finish, self.over = ("failed_turn" if failed else "answer"), True
             return
         messages.append(message("user", follow_up))
         self.calls_this_turn = 0
