@@ -135,21 +135,28 @@ def test_calls_are_executed_only_as_literal_keyword_calls() -> None:
         call_string("__import__('os').system", {})
 
 
-def test_rollouts_of_the_ground_truth_through_the_fake_server_score_as_correct(
-    workspace: Path,
-) -> None:
+def scripted_rollout(
+    workspace: Path, change: tuple[int, int, str] | None = None, **options: Any
+) -> dict[str, Any]:
+    """One ToolRollouts episode of multi_turn_base_1 through the fake server, whose model
+    makes each user turn's ground-truth calls at once (`change=(turn, call, replacement)`
+    swaps one), then answers "Done."."""
     task = multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]
     ground_truth = json.loads(task["ground_truth"])
     docs = [d for c in task["involved_classes"] for d in function_docs(c)]
 
     def expert(body: dict[str, Any]) -> dict[str, Any] | str:
-        """Each user turn: all of the turn's ground-truth calls at once, then a short answer."""
         messages = body["messages"]
         turn = sum(m["role"] == "user" for m in messages) - 1
         if messages[-1]["role"] == "tool":
             return "Done."
-        calls = [openai_call(c, docs, i) for i, c in enumerate(ground_truth[turn])]
-        return {"content": None, "tool_calls": calls}
+        calls = list(ground_truth[turn])
+        if change is not None and change[0] == turn:
+            calls[change[1]] = change[2]
+        return {
+            "content": None,
+            "tool_calls": [openai_call(c, docs, i) for i, c in enumerate(calls)],
+        }
 
     with FakeOpenAI(responder=expert) as server:
         stage = ToolRollouts(
@@ -159,12 +166,23 @@ def test_rollouts_of_the_ground_truth_through_the_fake_server_score_as_correct(
             environment="bfcl",
             max_turns=10,
             max_attempts=1,
+            **options,
         )
         result = Pipeline([stage]).run(
             [{"id": "multi_turn_base_1"}], workspace=workspace, progress="quiet"
         )
     (row,) = result.to_arrow().to_pylist()
+    return row
+
+
+def test_rollouts_of_the_ground_truth_through_the_fake_server_score_as_correct(
+    workspace: Path,
+) -> None:
+    row = scripted_rollout(workspace)
     assert (row["correct"], row["reward"], row["finish"], row["turns"]) == (True, 1.0, "answer", 8)
+    ground_truth = json.loads(
+        multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]["ground_truth"]
+    )
     roles = [m["role"] for m in row["messages"]]
     assert roles.count("user") == 4 and roles.count("tool") == sum(map(len, ground_truth))
     episode = json.loads(row["episode"])
@@ -173,38 +191,10 @@ def test_rollouts_of_the_ground_truth_through_the_fake_server_score_as_correct(
 
 
 def test_a_rollout_stopped_at_its_failed_turn_says_so(workspace: Path) -> None:
-    task = multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]
-    ground_truth = json.loads(task["ground_truth"])
-    docs = [d for c in task["involved_classes"] for d in function_docs(c)]
-    wrong = "mv(source='log.txt',destination='backup')"
-
-    def second_turn_wrong(body: dict[str, Any]) -> dict[str, Any] | str:
-        messages = body["messages"]
-        turn = sum(m["role"] == "user" for m in messages) - 1
-        if messages[-1]["role"] == "tool":
-            return "Done."
-        calls = list(ground_truth[turn])
-        if turn == 1:
-            calls[1] = wrong
-        return {
-            "content": None,
-            "tool_calls": [openai_call(c, docs, i) for i, c in enumerate(calls)],
-        }
-
-    with FakeOpenAI(responder=second_turn_wrong) as server:
-        stage = ToolRollouts(
-            model="openai/fake",
-            api_base=server.base_url,
-            api_key="sk-fake",
-            environment="bfcl",
-            environment_kwargs={"stop_at_failed_turn": True},
-            max_turns=10,
-            max_attempts=1,
-        )
-        result = Pipeline([stage]).run(
-            [{"id": "multi_turn_base_1"}], workspace=workspace, progress="quiet"
-        )
-    (row,) = result.to_arrow().to_pylist()
+    change = (1, 1, "mv(source='log.txt',destination='backup')")
+    row = scripted_rollout(
+        workspace, change=change, environment_kwargs={"stop_at_failed_turn": True}
+    )
     # two turns played (4 model calls), not four; the whole episode's score
     assert (row["correct"], row["reward"], row["finish"], row["turns"]) == (
         False,
