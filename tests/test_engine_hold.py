@@ -12,7 +12,6 @@ import pytest
 from engine_stages import FailOn, Upper
 
 from assay.curate.errors import StageError
-from assay.curate.executors import local as local_executor
 from assay.curate.executors.local import LocalExecutor
 from assay.curate.pipeline import Pipeline
 from assay.curate.store import RunStore
@@ -46,7 +45,7 @@ def _count_shard_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             opened.append(Path(source).name)
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(local_executor.pq, "ParquetFile", counting)
+    monkeypatch.setattr(pq, "ParquetFile", counting)
     return opened
 
 

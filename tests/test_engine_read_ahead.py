@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from assay.curate.executors.local import read_ahead
+from assay.curate.executors.threads import read_ahead
 
 
 def test_items_keep_their_order_and_come_from_another_thread() -> None:

@@ -13,7 +13,6 @@ from typing import ClassVar
 import pyarrow as pa
 import pytest
 
-from assay.curate.executors import local as local_executor
 from assay.curate.executors.local import LocalExecutor
 from assay.curate.pipeline import Pipeline
 from assay.curate.registry import get_stage, register
@@ -91,7 +90,7 @@ def test_shards_and_their_folder_are_fsynced_before_the_batch_is_committed(
             events.append(f"commit:{[b.batch for b in batches]}")
         real_commit(self, run_id, batches)
 
-    monkeypatch.setattr(local_executor.os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(RunStore, "commit_batches", recording_commit)
     Pipeline([Upper()], batch_size=40).run(ROWS, workspace=workspace, progress="quiet")
     commit = events.index("commit:[0]")
@@ -152,7 +151,7 @@ def test_cpu_workers_leave_fsyncs_and_commits_to_the_calling_thread(
         threads["commit"].add(threading.get_ident())
         real_commit(self, run_id, batches)
 
-    monkeypatch.setattr(local_executor.os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(RunStore, "commit_batches", recording_commit)
     MeetInPairs.barrier.reset()
     result = Pipeline([MeetInPairs()]).run(

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from assay.curate.executors.local import COMMIT_INTERVAL_S
+from assay.curate.executors.segment_run import COMMIT_INTERVAL_S
 from assay.curate.store import RunStore
 
 # two workers, each batch >= 0.05 s: this many shards take more than one commit interval, so

@@ -75,10 +75,7 @@ class ParquetSource(FileSource):
 
     def record_batches(self) -> Iterator[pa.RecordBatch]:
         for file in self.files():
-            try:
-                yield from pq.ParquetFile(file).iter_batches(batch_size=65536)
-            except (pa.ArrowException, OSError) as exc:
-                raise SourceError(f"cannot read Parquet file {str(file)!r}: {exc}") from exc
+            yield from parquet_batches(file)
 
     def count_rows(self) -> int | None:
         if self.rows is not None:
@@ -89,6 +86,14 @@ class ParquetSource(FileSource):
             raise SourceError(
                 f"cannot read Parquet metadata under {str(self.path)!r}: {exc}"
             ) from exc
+
+
+def parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The record batches of one Parquet file; a failure to read it is a `SourceError`."""
+    try:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=65536)
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"cannot read Parquet file {str(path)!r}: {exc}") from exc
 
 
 class JsonlSource(FileSource):
