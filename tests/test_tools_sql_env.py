@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from pathlib import Path
 
+import duckdb
 import pytest
+import xgrammar
+from local_tiny_model import build_tiny_model, build_tokenizer
 from transformers.utils import get_json_schema
+from xgrammar.testing import _is_grammar_accept_string
 
+from assay.curate.llm.types import ChatRequest
+from assay.models.chat_format import render_prompt
+from assay.models.local_backend import LocalBackend
+from assay.models.registry import ModelRegistry
 from assay.operators.tools.api import ToolSchemaError, tool_schema
 from assay.operators.tools.sql_demo import build_shop, demo_tasks
 from assay.operators.tools.sql_env import SqlEnvironment, intern_tasks, resolve_database
@@ -169,3 +178,116 @@ def test_the_intern_database_is_a_named_option(
     assert shop_env.database == env.database
     assert resolve_database("intern_sql:1").endswith("intern_sql-1.duckdb")
     assert resolve_database("/data/x.duckdb") == "/data/x.duckdb"
+
+
+SINGLE_TABLE_GOLD = [t for t in demo_tasks() if " JOIN " not in t["gold_sql"]]
+
+
+def test_the_schema_grammar_admits_the_single_table_gold_queries_and_nothing_foreign(
+    shop: str,
+) -> None:
+    env = SqlEnvironment(database=shop, schema_constrained=True)
+    schemas = {s["function"]["name"]: s["function"] for s in env.tool_schemas()}
+    assert schemas["describe_table"]["parameters"]["properties"]["table"]["enum"] == [
+        "customers",
+        "orders",
+        "products",
+    ]
+    source = schemas["run_query"]["parameters"]["properties"]["sql"]["pattern"]
+    pattern = re.compile(source)
+    admitted = [t["id"] for t in SINGLE_TABLE_GOLD if pattern.fullmatch(t["gold_sql"])]
+    # every single-table count, filter, top-1 and group-by query of the demo tasks; the
+    # date range (DATE literals) and ROUND() are outside the grammar
+    rejected = {t["id"] for t in SINGLE_TABLE_GOLD} - set(admitted)
+    assert rejected == {"shop-16", "shop-17"}
+    foreign = [
+        "SELECT COUNT(*) FROM suppliers",  # no such table
+        "SELECT COUNT(*) FROM customers WHERE city = 'Lyon'",  # no such column
+        "SELECT qty FROM customers",  # a column of another table
+        "SELECT SUM(o.qty) FROM orders o JOIN products p ON o.sku = p.sku",
+        "SELECT 1; DROP TABLE customers",
+        "SELECT full_name FROM customers8",  # past the end of a table's optional tail
+        "SELECT COUNT(*) FROM customers LIMIT 10 5",
+        "SELECT COUNT(*) FROM customers WHERE signup_year = 2024.",
+    ]
+    for sql in foreign:
+        assert not pattern.fullmatch(sql), sql
+    # the decoder's reading of the pattern (xgrammar) agrees with Python's on both sides
+    grammar = xgrammar.Grammar.from_json_schema(
+        json.dumps({"type": "string", "pattern": source}), any_whitespace=False
+    )
+    for sql in [t["gold_sql"] for t in SINGLE_TABLE_GOLD if t["id"] in admitted] + foreign:
+        accepted = _is_grammar_accept_string(grammar, json.dumps(sql))
+        assert accepted == bool(pattern.fullmatch(sql)), sql
+    # off by default: the schemas are the plain ones
+    plain = {s["function"]["name"]: s["function"] for s in SqlEnvironment(shop).tool_schemas()}
+    assert "enum" not in plain["describe_table"]["parameters"]["properties"]["table"]
+    assert "pattern" not in plain["run_query"]["parameters"]["properties"]["sql"]
+
+
+def test_the_prompt_shows_the_enum_but_not_the_grammar(shop: str, tmp_path: Path) -> None:
+    tokenizer = build_tokenizer(tmp_path)
+    env = SqlEnvironment(database=shop, schema_constrained=True)
+    grep = {  # a parameter named "pattern" is a schema, not a grammar: it stays
+        "type": "function",
+        "function": {
+            "name": "grep",
+            "parameters": {
+                "type": "object",
+                "properties": {"pattern": {"type": "string", "description": "what to find"}},
+            },
+        },
+    }
+    prompt = render_prompt(
+        tokenizer, [{"role": "user", "content": "?"}], [*env.tool_schemas(), grep]
+    )
+    assert '"enum": ["customers", "orders", "products"]' in prompt
+    assert "SELECT (COUNT" not in prompt and '"pattern": "^' not in prompt
+    assert '"pattern": {"type": "string", "description": "what to find"}' in prompt
+
+
+def test_a_model_constrained_by_the_grammar_writes_queries_that_parse(
+    shop: str, tmp_path: Path
+) -> None:
+    """A randomly initialised model knows no SQL: whatever it writes under the grammar is a
+    single-table SELECT over the shop's own names that DuckDB parses."""
+    model_dir = build_tiny_model(tmp_path / "model")
+    registry = ModelRegistry(tmp_path / "registry.json")
+    registry.register_model("tiny", model_dir)
+    backend = LocalBackend("tiny", registry=registry, device="cpu", gather_s=0.0, threads=1)
+    env = SqlEnvironment(database=shop, schema_constrained=True)
+    env.reset(TASK)
+    pattern = re.compile(
+        next(s for s in env.tool_schemas() if s["function"]["name"] == "run_query")["function"][
+            "parameters"
+        ]["properties"]["sql"]["pattern"]
+    )
+    requests = [
+        ChatRequest(
+            model="local/tiny",
+            messages=({"role": "user", "content": TASK["question"]},),
+            params={
+                "temperature": 1.0,
+                "seed": seed,
+                "max_tokens": 400,
+                "tool_choice": {"type": "function", "function": {"name": "run_query"}},
+                "parallel_tool_calls": False,
+            },
+            tools=tuple(env.tool_schemas()),
+        )
+        for seed in range(4)
+    ]
+    try:
+        responses = backend.complete_many(requests)
+    finally:
+        backend.close()
+    queries = [
+        json.loads(r.tool_calls[0]["function"]["arguments"])["sql"]
+        for r in responses
+        if r.finish_reason == "tool_calls"
+    ]
+    assert len(queries) >= 2, [r.finish_reason for r in responses]
+    con = duckdb.connect()
+    for sql in queries:
+        assert pattern.fullmatch(sql), sql
+        assert len(con.extract_statements(sql)) == 1, sql

@@ -33,6 +33,7 @@ def render_prompt(
     template = tokenizer.chat_template or ""
     native_tools = "tools" in template
     messages = [_plain_message(m, keep_tool_calls=native_tools) for m in messages]
+    tools = shown_tools(tools) if tools else tools
     if tools and not native_tools:
         specs = json.dumps([t.get("function", t) for t in tools], ensure_ascii=False)
         tool_prompt = TOOL_SYSTEM_PROMPT.format(tools=specs)
@@ -44,6 +45,24 @@ def render_prompt(
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True, **kwargs
     )
+
+
+def shown_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tools as the prompt shows them: without string `pattern`s, which are grammars for
+    the decoder (a schema-derived SQL pattern runs to thousands of characters), not text a
+    model reads well. The tool-call grammar still enforces them."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, dict):
+            # a parameter named "pattern" (a schema, not a string) stays
+            return {
+                k: strip(v) for k, v in value.items() if not (k == "pattern" and isinstance(v, str))
+            }
+        return value
+
+    return [strip(t) for t in tools]
 
 
 def _plain_message(message: dict[str, Any], keep_tool_calls: bool) -> dict[str, Any]:

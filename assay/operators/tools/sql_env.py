@@ -18,10 +18,17 @@ with unobvious column names, sql_demo.py) or `intern_sql` (the intern task's rac
 
 Task rows: `question` (string), `gold_sql` (string); `database` (a path or a name) overrides
 the environment's database for that row.
+
+`schema_constrained=True` writes the database into the tool schemas: `describe_table`'s
+`table` becomes an enum of the tables, `run_query`'s `sql` a pattern of single-table SELECTs
+over the real tables and columns (sql_grammar.py, PICARD's idea). Constrained decoding on the
+local backend enforces both (an API model reads them as JSON schema), so a small model's calls
+name real tables and parse; the prompt shows the enum but not the long pattern.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,7 @@ from assay.judges.sql import (
 )
 from assay.operators.tools.api import tool
 from assay.operators.tools.environment import EpisodeScore, ToolEnvironment
+from assay.operators.tools.sql_grammar import select_pattern
 
 DATABASES = ("shop", "intern_sql")
 
@@ -100,9 +108,12 @@ class SqlEnvironment(ToolEnvironment):
         timeout_s: float = 5.0,
         row_limit: int = 1000,
         shown_rows: int = 20,
+        schema_constrained: bool = False,
     ) -> None:
         super().__init__()
         self.database = resolve_database(database)
+        self.schema_constrained = schema_constrained
+        self._constrained_schemas: dict[str, list[dict[str, Any]]] = {}  # by database
         self.timeout_s = timeout_s
         self.row_limit = row_limit
         self.shown_rows = shown_rows
@@ -137,6 +148,29 @@ class SqlEnvironment(ToolEnvironment):
         )
         self.events, self.last_result, self.answer = [], None, None
         return f"{INSTRUCTIONS}\n\nQuestion: {self.question}"
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """The tool schemas; with `schema_constrained`, the database's tables as an enum of
+        `describe_table` and its single-table SELECTs as the pattern of `run_query`."""
+        if not self.schema_constrained:
+            return super().tool_schemas()
+        if self.database not in self._constrained_schemas:
+            tables: dict[str, list[str]] = {}
+            for table, column in self.con.execute(
+                "SELECT table_name, column_name FROM duckdb_columns() WHERE NOT internal "
+                "ORDER BY table_name, column_index"
+            ).fetchall():
+                tables.setdefault(table, []).append(column)
+            schemas = copy.deepcopy(super().tool_schemas())
+            for schema in schemas:
+                function = schema.get("function", schema)
+                properties = function["parameters"]["properties"]
+                if function["name"] == "describe_table":
+                    properties["table"]["enum"] = sorted(tables)
+                elif function["name"] == "run_query":
+                    properties["sql"]["pattern"] = select_pattern(tables)
+            self._constrained_schemas[self.database] = schemas
+        return self._constrained_schemas[self.database]
 
     # --- tools -------------------------------------------------------------------------
 
