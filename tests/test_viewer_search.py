@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from assay.viewer import queries, search
+from assay.viewer.lru import LRU
 from assay.viewer.queries import ColumnFilter, ParquetTable
 
 STEP = pa.struct([("step_id", pa.string()), ("text", pa.string())])
@@ -140,7 +141,7 @@ def test_evicted_index_falls_back_to_parquet(tables, monkeypatch: pytest.MonkeyP
     fast, slow = tables
     index = search.index_for(fast.key, fast.files, fast.schema(), fast.count(), start=False)
     index.drop()  # as when a newer dataset pushes it out of the cache
-    monkeypatch.setattr(queries, "_TOTALS", queries._LRU(8))
+    monkeypatch.setattr(queries, "_TOTALS", LRU(8))
     a, b = fast.page([], "größe"), slow.page([], "größe")
     assert a.via == "parquet" and (a.total, a.rows) == (b.total, b.rows)
 

@@ -17,7 +17,8 @@ from assay.curate.errors import RecipeError
 from assay.curate.pipeline import Pipeline
 from assay.curate.recipes import parse_recipe
 from assay.operators.text import MinLength
-from assay.viewer import queries, search
+from assay.viewer import queries, search, search_positions
+from assay.viewer.lru import LRU
 from assay.viewer.queries import ParquetTable
 
 WORDS = ["alpha", "Beta", "straße", "GRÖSSE", "100% sure", "a_b", "gamma delta", ""]
@@ -202,19 +203,19 @@ def test_deep_search_pages_are_slices_of_the_kept_positions(
     if where == "memory":
         search.SearchIndex.load(index)
         assert index.loaded.wait(30) and index.table == index.name
-    monkeypatch.setattr(queries, "DEEP", 100)
+    monkeypatch.setattr(search_positions, "DEEP", 100)
     offsets = (0, 99, 100, 1280, 2990, 10_000)
     qs = ["text", "straße", "100%", "none such"]
-    monkeypatch.setattr(queries, "_MATCHES", queries._LRU(64))
+    monkeypatch.setattr(search_positions, "MATCHES", LRU(64))
     assert assert_same_pages(table, files, qs, offsets) == {"index"}
-    kept = queries._MATCHES.items
+    kept = search_positions.MATCHES.items
     assert len(kept) >= 2 * len(qs)  # unsorted and (deep) sorted searches keep positions
     assert all(len(v) == len(set(v.tolist())) for v in kept.values())
     # the top-N path (more matches than are kept) gives the same pages too
-    monkeypatch.setattr(queries, "MAX_MATCHES", 5)
-    monkeypatch.setattr(queries, "_MATCHES", queries._LRU(64))
-    monkeypatch.setattr(queries, "_TOTALS", queries._LRU(512))
+    monkeypatch.setattr(search_positions, "MAX_MATCHES", 5)
+    monkeypatch.setattr(search_positions, "MATCHES", LRU(64))
+    monkeypatch.setattr(queries, "_TOTALS", LRU(512))
     assert assert_same_pages(table, files, qs, offsets) == {"index"}
-    assert any(v is False for v in queries._MATCHES.items.values())
+    assert any(v is False for v in search_positions.MATCHES.items.values())
     if where == "file":
         assert index.table == f"{index.written}.rows"  # every page above read the file

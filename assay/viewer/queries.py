@@ -9,8 +9,9 @@ page) answers, when it is ready and holds every column the page needs, a text se
 an unfiltered, unsorted page (a range of row positions; its schema and row count too, so
 a cold first page reads no Parquet footer); the Parquet shards answer everything else. Both
 give the same rows in the same order (`Page.via` says which answered). An indexed search
-keeps the positions it matches, in page order (`_matches`), so its next and deep pages
-are a slice of them and a fetch of 50 rows, not a scan of the text and a top-N each.
+keeps the positions it matches, in page order (`search_positions.py`), so its next and
+deep pages are a slice of them and a fetch of 50 rows, not a scan of the text and a top-N
+each.
 """
 
 from __future__ import annotations
@@ -18,18 +19,16 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 
 from assay.viewer import search as search_index
+from assay.viewer import search_positions
+from assay.viewer.lru import LRU
 from assay.viewer.workspace import ViewerError
-
-if TYPE_CHECKING:
-    import numpy as np
 
 NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
 NUMERIC += ("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
@@ -66,28 +65,7 @@ class Page:
         return self.offset + self.limit < self.total
 
 
-class _LRU:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[Any, Any] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        return None
-
-    def put(self, key: Any, value: Any) -> None:
-        with self.lock:
-            self.items[key] = value
-            self.items.move_to_end(key)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-
-
-_SCHEMAS = _LRU(64)
+_SCHEMAS = LRU(64)
 _DB: duckdb.DuckDBPyConnection | None = None
 _DB_LOCK = threading.Lock()
 
@@ -110,7 +88,7 @@ def warm() -> None:
     search_index.cursor().close()
 
 
-_TOTALS = _LRU(512)
+_TOTALS = LRU(512)
 
 
 class ParquetTable:
@@ -328,8 +306,9 @@ class ParquetTable:
         try:
             with search_index.cursor() as con:
                 # a sorted first page: a top-N is cheaper than sorting every match
-                compute = not sort or offset >= DEEP
-                found = _matches(con, index, (self.key, fast_where, order, _items(fast)), compute)
+                compute = not sort or offset >= search_positions.DEEP
+                search_key = (self.key, fast_where, order, search_positions.param_items(fast))
+                found = search_positions.matches(con, index, search_key, compute)
                 if found is None:  # a count, then a top-N of positions
                     total = _TOTALS.get(key)
                     if total is None:
@@ -349,7 +328,9 @@ class ParquetTable:
                     names = [d[0] for d in cur.description]
                     rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
                 else:
-                    rows = _rows_at(con, index, cols, found[offset : offset + int(limit)])
+                    rows = search_positions.rows_at(
+                        con, index, cols, found[offset : offset + int(limit)]
+                    )
         except duckdb.Error:  # dropped (evicted) meanwhile
             return None
         return Page(cols, rows, total, offset, limit, dict(schema), via="index")
@@ -366,56 +347,6 @@ class ParquetTable:
             names = [d[0] for d in cur.description]
             found = cur.fetchone()
         return dict(zip(names, found, strict=True)) if found else None
-
-
-def _items(params: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(sorted(params.items()))
-
-
-_MATCHES = _LRU(8)  # (dataset, where, order, params) -> the matching positions, page order
-MAX_MATCHES = 1_000_000  # more are not kept (8 bytes each): those pages take a top-N each
-DEEP = 500  # a sorted search keeps its positions from this offset on (a full sort of them)
-
-
-def _matches(
-    con: duckdb.DuckDBPyConnection,
-    index: search_index.SearchIndex,
-    key: tuple[Any, ...],
-    compute: bool = True,
-) -> np.ndarray | None:
-    """Every position matching the search `key` (dataset key, where clause, order, params),
-    in page order: computed once per search (when `compute`) and kept (`_MATCHES`), so a
-    page is a slice of it, not a scan of every row and a top-N of offset + limit matches
-    (page 900: 45,000). More than `MAX_MATCHES` are used once, not kept (None after)."""
-    found = _MATCHES.get(key)
-    if found is None and compute:
-        _, fast_where, order, items = key
-        pos = search_index.POS
-        sql = f"select {pos} from {index.table}{fast_where}{order}"
-        found = con.execute(sql, dict(items)).fetchnumpy()[pos]  # int64, 8 bytes a match
-        _MATCHES.put(key, found if len(found) <= MAX_MATCHES else False)
-    return None if found is None or found is False else found
-
-
-def _rows_at(
-    con: duckdb.DuckDBPyConnection,
-    index: search_index.SearchIndex,
-    cols: list[str],
-    positions: np.ndarray,
-) -> list[dict[str, Any]]:
-    """The rows at `positions` (a numpy int64 slice), in that order."""
-    wanted = positions.tolist()
-    if not wanted:
-        return []
-    pos = search_index.POS
-    cur = con.execute(
-        f"select {pos}, {', '.join(quote(c) for c in cols)} from {index.table} "
-        f"where {pos} between $lo and $hi and {pos} in (select unnest($p::bigint[]))",
-        {"lo": min(wanted), "hi": max(wanted), "p": wanted},
-    )
-    names = [d[0] for d in cur.description][1:]
-    by_pos = {r[0]: dict(zip(names, r[1:], strict=True)) for r in cur.fetchall()}
-    return [by_pos[p] for p in wanted]
 
 
 def _escape_like(text: str) -> str:
