@@ -3,7 +3,9 @@
 Stages (each writes bench/results/train_<stage>.json; `summary` writes train.md):
 - `throughput`: SFT tokens/s, plain TRL `SFTTrainer` vs `assay.train.sft`, packing off / on,
   interleaved, each run in a child process (same data, same settings): tokens per second of
-  wall time and per CPU-second (the load-robust figure on a shared machine), peak RSS.
+  wall time and per CPU-second (the load-robust figure on a shared machine), peak RSS;
+  `--side-by-side` runs each pair's two runs at the same time, one core each, and reports the
+  per-pair ratios with their mean, standard error and 95% interval.
 - `sft`: held-out arithmetic accuracy before / after SFT on verified examples.
 - `grpo`: GRPO from the SFT adapter, seconds per step, accuracy after.
 - `distill`: context distillation vs sequence-level distillation on the same rows.
@@ -366,26 +368,54 @@ def stage_throughput(args) -> None:
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "runs": [],
     }
+    if args.side_by_side:
+        out["side_by_side"] = True
+
+    def command(impl: str, packing: bool, repeat: int) -> list[str]:
+        out_dir = f"{WS}/tp-{impl}-{repeat}-{int(packing)}"
+        code = (
+            f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "import train; "
+            f"print('RESULT', json.dumps(train.throughput_one({impl!r}, {packing}, "
+            f"{args.steps}, {out_dir!r})))"
+        )
+        return [sys.executable, "-c", code]
+
+    def result(proc, impl: str, packing: bool, repeat: int, stdout: str, stderr: str) -> dict:
+        line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            raise RuntimeError(f"{impl} packing={packing} failed:\n{stderr[-3000:]}")
+        run = {"repeat": repeat, **json.loads(line[0][7:])}
+        out["runs"].append(run)
+        print(run, flush=True)
+        return run
+
     for repeat in range(args.repeats):
         for packing in packings:
-            for impl in ("plain", "assay") if repeat % 2 == 0 else ("assay", "plain"):
-                out_dir = f"{WS}/tp-{impl}-{repeat}-{int(packing)}"
-                code = (
-                    f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                    "import train; "
-                    f"print('RESULT', json.dumps(train.throughput_one({impl!r}, {packing}, "
-                    f"{args.steps}, {out_dir!r})))"
-                )
-                proc = subprocess.run(
-                    [sys.executable, "-c", code], capture_output=True, text=True, check=False
-                )
-                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-                if proc.returncode or not line:
-                    raise RuntimeError(f"{impl} packing={packing} failed:\n{proc.stderr[-3000:]}")
-                run = {"repeat": repeat, **json.loads(line[0][7:])}
-                out["runs"].append(run)
-                print(run, flush=True)
-                save("throughput", out)
+            impls = ("plain", "assay") if repeat % 2 == 0 else ("assay", "plain")
+            if args.side_by_side:  # both at once, one core each (swapped every repeat)
+                procs = [
+                    (
+                        impl,
+                        subprocess.Popen(
+                            ["taskset", "-c", str(core), *command(impl, packing, repeat)],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            text=True,
+                        ),
+                    )
+                    for core, impl in enumerate(impls)
+                ]
+                for impl, proc in procs:
+                    stdout, stderr = proc.communicate()
+                    result(proc, impl, packing, repeat, stdout, stderr)
+            else:
+                for impl in impls:
+                    proc = subprocess.run(
+                        command(impl, packing, repeat), capture_output=True, text=True
+                    )
+                    result(proc, impl, packing, repeat, proc.stdout, proc.stderr)
+            save("throughput", out)
     for packing in packings:
         for impl in ("plain", "assay"):
             runs = [r for r in out["runs"] if r["impl"] == impl and r["packing"] == packing]
@@ -401,11 +431,40 @@ def stage_throughput(args) -> None:
                 )
             } | {"peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
         plain, assay_ = out[f"plain_packing{int(packing)}"], out[f"assay_packing{int(packing)}"]
+        out[f"pairs_packing{int(packing)}"] = pair_ratios(out["runs"], packing)
         out[f"overhead_packing{int(packing)}"] = {  # assay's extra time per token over plain
             key: plain[key] / assay_[key] - 1
             for key in ("tok_s_wall", "tok_s_train", "tok_per_cpu_s", "tok_per_train_cpu_s")
         }
     save("throughput", out)
+
+
+def pair_ratios(runs: list[dict], packing: bool) -> dict:
+    """assay / plain CPU seconds of `Trainer.train` per repeat (a pair ran back to back or,
+    side by side, at the same time), their mean, its standard error and a 95% interval."""
+    import statistics
+
+    ratios = []
+    for repeat in sorted({r["repeat"] for r in runs}):
+        pair = {r["impl"]: r for r in runs if r["repeat"] == repeat and r["packing"] == packing}
+        if len(pair) == 2:
+            ratios.append(pair["assay"]["train_cpu_s"] / pair["plain"]["train_cpu_s"])
+    if len(ratios) < 2:
+        return {"ratios": ratios}
+    mean = statistics.fmean(ratios)
+    se = statistics.stdev(ratios) / len(ratios) ** 0.5
+    # two-sided 95% t quantiles for n-1 degrees of freedom (1..30), then the normal one
+    t95 = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16,
+           2.14, 2.13, 2.12, 2.11, 2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06,
+           2.05, 2.05, 2.05, 2.04]  # fmt: skip
+    t = t95[len(ratios) - 2] if len(ratios) - 1 <= len(t95) else 1.96
+    return {
+        "ratios": ratios,
+        "mean": mean,
+        "median": statistics.median(ratios),
+        "se": se,
+        "ci95": [mean - t * se, mean + t * se],
+    }
 
 
 def stage_report(args) -> None:
@@ -464,6 +523,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--packing", default="off,on", help="throughput: off, on or off,on")
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="throughput: run each pair at the same time, one core each (taskset)",
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="distill: KL weight")
     parser.add_argument("--modes", default="context,sequence", help="distill modes to run")
     parser.add_argument("--grpo-lr", type=float, default=2e-5)
