@@ -135,8 +135,9 @@ def quality(backend: LocalBackend, texts: list[str], max_tokens: int) -> dict[st
 
 def teacher_forced_agreement(model, items, answers: list[list[int]]) -> tuple[int, int]:
     """Steps where bf16's greedy pick equals fp32's token, feeding fp32's answers."""
-    from assay.models.batch_generate import _layout, _prefill_static
+    from assay.models.batch_generate import _layout
     from assay.models.fast_decode import DecodeStep
+    from assay.models.static_decode import prefill_static
 
     agree = total = 0
     step = DecodeStep(model, "bf16")
@@ -144,7 +145,7 @@ def teacher_forced_agreement(model, items, answers: list[list[int]]) -> tuple[in
         for item, answer in zip(items, answers, strict=True):
             # bf16 next-token picks along fp32's answer, one row at a time (no padding)
             ids, attention, positions = _layout([item], 0, 0)
-            cache, hidden = _prefill_static(step, [item], ids, attention, positions, 0, None, True)
+            cache, hidden = prefill_static(step, [item], ids, attention, positions, 0, None, True)
             for position, token in enumerate(answer):
                 agree += int(step.greedy(hidden).item() == token)
                 total += 1

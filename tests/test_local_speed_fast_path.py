@@ -19,8 +19,6 @@ from local_tiny_model import build_lora_adapter, build_tiny_model
 from assay.models.batch_generate import (
     GenerationItem,
     _layout,
-    _prefill_static,
-    _routing,
     _shared_prefix_len,
     generate_batch,
 )
@@ -28,6 +26,7 @@ from assay.models.fast_decode import DecodeStep, supports
 from assay.models.kv_cache import GROW_COLUMNS, StaticKVCache
 from assay.models.multi_lora import MultiLora
 from assay.models.registry import load_model
+from assay.models.static_decode import prefill_static, routing
 
 PROMPTS = [
     "Hi",
@@ -224,10 +223,10 @@ def _one_step(model, tokenizer, precision, adapters=None, names=None):
     input_ids, attention, positions = _layout(items, 0, tokenizer.pad_token_id)
     step = DecodeStep(model, precision)
     with torch.inference_mode():
-        cache, hidden = _prefill_static(
+        cache, hidden = prefill_static(
             step, items, input_ids, attention, positions, 0, adapters, True
         )
-        with _routing(adapters, names, None):
+        with routing(adapters, names, None):
             return step(step.greedy(hidden), cache.positions(), cache)
 
 
@@ -319,7 +318,7 @@ def test_a_shared_prefix_held_once_gives_the_logits_of_one_copied_per_row(tiny):
     outputs = {}
     for once in (False, True):
         with torch.inference_mode():
-            static, hidden = _prefill_static(
+            static, hidden = prefill_static(
                 step, items, input_ids, attention, positions, shared, None, once
             )
             assert static.prefix_length == (shared if once else 0)
