@@ -11,6 +11,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
@@ -51,26 +55,35 @@ def build_tokenizer(directory: Path):
     return fast
 
 
+def tiny_llama_config(tokenizer: Any, **overrides: Any) -> LlamaConfig:
+    """The tiny model's `LlamaConfig` (2 layers, hidden size 32) for `tokenizer`; `overrides`
+    set other fields (e.g. `attention_bias=True`)."""
+    from transformers import LlamaConfig
+
+    fields = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+    return LlamaConfig(**{**fields, **overrides})
+
+
 def build_tiny_model(directory: Path, seed: int = 0) -> Path:
     """Save a tiny random Llama chat model (and its tokenizer) to `directory`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(directory)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    config = tiny_llama_config(tokenizer)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     # a larger output scale makes greedy choices clear-cut (no near-ties between tokens)

@@ -14,7 +14,7 @@ import json
 import jsonschema
 import pytest
 import torch
-from local_tiny_model import build_lora_adapter, build_tiny_model
+from local_tiny_model import build_lora_adapter, build_tiny_model, tiny_llama_config
 
 from assay.models.batch_generate import (
     GenerationItem,
@@ -415,20 +415,10 @@ def test_the_screen_is_used_only_where_bf16_is_native():
 def test_projection_biases_are_kept(tiny):
     """Qwen2-style q/k/v biases (here a Llama with `attention_bias`) go into the fused
     projection: fast greedy answers still equal the generic path's."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     _, tokenizer, _ = tiny
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attention_bias=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = tiny_llama_config(tokenizer, attention_bias=True)
     torch.manual_seed(5)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
