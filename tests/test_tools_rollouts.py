@@ -15,6 +15,7 @@ from assay.curate.pipeline import Pipeline
 from assay.datasets.export import to_trl, write_export
 from assay.operators.tools.rollouts import ToolRollouts
 from assay.operators.tools.sql_demo import build_shop
+from assay.operators.tools.sql_env import SqlEnvironment
 
 FAST = {"retry_initial_s": 0.01, "retry_max_s": 0.05, "retry_jitter_s": 0.01, "max_attempts": 2}
 TASK = {
@@ -114,6 +115,38 @@ def test_a_scripted_episode_produces_the_expected_messages(workspace: Path, shop
     roles = [m["role"] for m in last["messages"]]
     assert roles == ["user", "assistant", "tool", "assistant", "tool", "assistant", "tool"]
     assert last["messages"][1]["tool_calls"][0]["id"] == last["messages"][2]["tool_call_id"]
+
+
+def answers_with_the_tool(body: dict[str, Any]) -> dict[str, Any] | str:
+    """The disciplined episode, answering through `final_answer` instead of prose; a model
+    that kept going after it would call run_query again."""
+    results = [m for m in body["messages"] if m["role"] == "tool"]
+    if len(results) == 3:
+        count = results[-1]["content"].splitlines()[-1]
+        return {"content": None, "tool_calls": [tool_call("final_answer", 3, answer=count)]}
+    if len(results) > 3:
+        return {"content": None, "tool_calls": [tool_call("run_query", 4, sql="SELECT 1")]}
+    return disciplined(body)
+
+
+def test_the_answer_tool_ends_the_episode_with_its_argument_as_the_answer(
+    workspace: Path, shop: str
+) -> None:
+    with FakeOpenAI(responder=answers_with_the_tool) as server:
+        stage = rollouts(server, shop, environment_kwargs={"database": shop, "answer_tool": True})
+        rows = Pipeline([stage]).run([TASK], workspace=workspace, progress="quiet")
+        rows = rows.to_arrow().to_pylist()
+        offered = {t["function"]["name"] for t in server.bodies[0]["tools"]}
+    assert offered == {"list_tables", "describe_table", "run_query", "final_answer"}
+    row = rows[0]
+    assert [m["role"] for m in row["messages"]][-2:] == ["assistant", "tool"]
+    assert row["messages"][-1]["content"] == "Answer recorded."
+    assert (row["correct"], row["reward"], row["turns"], row["finish"]) == (True, 1.0, 4, "answer")
+    state = json.loads(row["episode"])["final_state"]
+    assert state["tool_sequence"] == ["list_tables", "describe_table", "run_query", "final_answer"]
+    gold = SqlEnvironment(shop)
+    gold.reset(TASK)
+    assert state["answer"] == str(gold.gold.rows[0][0])
 
 
 def undisciplined(body: dict[str, Any]) -> dict[str, Any] | str:

@@ -291,3 +291,25 @@ def test_a_model_constrained_by_the_grammar_writes_queries_that_parse(
     for sql in queries:
         assert pattern.fullmatch(sql), sql
         assert len(con.extract_statements(sql)) == 1, sql
+
+
+def test_the_answer_tool_is_offered_only_when_asked_and_ends_the_episode(shop: str) -> None:
+    assert "final_answer" not in SqlEnvironment(shop).tools()
+    assert "final_answer" not in dir(as_trl_environment(SqlEnvironment, database=shop))
+    trl_class = as_trl_environment(SqlEnvironment, database=shop, answer_tool=True)
+    assert "final_answer" in dir(trl_class)
+    env = SqlEnvironment(shop, answer_tool=True)
+    env.reset(TASK)
+    run(env, "describe_table", table="customers")
+    run(env, "run_query", sql=TASK["gold_sql"])
+    gold = env.last_result.rows[0][0]
+    assert not env.done
+    assert run(env, "final_answer", answer=f"{gold} customers").content == "Answer recorded."
+    assert env.done and env.answer == f"{gold} customers"
+    score = env.score()
+    assert (score.correct, score.reward) == (True, 1.0)
+    # the answer tool is not a look at the schema: answering first is undisciplined
+    env.reset(TASK)
+    run(env, "final_answer", answer=str(gold))
+    run(env, "run_query", sql=TASK["gold_sql"])
+    assert env.inspected_before_query() is False

@@ -384,6 +384,8 @@ class _Episode:
                         "seconds": round(result.seconds, 6),
                     }
                 )
+            if env.done:  # a tool ended the episode (e.g. SqlEnvironment's final_answer)
+                self.finish, self.over = "answer", True
             return
         follow_up = env.end_turn(response.text)
         if follow_up is None:

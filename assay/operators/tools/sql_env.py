@@ -19,6 +19,11 @@ with unobvious column names, sql_demo.py) or `intern_sql` (the intern task's rac
 Task rows: `question` (string), `gold_sql` (string); `database` (a path or a name) overrides
 the environment's database for that row.
 
+`answer_tool=True` offers a fourth tool, `final_answer(answer)` (smolagents' convention): the
+episode ends when it is called, and its argument is the final answer. A small model that
+writes tool-call text where it should answer in prose (SmolLM2-135M copies the conversation's
+`<tool_call>` pattern) can then be forced to answer with it.
+
 `schema_constrained=True` writes the database into the tool schemas: `describe_table`'s
 `table` becomes an enum of the tables, `run_query`'s `sql` a pattern of single-table SELECTs
 over the real tables and columns (sql_grammar.py, PICARD's idea). Constrained decoding on the
@@ -109,10 +114,12 @@ class SqlEnvironment(ToolEnvironment):
         row_limit: int = 1000,
         shown_rows: int = 20,
         schema_constrained: bool = False,
+        answer_tool: bool = False,
     ) -> None:
         super().__init__()
         self.database = resolve_database(database)
         self.schema_constrained = schema_constrained
+        self.answer_tool = answer_tool
         self._constrained_schemas: dict[str, list[dict[str, Any]]] = {}  # by database
         self.timeout_s = timeout_s
         self.row_limit = row_limit
@@ -148,6 +155,13 @@ class SqlEnvironment(ToolEnvironment):
         )
         self.events, self.last_result, self.answer = [], None, None
         return f"{INSTRUCTIONS}\n\nQuestion: {self.question}"
+
+    def tools(self) -> dict[str, Any]:
+        """The tools; `final_answer` only with `answer_tool`."""
+        found = super().tools()
+        if not self.answer_tool:
+            found.pop("final_answer", None)
+        return found
 
     def tool_schemas(self) -> list[dict[str, Any]]:
         """The tool schemas; with `schema_constrained`, the database's tables as an enum of
@@ -229,6 +243,21 @@ class SqlEnvironment(ToolEnvironment):
             lines.append(f"... {len(result.rows)} rows in all")
         return "\n".join(lines)
 
+    @tool
+    def final_answer(self, answer: str) -> str:
+        """Give the final answer to the question; this ends the episode.
+
+        Args:
+            answer: The answer to the question, stating the value the query returned.
+
+        Returns:
+            A confirmation.
+        """
+        self.events.append("final_answer")
+        self.answer = answer
+        self.done = True
+        return "Answer recorded."
+
     # --- grading -----------------------------------------------------------------------
 
     def end_turn(self, answer: str | None) -> str | None:
@@ -238,7 +267,7 @@ class SqlEnvironment(ToolEnvironment):
 
     def inspected_before_query(self) -> bool:
         first_query = self.events.index("run_query") if "run_query" in self.events else None
-        looked = [i for i, e in enumerate(self.events) if e != "run_query"]
+        looked = [i for i, e in enumerate(self.events) if e in ("list_tables", "describe_table")]
         return bool(looked) and (first_query is None or looked[0] < first_query)
 
     def answer_check(self) -> tuple[bool, str]:

@@ -56,8 +56,10 @@ def _forwarder(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def as_trl_environment(env_cls: type[ToolEnvironment], **kwargs: Any) -> type:
-    """A class for TRL's `environment_factory` around `env_cls(**kwargs)`."""
-    tools = _tool_functions(env_cls)
+    """A class for TRL's `environment_factory` around `env_cls(**kwargs)`: the tools an
+    instance offers (an option may leave one out, e.g. SqlEnvironment's `final_answer`)."""
+    offered = env_cls(**kwargs).tools()
+    tools = {name: fn for name, fn in _tool_functions(env_cls).items() if name in offered}
     if not tools:
         raise TypeError(
             f"{env_cls.__name__} has no @tool methods: TRL needs the tools on the class "
