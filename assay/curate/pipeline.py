@@ -96,26 +96,32 @@ class Pipeline:
                 run_id = store.new_run(self.name, self.recipe, config)
                 store.record_stages(run_id, config["stages"])
             run_dir = Path(store.run(run_id)["run_dir"])
+            index = self.search_index if search_index is None else search_index
+            # the index is built from the output tables still in memory, not read back
+            output: dict[str, pa.Table] | None = {} if index else None
             try:
-                executor.run(self.stages, src, store, run_id, run_dir, reporter, no_cache)
+                executor.run(
+                    self.stages, src, store, run_id, run_dir, reporter, no_cache, keep_output=output
+                )
             except BaseException as exc:
                 store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
                 raise
             store.set_status(run_id, "done")
-        if self.search_index if search_index is None else search_index:
-            write_search_index(run_dir)
+        if index:
+            write_search_index(run_dir, output)
         return RunResult(run_id=run_id, run_dir=run_dir, workspace=Path(workspace))
 
 
-def write_search_index(run_dir: Path) -> Path | None:
+def write_search_index(run_dir: Path, tables: dict[str, pa.Table] | None = None) -> Path | None:
     """The viewer's search index of a finished run's output shards (`<run_dir>/search/
-    output.duckdb`); None when there is nothing to index. A failure is logged, never raised:
-    the viewer then builds the index itself."""
+    output.duckdb`); None when there is nothing to index. `tables`: output tables the run
+    still holds, by shard name (used instead of reading those shards back). A failure is
+    logged, never raised: the viewer then builds the index itself."""
     from assay.curate.search_index import index_path, write_index
 
     files = [str(f) for f in sorted((run_dir / "output").glob("*.parquet"))]
     try:
-        return write_index(files, index_path(run_dir))
+        return write_index(files, index_path(run_dir), tables=tables)
     except Exception as exc:  # the run's data is written; the index is only a speed-up
         log.warning("search index of %s not written: %s: %s", run_dir, type(exc).__name__, exc)
         return None

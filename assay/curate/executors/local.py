@@ -87,8 +87,13 @@ class LocalExecutor:
         run_dir: Path,
         progress: Progress | None = None,
         no_cache: bool = False,
+        keep_output: dict[str, pa.Table] | None = None,
     ) -> Path:
-        """Run every segment not yet complete; return the directory of the output shards."""
+        """Run every segment not yet complete; return the directory of the output shards.
+
+        `keep_output`: filled with the output tables of the run (by shard name) that fit
+        the hold budget, for the caller to use after the run (the search index: they are
+        not read back); a shard committed by an earlier process is not in it."""
         progress = progress or QuietProgress()
         segments = split_segments(stages)
         budget = HoldBudget(self.hold_bytes)
@@ -113,6 +118,8 @@ class LocalExecutor:
                 if not last:  # the next segment reads this output twice: keep what fits
                     runner.hold = Hold(budget, held)
                     ahead = self._fit_ahead(segments[segment.index + 1], runner, next_checked)
+                elif keep_output is not None:  # the caller reads it once more
+                    runner.hold = Hold(budget, keep_output)
                 try:
                     n_batches = runner.run()
                 except BaseException:
