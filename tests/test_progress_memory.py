@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from engine_stages import EvenOnly, Upper
 from rich.console import Console
 
+from assay.curate.executors.local import LocalExecutor
 from assay.curate.pipeline import Pipeline
 from assay.curate.progress import LineProgress, RichProgress
 from assay.curate.sources import Source
@@ -88,19 +90,36 @@ class ArrowHighWater(Map):
         return table
 
 
-def test_streaming_holds_a_few_batches_not_the_source(workspace: Path, tmp_path: Path) -> None:
-    rows, batch = 200_000, 5_000
+def streamed_peak(workspace: Path, tmp_path: Path, rows: int, batch: int, **run: Any) -> int:
+    """The largest Arrow allocation while `rows` rows of ~2 KiB stream through two stages."""
     high_water = tmp_path / "peak"
     high_water.write_text("0")
-    result = Pipeline([Upper(), ArrowHighWater(path=str(high_water))], batch_size=batch).run(
-        Counter(rows), workspace=workspace, progress="quiet"
-    )
+    pipeline = Pipeline([Upper(), ArrowHighWater(path=str(high_water))], batch_size=batch)
+    result = pipeline.run(Counter(rows), workspace=workspace, progress="quiet", **run)
     assert result.funnel()[1]["rows_out"] == rows
+    return int(high_water.read_text())
+
+
+def test_streaming_holds_a_few_batches_not_the_source(workspace: Path, tmp_path: Path) -> None:
+    rows, batch = 200_000, 5_000
     batch_bytes = batch * 1024 * 2  # text plus its upper-cased copy
     source_bytes = rows * 1024 * 2
-    peak = int(high_water.read_text())
+    peak = streamed_peak(workspace, tmp_path, rows, batch, search_index=False)
     assert peak < 8 * batch_bytes, f"peak {peak:,} bytes vs batch {batch_bytes:,}"
     assert peak < source_bytes / 5
+
+
+def test_the_output_kept_for_the_search_index_stays_within_the_hold_budget(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """With the search index (the default) the run keeps its output tables for the index,
+    but no more of them than `hold_bytes`: the rest is read back from the shards."""
+    rows, batch = 200_000, 5_000
+    batch_bytes = batch * 1024 * 2
+    budget = 6 * batch_bytes
+    executor = LocalExecutor(batch_size=batch, hold_bytes=budget)
+    peak = streamed_peak(workspace, tmp_path, rows, batch, executor=executor)
+    assert peak < 8 * batch_bytes + budget, f"peak {peak:,} bytes, budget {budget:,}"
 
 
 def test_slow_stage_rates_keep_their_digits() -> None:

@@ -78,7 +78,9 @@ class Pipeline:
         """Run the pipeline (or continue run `resume`) and return its result.
 
         `search_index`: write the viewer's search index of the output at the end (default:
-        the pipeline's `search_index`, True); without it `assay view` builds one in memory."""
+        the pipeline's `search_index`, True); without it `assay view` builds one in memory.
+        The index is built from the output tables the run keeps in memory, up to the
+        executor's `hold_bytes` (`LocalExecutor(hold_bytes=0)`: none kept, all read back)."""
         if source is None and self.source is None:
             raise AssayError("no source: pass one to run() or bind one in the recipe")
         src = as_source(source if source is not None else self.source)
