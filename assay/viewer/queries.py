@@ -25,6 +25,7 @@ from typing import Any
 
 import duckdb
 
+from assay.curate.search_index import quote
 from assay.viewer import search as search_index
 from assay.viewer import search_positions
 from assay.viewer.lru import LRU
@@ -35,10 +36,6 @@ NUMERIC += ("UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
 OPS = ("=", "!=", "<", "<=", ">", ">=", "contains", "not contains", "is null", "not null")
 OPS += ("is true", "is false")
 _NO_VALUE = {"is null", "not null", "is true", "is false"}
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)
