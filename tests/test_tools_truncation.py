@@ -16,7 +16,8 @@ from local_tiny_model import registered_tiny_model
 from assay.curate.llm.types import ChatRequest
 from assay.models.chat_format import chat_response, parse_tool_calls
 from assay.operators.parse import ParseToolCalls
-from assay.operators.tools.rollouts import ToolRollouts, cut_tool_call
+from assay.operators.tools.episode import cut_tool_call
+from assay.operators.tools.rollouts import ToolRollouts
 
 ALIAS = "tiny-cut"  # not "tiny": the shared local backends are keyed by alias
 TOOLS = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class BatchRecord:
     lineage: list[pa.Table] = field(default_factory=list)
 
 
-class SegmentRun:
+class SegmentRun(ABC):
     """Runs one segment's batches not yet committed (`run`, in a subclass) and commits them.
 
     `in_flight` is how many batches are carried through the stages at once.
@@ -104,9 +105,9 @@ class SegmentRun:
         self.lock = threading.Lock()
         self.commit_lock = threading.Lock()
 
+    @abstractmethod
     def run(self) -> int:
         """Run the segment's batches not yet committed; return its number of batches."""
-        raise NotImplementedError
 
     def _fit(self) -> None:
         seg = self.segment

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import zlib
 from typing import Any
 
 import pyarrow as pa
 from pydantic import PrivateAttr
 
-from assay.curate.errors import StageError
 from assay.curate.llm.stage_client import UsesLLM
-from assay.curate.llm.types import ChatRequest
 from assay.curate.registry import register
 from assay.curate.stage import ID, PARENT_ID, AsyncStage
 from assay.operators.tools.environment import ToolEnvironment
+from assay.operators.tools.episode import Episode
 
 ENVIRONMENTS = {
     "sql": "assay.operators.tools.sql_env:SqlEnvironment",
@@ -74,62 +72,11 @@ def environment_class(name: str) -> type[ToolEnvironment]:
     return cls
 
 
-def _call(call: dict[str, Any], k: int) -> dict[str, Any]:
-    function = call.get("function") or {}
-    arguments = function.get("arguments")
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
-    return {
-        "id": str(call.get("id") or f"call_{k}"),
-        "type": "function",
-        "function": {"name": str(function.get("name", "")), "arguments": arguments},
-    }
-
-
-def cut_tool_call(
-    finish_reason: str | None, text: str | None, calls: list[dict[str, Any]], tool_choice: Any
-) -> bool:
-    """Whether a response cut at its token budget (`finish_reason == "length"`) was a tool
-    call: one of its calls has arguments that are not a whole JSON object (providers return
-    the cut arguments), or it has no call while the request's `tool_choice` forced one
-    ("required" or a function: on the local backend the constrained JSON was cut) or while
-    its text opens a `<tool_call>` block. A cut answer in prose is not a cut call."""
-    if finish_reason != "length":
-        return False
-    if calls:
-        return not all(_json_object(c["function"]["arguments"]) for c in calls)
-    wants_call = tool_choice is not None and tool_choice not in ("auto", "none")
-    return wants_call or "<tool_call>" in (text or "")
-
-
-def _json_object(arguments: str) -> bool:
-    try:
-        return isinstance(json.loads(arguments), dict)
-    except (json.JSONDecodeError, RecursionError):
-        return False
-
-
 def task_seed(seed: int, task_id: str) -> int:
     """The seed of one task's episodes: `seed` mixed with the task id, so tasks whose prompts
     differ by a word (How many products / orders are there?) do not replay the same draws
     (sample k of every task would otherwise share one seed)."""
     return (seed * 1_000_003 + zlib.crc32(task_id.encode())) % 2**31
-
-
-def message(role: str, content: str | None = "", **extra: Any) -> dict[str, Any]:
-    """A chat message in the trajectory schema (every field present)."""
-    return {
-        "role": role,
-        "content": content or "",
-        "tool_calls": extra.get("tool_calls"),
-        "tool_call_id": extra.get("tool_call_id"),
-        "name": extra.get("name"),
-    }
-
-
-def request_messages(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
-    """The trajectory as sent to a chat API (absent fields left out)."""
-    return tuple({k: v for k, v in m.items() if v is not None} for m in messages)
 
 
 @register
@@ -242,7 +189,7 @@ class ToolRollouts(AsyncStage, UsesLLM):
         round, the next model call of every live episode goes out together
         (`client.complete_many`), so a local backend gets them in one batch, whose shared
         prompt prefix (system prompt, tool schemas, task) it computes once."""
-        episodes = [_Episode(self, row, k) for row, k in samples]
+        episodes = [Episode(self, row, k) for row, k in samples]
         while live := [e for e in episodes if not e.over]:
             requests = [e.next_request() for e in live]
             responses = await self.client.complete_many(requests)
@@ -289,128 +236,3 @@ class ToolRollouts(AsyncStage, UsesLLM):
         for name, kind in OUTPUT_TYPES.items():
             columns[name] = pa.array([e[name] for e in episodes], kind)
         return pa.table(columns)
-
-
-class _Episode:
-    """One episode's state between model calls (ToolRollouts.play_group drives it)."""
-
-    def __init__(self, stage: ToolRollouts, row: dict[str, Any], k: int) -> None:
-        self.stage, self.k = stage, k
-        self.task_id = str(row.get(ID))
-        self.env = env = stage.new_environment()
-        try:
-            observation = env.reset(row)
-        except Exception as exc:
-            raise StageError(
-                stage.name,
-                f"environment cannot start: {type(exc).__name__}: {exc}",
-                row_id=str(row.get(ID)),
-            ) from exc
-        self.messages = [message("system", stage.system_prompt)] if stage.system_prompt else []
-        self.messages.append(message("user", observation))
-        self.offered = env.tool_schemas()
-        self.log: list[dict[str, Any]] = []
-        self.finish, self.turns, self.error = "turn_limit", 0, None
-        self.calls_this_turn = 0  # model calls since the last user message
-        self.over = False
-        self._params: dict[str, Any] = {}
-        self._tools: list[dict[str, Any]] = []
-
-    def next_request(self) -> ChatRequest:
-        stage, env = self.stage, self.env
-        tools = env.tool_schemas()
-        self.offered += [t for t in tools if t not in self.offered]
-        params = stage.params(self.task_id)
-        forced = stage.forced_choice(self.calls_this_turn, tools)
-        if forced == "none":
-            # an answer, not a call: the request offers no tools (providers and local
-            # models differ in how they honour tool_choice "none"; without tools, all answer)
-            tools = []
-        elif forced is not None:
-            params["tool_choice"] = forced
-        self.calls_this_turn += 1
-        self._params, self._tools = params, tools
-        return ChatRequest(
-            model=stage.model,
-            messages=request_messages(self.messages),
-            params=params,
-            tools=tuple(tools),
-            sample_index=self.k,
-        )
-
-    def apply(self, response: Any) -> None:
-        """Take the model's answer to `next_request`: run its tool calls, or end the turn."""
-        env, messages = self.env, self.messages
-        self.turns += 1
-        entry: dict[str, Any] = {
-            "call": self.turns,
-            "latency_s": response.latency_s,
-            "cached": response.cached,
-            "input_tokens": response.input_tokens,
-            "output_tokens": response.output_tokens,
-        }
-        self.log.append(entry)
-        self.over = self.turns >= self.stage.max_turns
-        if response.error is not None:
-            self.finish, self.error, self.over = "error", response.error, True
-            entry["error"] = response.error
-            return
-        entry["finish_reason"] = response.finish_reason
-        calls = [_call(c, i) for i, c in enumerate(response.tool_calls or [])]
-        choice = self._params.get("tool_choice") if self._tools else None
-        if cut_tool_call(response.finish_reason, response.text, calls, choice):
-            # the call was cut at max_tokens: kept as the text it was, never executed
-            messages.append(message("assistant", response.text))
-            self.finish, entry["truncated"], self.over = "length", True, True
-            return
-        messages.append(message("assistant", response.text, tool_calls=calls or None))
-        if calls:
-            results = (
-                env.step_calls(calls)
-                if hasattr(env, "step_calls")
-                else [env.step(c) for c in calls]
-            )
-            entry["tools"] = []
-            for call, result in zip(calls, results, strict=True):
-                messages.append(
-                    message("tool", result.content, tool_call_id=call["id"], name=result.name)
-                )
-                entry["tools"].append(
-                    {
-                        "name": result.name,
-                        "arguments": result.arguments,
-                        "result": result.content,
-                        "error": result.error,
-                        "seconds": round(result.seconds, 6),
-                    }
-                )
-            if env.done:  # a tool ended the episode (e.g. SqlEnvironment's final_answer)
-                self.finish, self.over = "answer", True
-            return
-        follow_up = env.end_turn(response.text)
-        if follow_up is None:
-            failed = getattr(env, "failed_turn", None) is not None
-            self.finish, self.over = ("failed_turn" if failed else "answer"), True
-            return
-        messages.append(message("user", follow_up))
-        self.calls_this_turn = 0
-
-    def result(self) -> dict[str, Any]:
-        env = self.env
-        score = env.score()
-        episode = {
-            "environment": self.stage.environment,
-            "calls": self.log,
-            "checks": score.checks,
-            "final_state": env.final_state(),
-            "error": self.error,
-        }
-        return {
-            "messages": self.messages,
-            "tools": json.dumps(self.offered, ensure_ascii=False),
-            "episode": json.dumps(episode, ensure_ascii=False, default=str),
-            "reward": float(score.reward),
-            "correct": bool(score.correct) and self.finish not in ("error", "length"),
-            "turns": self.turns,
-            "finish": self.finish,
-        }

@@ -222,7 +222,7 @@ def replay_ground_truth(env: Any, task_id: str, turns: int) -> list[dict[str, An
     an assistant message with the tool call and its tool result) followed by the user
     message of turn `turns`."""
     from assay.operators.tools.bfcl_env import openai_call
-    from assay.operators.tools.rollouts import message
+    from assay.operators.tools.episode import message
 
     text = env.reset({"id": task_id})
     if env.task["missed"]:
@@ -257,7 +257,7 @@ def bfcl_trl_dataset(
     mid-task).
     """
     from assay.operators.tools.bfcl_env import BfclEnvironment
-    from assay.operators.tools.rollouts import request_messages
+    from assay.operators.tools.episode import request_messages
 
     if turns not in ("all", "first"):
         raise ValueError("turns must be 'all' or 'first'")
