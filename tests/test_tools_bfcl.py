@@ -222,3 +222,89 @@ def test_first_turns_plays_and_scores_only_a_prefix_of_the_task() -> None:
     assert not env.score().correct
     with pytest.raises(ValueError, match="first_turns"):
         BfclEnvironment(first_turns=0)
+
+
+def test_turn_retries_replay_a_failed_turn_until_it_passes(workspace: Path) -> None:
+    """The fake model gets turn 1 wrong twice, then right: with turn_retries=2 the episode
+    is correct, its messages hold only the passing attempt, and the dropped attempts keep
+    the failed ones with BFCL's reason; with turn_retries=1 it still fails at turn 1."""
+    task = multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]
+    ground_truth = json.loads(task["ground_truth"])
+    docs = [d for c in task["involved_classes"] for d in function_docs(c)]
+    wrong = "mv(source='log.txt',destination='backup')"
+
+    def run(retries: int, ws: Path) -> dict[str, Any]:
+        tries: dict[int, int] = {}
+
+        def expert(body: dict[str, Any]) -> dict[str, Any] | str:
+            messages = body["messages"]
+            turn = sum(m["role"] == "user" for m in messages) - 1
+            if messages[-1]["role"] == "tool":
+                return "Done."
+            tries[turn] = tries.get(turn, 0) + 1
+            calls = list(ground_truth[turn])
+            if turn == 1 and tries[turn] <= 2:
+                calls[1] = wrong
+            return {
+                "content": None,
+                "tool_calls": [openai_call(c, docs, i) for i, c in enumerate(calls)],
+            }
+
+        with FakeOpenAI(responder=expert) as server:
+            stage = ToolRollouts(
+                model="openai/fake",
+                api_base=server.base_url,
+                api_key="sk-fake",
+                environment="bfcl",
+                environment_kwargs={"stop_at_failed_turn": True},
+                turn_retries=retries,
+                max_turns=20,
+                max_attempts=1,
+            )
+            result = Pipeline([stage]).run(
+                [{"id": "multi_turn_base_1"}], workspace=ws, progress="quiet"
+            )
+        (row,) = result.to_arrow().to_pylist()
+        return row
+
+    row = run(2, workspace)
+    assert (row["correct"], row["reward"], row["finish"]) == (True, 1.0, "answer")
+    # 4 turns x 2 calls, plus the two dropped attempts' 2 calls each
+    assert row["turns"] == 12
+    calls = [
+        json.loads(c["function"]["arguments"])
+        for m in row["messages"]
+        for c in m["tool_calls"] or []
+        if c["function"]["name"] == "mv"
+    ]
+    assert {"source": "log.txt", "destination": "backup"} not in calls
+    assert [m["role"] for m in row["messages"]].count("user") == 4
+    episode = json.loads(row["episode"])
+    assert [c["passed"] for c in episode["checks"]] == [True] * 4
+    dropped = episode["dropped_attempts"]
+    assert [d["finish"] for d in dropped] == ["failed_turn", "failed_turn"]
+    assert all("instance_state_mismatch" in d["detail"] for d in dropped)
+    assert all(d["messages"][0]["role"] == "assistant" for d in dropped)
+    assert "backup" in json.dumps(dropped[0]["messages"])
+    assert [c["attempt"] for c in episode["calls"]] == [0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2]
+    # one retry is not enough: it ends at turn 1 as without retries
+    row = run(1, workspace.parent / "ws-one-retry")
+    assert (row["correct"], row["finish"]) == (False, "failed_turn")
+    assert len(json.loads(row["episode"])["dropped_attempts"]) == 1
+
+
+def test_retry_turn_rebuilds_the_state_before_the_turn() -> None:
+    change = (1, 1, "mv(source='log.txt',destination='backup')")
+    env = replay("multi_turn_base_1", change=change, stop_at_failed_turn=True)
+    assert env.failed_turn == 1 and env.done
+    before = replay("multi_turn_base_1", stop_at_failed_turn=True, first_turns=1).final_state()
+    detail = env.retry_turn()
+    assert "instance_state_mismatch" in detail
+    assert (env.turn, env.failed_turn, env.done) == (1, None, False)
+    assert len(env.decoded_turns()) == 2 and env.decoded_turns()[1] == []
+    assert env.final_state() == before  # turn 1's calls are undone
+    ground_truth = env.task["ground_truth"]
+    for k in range(1, len(ground_truth)):
+        env.step_calls([openai_call(c, env.docs, i) for i, c in enumerate(ground_truth[k])])
+        env.end_turn("done")
+    assert env.done and env.score().correct

@@ -313,3 +313,48 @@ def test_the_answer_tool_is_offered_only_when_asked_and_ends_the_episode(shop: s
     run(env, "final_answer", answer=str(gold))
     run(env, "run_query", sql=TASK["gold_sql"])
     assert env.inspected_before_query() is False
+
+
+def answer_pattern(env: SqlEnvironment) -> str | None:
+    schema = next(s for s in env.tool_schemas() if s["function"]["name"] == "final_answer")
+    return schema["function"]["parameters"]["properties"]["answer"].get("pattern")
+
+
+def test_answer_from_result_makes_the_answer_restate_the_last_query(shop: str) -> None:
+    with pytest.raises(ValueError, match="answer_tool"):
+        SqlEnvironment(shop, answer_from_result=True)
+    env = SqlEnvironment(shop, answer_tool=True, answer_from_result=True)
+    env.reset(TASK)
+    assert answer_pattern(env) is None  # no query yet: the answer is free
+    with pytest.raises(ValueError):
+        env.run_query("SELECT nope FROM customers")
+    assert answer_pattern(env) is None  # a failed query leaves it free
+    run(env, "run_query", sql="SELECT COUNT(*) FROM customers WHERE home_city = 'Paris'")
+    wrong = str(env.last_result.rows[0][0])
+    source = answer_pattern(env)
+    assert re.fullmatch(source, wrong) and not re.fullmatch(source, wrong + "0")
+    grammar = xgrammar.Grammar.from_json_schema(
+        json.dumps({"type": "string", "pattern": source}), any_whitespace=False
+    )
+    assert _is_grammar_accept_string(grammar, json.dumps(wrong))
+    assert not _is_grammar_accept_string(grammar, json.dumps(f"{wrong} customers"))
+    # the answer the pattern forces is scored against the gold result: the query was wrong
+    run(env, "final_answer", answer=wrong)
+    assert env.score().correct is False
+    env.reset(TASK)
+    run(env, "run_query", sql=TASK["gold_sql"])
+    run(env, "final_answer", answer=str(env.last_result.rows[0][0]))
+    assert env.score().correct is True
+    # several cells are written out in order; characters special in a pattern are escaped
+    env.reset(TASK)
+    run(env, "run_query", sql="SELECT 'a.b-(c)' AS x, 3.5 AS y")
+    source = answer_pattern(env)
+    assert re.fullmatch(source, "a.b-(c), 3.5") and not re.fullmatch(source, "aXb-(c), 3.5")
+    grammar = xgrammar.Grammar.from_json_schema(
+        json.dumps({"type": "string", "pattern": source}), any_whitespace=False
+    )
+    assert _is_grammar_accept_string(grammar, json.dumps("a.b-(c), 3.5"))
+    assert not _is_grammar_accept_string(grammar, json.dumps("aXb-(c), 3.5"))
+    # more than 10 cells: too long to restate, the answer stays free
+    run(env, "run_query", sql="SELECT cust_ref FROM customers LIMIT 11")
+    assert answer_pattern(env) is None

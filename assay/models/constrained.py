@@ -29,6 +29,7 @@ of a grammar state, and a forced close would still be a value the model did not 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -72,6 +73,9 @@ def harden_schema(schema: Any) -> Any:
     return out
 
 
+CACHED_GRAMMARS = 256
+
+
 class GrammarCompiler:
     """Compiles response formats for one tokenizer; compiled grammars are cached by schema."""
 
@@ -90,13 +94,17 @@ class GrammarCompiler:
         )
         self.vocab_size = vocab_size
         self._compiler = xgr.GrammarCompiler(info, max_threads=2)
-        self._cache: dict[str, Any] = {}
+        # compiled grammars by schema, the least recently used dropped past CACHED_GRAMMARS:
+        # schemas can change per request (a tool argument's pattern made from a query result)
+        self._cache: OrderedDict[str, Any] = OrderedDict()
 
     def compile(self, response_format: ResponseFormat) -> Any:
         """A compiled grammar for the response format (cached)."""
         schema = schema_of(response_format)
         key = json.dumps(schema, sort_keys=True)
-        if key not in self._cache:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
             if schema is None:
                 compiled = self._compiler.compile_builtin_json_grammar()
             else:
@@ -104,6 +112,8 @@ class GrammarCompiler:
                     json.dumps(harden_schema(schema)), any_whitespace=False, strict_mode=True
                 )
             self._cache[key] = compiled
+            if len(self._cache) > CACHED_GRAMMARS:
+                self._cache.popitem(last=False)
         return self._cache[key]
 
     def matcher(self, compiled: Any) -> GrammarState:

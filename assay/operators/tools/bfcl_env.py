@@ -169,6 +169,25 @@ class BfclEnvironment(ToolEnvironment):
         self.steps.append([])
         return self._user_message(self.turn)
 
+    def retry_turn(self) -> str | None:
+        """Rewind the failed (or unfinished) turn: its calls are dropped and the API
+        instances rebuilt from the initial config by replaying the earlier turns' calls
+        (BFCL's executor keeps no undo; its APIs are deterministic given the calls)."""
+        k = self.failed_turn if self.failed_turn is not None else self.turn
+        if k >= len(self.task.get("questions", [])):
+            return None
+        check = self._turn_checks.pop(k, None)
+        detail = f"{check.get('error_type')}: {check.get('error_message')}" if check else ""
+        for stale in [t for t in self._turn_checks if t > k]:
+            del self._turn_checks[stale]
+        self.turn, self.failed_turn, self.done = k, None, False
+        self.steps = [*self.steps[:k], []]
+        self._forget_instances()
+        self._tag = f"assay_{uuid.uuid4().hex[:12]}"
+        earlier = [c for turn in self.steps[:k] for step in turn for c in step]
+        self._execute(earlier, self._tag)
+        return detail
+
     # --- tools -------------------------------------------------------------------------
 
     def tools(self) -> dict[str, Any]:

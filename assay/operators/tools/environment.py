@@ -5,7 +5,8 @@ calls go to `step`, which returns what the tool said (errors included: a bad cal
 information for the model, never an exception in the rollout); `end_turn(answer)` is called
 when the model answers without calling a tool and returns the next user message of a
 multi-turn task, or None when the task is over (`done`). `final_state()` is what checks
-compare, and `score()` grades the episode.
+compare, and `score()` grades the episode. An environment that can rewind a turn
+(`retry_turn`, BfclEnvironment) lets `ToolRollouts(turn_retries=k)` play a failed turn again.
 
 Tools are the methods decorated with `@tool` (see api.py): their JSON schemas come from their
 type hints and docstrings, so the same methods serve TRL's `environment_factory` (trl.py).
@@ -90,6 +91,14 @@ class ToolEnvironment(ABC):
     def end_turn(self, answer: str | None) -> str | None:
         """The model answered without a tool call: the next user message, or None (done)."""
         self.done = True
+        return None
+
+    def retry_turn(self) -> str | None:
+        """Undo the current user turn (a turn that failed its check, or one still being
+        played) so the same user message can be played again from the state before it.
+        Returns why the attempt was dropped (a failed check's detail, or ""), or None where
+        the environment cannot rewind a turn (the default): `ToolRollouts(turn_retries=k)`
+        then ends the episode as it would without retries."""
         return None
 
     # --- tools -------------------------------------------------------------------------

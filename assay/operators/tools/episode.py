@@ -54,6 +54,10 @@ def _json_object(arguments: str) -> bool:
         return False
 
 
+def _name(schema: dict[str, Any]) -> str:
+    return str(schema.get("function", schema).get("name"))
+
+
 def message(role: str, content: str | None = "", **extra: Any) -> dict[str, Any]:
     """A chat message in the trajectory schema (every field present)."""
     return {
@@ -87,10 +91,14 @@ class Episode:
             ) from exc
         self.messages = [message("system", stage.system_prompt)] if stage.system_prompt else []
         self.messages.append(message("user", observation))
+        self.turn_start = len(self.messages)  # where the current user turn's answer begins
         self.offered = env.tool_schemas()
         self.log: list[dict[str, Any]] = []
         self.finish, self.turns, self.error = "turn_limit", 0, None
         self.calls_this_turn = 0  # model calls since the last user message
+        self.retries_this_turn = 0
+        self.attempt = 0  # turn attempts dropped so far: each retry samples afresh
+        self.dropped: list[dict[str, Any]] = []
         self.over = False
         self._params: dict[str, Any] = {}
         self._tools: list[dict[str, Any]] = []
@@ -98,7 +106,10 @@ class Episode:
     def next_request(self) -> ChatRequest:
         stage, env = self.stage, self.env
         tools = env.tool_schemas()
-        self.offered += [t for t in tools if t not in self.offered]
+        # one schema per tool name, as first offered (SqlEnvironment's final_answer gains a
+        # pattern once a query has run; the patterns are grammars, not what the tool is)
+        names = {_name(t) for t in self.offered}
+        self.offered += [t for t in tools if _name(t) not in names]
         params = stage.params(self.task_id)
         forced = stage.forced_choice(self.calls_this_turn, tools)
         if forced == "none":
@@ -114,7 +125,7 @@ class Episode:
             messages=request_messages(self.messages),
             params=params,
             tools=tuple(tools),
-            sample_index=self.k,
+            sample_index=self.k + stage.n * self.attempt,
         )
 
     def apply(self, response: Any) -> None:
@@ -127,6 +138,7 @@ class Episode:
             "cached": response.cached,
             "input_tokens": response.input_tokens,
             "output_tokens": response.output_tokens,
+            "attempt": self.attempt,
         }
         self.log.append(entry)
         self.over = self.turns >= self.stage.max_turns
@@ -140,7 +152,9 @@ class Episode:
         if cut_tool_call(response.finish_reason, response.text, calls, choice):
             # the call was cut at max_tokens: kept as the text it was, never executed
             messages.append(message("assistant", response.text))
-            self.finish, entry["truncated"], self.over = "length", True, True
+            entry["truncated"] = True
+            if not self._retry("length"):
+                self.finish, self.over = "length", True
             return
         messages.append(message("assistant", response.text, tool_calls=calls or None))
         if calls:
@@ -169,10 +183,34 @@ class Episode:
         follow_up = env.end_turn(response.text)
         if follow_up is None:
             failed = getattr(env, "failed_turn", None) is not None
+            if failed and self._retry("failed_turn"):
+                return
             self.finish, self.over = ("failed_turn" if failed else "answer"), True
             return
         messages.append(message("user", follow_up))
+        self.turn_start, self.calls_this_turn, self.retries_this_turn = len(messages), 0, 0
+
+    def _retry(self, finish: str) -> bool:
+        """Drop the current turn's attempt and play the turn again (`turn_retries`), where
+        retries and model calls are left and the environment can rewind the turn."""
+        if self.over or self.retries_this_turn >= self.stage.turn_retries:
+            return False
+        detail = self.env.retry_turn()
+        if detail is None:
+            return False
+        self.dropped.append(
+            {
+                "at_message": self.turn_start,
+                "finish": finish,
+                "detail": detail,
+                "messages": self.messages[self.turn_start :],
+            }
+        )
+        del self.messages[self.turn_start :]
+        self.retries_this_turn += 1
+        self.attempt += 1
         self.calls_this_turn = 0
+        return True
 
     def result(self) -> dict[str, Any]:
         env = self.env
@@ -183,6 +221,7 @@ class Episode:
             "checks": score.checks,
             "final_state": env.final_state(),
             "error": self.error,
+            "dropped_attempts": self.dropped,
         }
         return {
             "messages": self.messages,

@@ -99,7 +99,10 @@ class ToolRollouts(AsyncStage, UsesLLM):
     "failed_turn" (the environment ended the episode at a failed turn, e.g.
     `BfclEnvironment(stop_at_failed_turn=True)`), "turn_limit", "length" or "error"); the
     task's other columns are kept. Every call in
-    `episode.calls` records the response's `finish_reason`.
+    `episode.calls` records the response's `finish_reason` and its `attempt`;
+    `episode.dropped_attempts` holds the turn attempts `turn_retries` dropped (`at_message`,
+    `finish`, the check's `detail`, their `messages`): a failed and a passing answer to the
+    same conversation, preference pairs for DPO.
     A tool call cut at `max_tokens` (see `cut_tool_call`) ends the episode with
     `finish="length"`, `correct=false`: it is stored as the assistant's text and never
     executed or repaired into a call the model did not finish. An answer in prose cut at
@@ -133,6 +136,12 @@ class ToolRollouts(AsyncStage, UsesLLM):
     # "none" (an answer: the call is sent without tools);
     # later calls use generation_kwargs' tool_choice (auto by default), so the model can answer
     force_tools: int | list[str] = 0
+    # turn-level rejection sampling: a user turn that fails its check (an environment that
+    # checks turns as they end, e.g. BfclEnvironment(stop_at_failed_turn=True)) or whose tool
+    # call is cut at max_tokens is dropped and played again from the state before it, up to
+    # this many times per turn (the environment must implement `retry_turn`); each retry
+    # samples with a new sample index; dropped attempts are kept in `episode`
+    turn_retries: int = 0
     # how many tasks play at once (each task's n episodes together, in lockstep); 0: no
     # limit. None: on a local model max(1, 8 // n) (a batch of one task's n episodes shares
     # the task's prompt prefix, tool schemas and task, computed once; rows of other tasks
@@ -149,6 +158,8 @@ class ToolRollouts(AsyncStage, UsesLLM):
             raise ValueError("n and max_turns must be at least 1")
         if self.concurrent_tasks is not None and self.concurrent_tasks < 0:
             raise ValueError("concurrent_tasks must be 0 (no limit) or more")
+        if self.turn_retries < 0:
+            raise ValueError("turn_retries must be 0 or more")
         if isinstance(self.force_tools, int) and self.force_tools < 0:
             raise ValueError("force_tools must be 0 or more, or a list of tool names")
         self._env_cls = environment_class(self.environment)

@@ -29,6 +29,13 @@ writes tool-call text where it should answer in prose (SmolLM2-135M copies the c
 over the real tables and columns (sql_grammar.py, PICARD's idea). Constrained decoding on the
 local backend enforces both (an API model reads them as JSON schema), so a small model's calls
 name real tables and parse; the prompt shows the enum but not the long pattern.
+
+`answer_from_result=True` (with `answer_tool`) constrains `final_answer`'s `answer`, once a
+query has returned at most 10 cells, to those cells written out (`40`; `Lyon, 12`): the
+answer restates what the query returned, so an episode is correct exactly when its last query
+returned the gold result, text-to-SQL's execution accuracy (Spider, BIRD). A small model that
+writes the right query but not the number it got back then makes a trajectory whose answer
+is the query's, a well-formed one to train on. The prompt does not show the pattern.
 """
 
 from __future__ import annotations
@@ -115,11 +122,15 @@ class SqlEnvironment(ToolEnvironment):
         shown_rows: int = 20,
         schema_constrained: bool = False,
         answer_tool: bool = False,
+        answer_from_result: bool = False,
     ) -> None:
         super().__init__()
+        if answer_from_result and not answer_tool:
+            raise ValueError("answer_from_result constrains final_answer: set answer_tool too")
         self.database = resolve_database(database)
         self.schema_constrained = schema_constrained
         self.answer_tool = answer_tool
+        self.answer_from_result = answer_from_result
         self._constrained_schemas: dict[str, list[dict[str, Any]]] = {}  # by database
         self.timeout_s = timeout_s
         self.row_limit = row_limit
@@ -165,7 +176,34 @@ class SqlEnvironment(ToolEnvironment):
 
     def tool_schemas(self) -> list[dict[str, Any]]:
         """The tool schemas; with `schema_constrained`, the database's tables as an enum of
-        `describe_table` and its single-table SELECTs as the pattern of `run_query`."""
+        `describe_table` and its single-table SELECTs as the pattern of `run_query`; with
+        `answer_from_result`, the last query's cells as the pattern of `final_answer`."""
+        schemas = self._database_schemas()
+        pattern = self._result_pattern() if self.answer_from_result else None
+        if pattern is None:
+            return schemas
+        schemas = list(schemas)
+        for i, schema in enumerate(schemas):
+            if schema.get("function", schema)["name"] == "final_answer":
+                schemas[i] = copy.deepcopy(schema)
+                function = schemas[i].get("function", schemas[i])
+                function["parameters"]["properties"]["answer"]["pattern"] = pattern
+        return schemas
+
+    def _result_pattern(self) -> str | None:
+        """The last query's cells joined by ", " as an anchored literal pattern; None before
+        a query succeeds, past 10 cells, or where a cell would need escaping in JSON."""
+        if self.last_result is None:
+            return None
+        cells = [str(v) for row in self.last_result.rows for v in row]
+        if not cells or len(cells) > 10:
+            return None
+        text = ", ".join(cells)
+        if any(c in text for c in '"\\') or any(ord(c) < 0x20 for c in text):
+            return None
+        return "^" + re.sub(r"([.^$|?*+()\[\]{}\-])", r"\\\1", text) + "$"
+
+    def _database_schemas(self) -> list[dict[str, Any]]:
         if not self.schema_constrained:
             return super().tool_schemas()
         if self.database not in self._constrained_schemas:
