@@ -3,7 +3,8 @@
 Runs the tool recipes with `local/smollm2-135m`, each in a fresh workspace (no cached
 answers): `sql` (recipes/tools_sql.yaml), `sql_free` (the same tasks, the model left to call
 tools by itself: no force_tools), `sql_intern`, `bfcl` (recipes/tools_bfcl.yaml: 20 BFCL v4
-multi-turn base tasks, ids multi_turn_base_0, _10, ..., _190) and `bfcl_first_turn`. It
+multi-turn base tasks, ids multi_turn_base_0, _10, ..., _190), `bfcl_first_turn` and
+`bfcl_turn_retries` (recipes/tools_bfcl_turn_retries.yaml: failed turns played again). It
 prints, per run: episodes, wall seconds, rollouts per minute, model calls, tool calls, pass
 rate (`correct`), mean reward, how episodes ended, the tool-discipline rate (SQL), the load
 average before and after; and trivial baselines scored by the same environments without a
@@ -34,6 +35,7 @@ RECIPES = {
     "sql_intern": ROOT / "recipes/tools_sql_intern.yaml",
     "bfcl": ROOT / "recipes/tools_bfcl.yaml",
     "bfcl_first_turn": ROOT / "recipes/tools_bfcl_first_turn.yaml",
+    "bfcl_turn_retries": ROOT / "recipes/tools_bfcl_turn_retries.yaml",
     "bfcl_first_turn_one_call": ROOT / "recipes/tools_bfcl_first_turn.yaml",
 }
 # runs that read another task list than their recipe's
@@ -90,6 +92,9 @@ def run(
         "mean_reward": round(sum(r["reward"] for r in rows) / len(rows), 3),
         "finish": dict(Counter(r["finish"] for r in rows)),
         "tasks_solved": len({r["parent_id"] for r in rows if r["correct"]}),
+        # turns played again (turn_retries): the dropped attempts' model calls are counted
+        # in model_calls and in the wall time
+        "dropped_attempts": sum(len(e.get("dropped_attempts", [])) for e in episodes),
         "correct_with_a_tool_call": sum(1 for _, e in correct if _called(e)),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -155,6 +160,7 @@ def baselines(limit: int | None) -> dict[str, object]:
         ("bfcl", None),
         ("bfcl_first_turn", 1),
         ("bfcl_first_turn_one_call", 1),
+        ("bfcl_turn_retries", None),
     ):
         pipeline = load_recipe(RECIPES[name])
         path = SOURCES.get(name, Path(str(pipeline.source)))

@@ -358,3 +358,28 @@ def test_answer_from_result_makes_the_answer_restate_the_last_query(shop: str) -
     # more than 10 cells: too long to restate, the answer stays free
     run(env, "run_query", sql="SELECT cust_ref FROM customers LIMIT 11")
     assert answer_pattern(env) is None
+
+
+def test_digits_inside_a_word_state_no_number_and_a_lucky_answer_needs_the_right_query(
+    shop: str,
+) -> None:
+    count_all = {"id": "c", "question": "How many customers are there?"}
+    count_all["gold_sql"] = "SELECT COUNT(*) FROM customers"
+    env = SqlEnvironment(shop, answer_tool=True)
+    env.reset(count_all)
+    n = env.gold.rows[0][0]
+    run(env, "final_answer", answer=f"customer_{n}")
+    assert env.score().correct is False  # a name, not the count
+    env.reset(count_all)
+    run(env, "final_answer", answer=f"There are {n}.")
+    assert env.score().correct is True
+    # answer_from_result: the right number from the wrong query is not execution accuracy
+    env = SqlEnvironment(shop, answer_tool=True, answer_from_result=True)
+    env.reset(count_all)
+    run(env, "run_query", sql=f"SELECT {n} AS lucky")
+    run(env, "final_answer", answer=str(n))
+    assert env.score().correct is True  # same result set: execution accuracy counts it
+    env.reset(count_all)
+    run(env, "run_query", sql="SELECT COUNT(*) FROM orders")
+    run(env, "final_answer", answer=str(n))  # an API model may ignore the pattern
+    assert env.score().correct is False

@@ -7,8 +7,9 @@ on a read-only connection with a timeout and a row limit.
 
 An episode is scored by its final answer and by its discipline:
 - answer: the final answer states every value of the gold result (numbers within 1e-6
-  relative); a gold result over 10 cells, or an episode without a final answer (TRL's
-  loop), must instead be what the last query returned;
+  relative; digits glued to a word, `customer_40`, state no number); a gold result over 10
+  cells, or an episode without a final answer (TRL's loop), must instead be what the last
+  query returned; with `answer_from_result` the last query must return the gold result too;
 - discipline: `list_tables` or `describe_table` was called before the first `run_query`.
 `reward = 0.7 * answer + 0.3 * discipline`; `correct` is the answer check.
 
@@ -64,7 +65,8 @@ from assay.operators.tools.sql_grammar import select_pattern
 
 DATABASES = ("shop", "intern_sql")
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+# a number not glued to a word before it ("customer_40" names a customer, it states no 40)
+_NUMBER = re.compile(r"(?<![A-Za-z_\d])-?\d[\d,]*(?:\.\d+)?")
 INSTRUCTIONS = (
     "Answer the question using the database tools. First call list_tables and describe_table "
     "to see the tables and their columns, then run_query with one SELECT. When you have the "
@@ -310,9 +312,16 @@ class SqlEnvironment(ToolEnvironment):
 
     def answer_check(self) -> tuple[bool, str]:
         """The final answer must state the gold values; a gold result too big to state
-        (over 10 cells) must be what the last successful query returned."""
+        (over 10 cells) must be what the last successful query returned. With
+        `answer_from_result`, the last query must also have returned the gold result."""
         if self.gold is None:
             return False, "no gold SQL for this task"
+        if self.answer_from_result and self.answer is not None:
+            # execution accuracy: the answer restates the last query, which must be right
+            if self.last_result is None or not same_results(
+                self.last_result.rows, self.gold.rows, is_ordered(self.gold_sql)
+            )[0]:
+                return False, "the last query did not return the gold result"
         cells = [_cell(v) for row in self.gold.rows for v in row]
         # no final answer seen (TRL's loop ends without telling the environment): the last
         # query's result is the answer
