@@ -406,3 +406,44 @@ def test_default_task_concurrency_fills_a_local_batch_and_is_one_gate_per_loop()
     asyncio.run(grab())
     assert loops[0] is not loops[1]  # a semaphore belongs to one event loop
     assert len(one._gates) == 1  # the first (closed) loop's went when the second came
+
+
+def test_an_exported_run_card_counts_episodes_and_names_the_source(
+    workspace: Path, shop: str, tmp_path: Path
+) -> None:
+    """Two tasks x 3 episodes; the fake model answers Lyon right in its first 2 episodes
+    only and never Porto: the card says 6 samples, 2 verified, 1 of 2 problems solved."""
+    from assay.datasets.export_run import export_run
+
+    seen: dict[str, int] = {}
+
+    def some_right(body: dict[str, Any]) -> dict[str, Any] | str:
+        reply = disciplined(body)
+        if isinstance(reply, str):
+            question = body["messages"][0]["content"]
+            seen[question] = seen.get(question, 0) + 1
+            if "Porto" in question or seen[question] > 2:
+                return "There are 999 customers."
+        return reply
+
+    porto = {**TASK, "id": "porto", "question": "How many customers live in Porto?"}
+    porto["gold_sql"] = TASK["gold_sql"].replace("Lyon", "Porto")
+    with FakeOpenAI(responder=some_right) as server:
+        stage = rollouts(server, shop, n=3, concurrent_tasks=1)
+        result = Pipeline([stage]).run([TASK, porto], workspace=workspace, progress="quiet")
+    assert sum(r["correct"] for r in result.to_arrow().to_pylist()) == 2
+    paths = export_run(result.run_id, tmp_path / "sft", "messages", workspace=workspace)
+    assert paths.rows == 2
+    card = paths.card.read_text()
+    assert "samples drawn: 6, verified correct: 2 (33.3%)" in card
+    assert "problems: 2, with at least one correct sample: 1" in card
+    # a database of the user's own: its source is not assay's to name
+    assert "Licence of the source data: not recorded" in card
+    from assay.datasets.cards import BFCL, SHOP, infer_source
+
+    def stage(**params: Any) -> list[dict[str, Any]]:
+        return [{"stage": "ToolRollouts", "params": params}]
+
+    assert infer_source(stage(environment="sql", environment_kwargs={}), {}) is SHOP
+    assert infer_source(stage(environment="sql", environment_kwargs={"database": shop}), {}) is None
+    assert infer_source(stage(environment="bfcl"), {}) is BFCL and BFCL.evaluation_only

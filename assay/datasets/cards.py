@@ -70,11 +70,37 @@ class ExportStats:
     samples_correct: int = 0
 
 
+BFCL = SourceInfo(
+    "BFCL v4 multi-turn tasks, their API classes and checker (Berkeley Function-Calling "
+    "Leaderboard; PyPI wheel bfcl-eval==2026.3.23, read by assay.datasets.bfcl)",
+    "Apache-2.0 (bfcl-eval); BFCL is a test set: evaluate on it, do not train a model you "
+    "evaluate on BFCL with these rows",
+    "apache-2.0",
+    evaluation_only=True,
+)
+SHOP = SourceInfo(
+    "questions about assay's seeded shop database (assay.operators.tools.sql_demo), answered "
+    "with SqlEnvironment's tools",
+    "no upstream data: generated; the generated rows follow the project's licence",
+    "other",
+)
+
+
 def infer_source(stages: list[dict[str, Any]], source: dict[str, Any]) -> SourceInfo | None:
-    """The source of a run when assay knows it (GSM8K through Gsm8kProblems, arithmetic)."""
+    """The source of a run when assay knows it (GSM8K through Gsm8kProblems, arithmetic,
+    BFCL and the shop database through ToolRollouts)."""
     names = {s["stage"] for s in stages}
     if "Gsm8kProblems" in names:
         return gsm8k_source()
+    for stage in stages:
+        if stage["stage"] != "ToolRollouts":
+            continue
+        params = stage.get("params", {})
+        if params.get("environment") == "bfcl":
+            return BFCL
+        database = (params.get("environment_kwargs") or {}).get("database")
+        if params.get("environment") == "sql" and database in (None, "shop"):
+            return SHOP
     path = str(source.get("path", ""))
     if Path(path).stem.startswith("arithmetic"):
         return ARITHMETIC

@@ -81,10 +81,24 @@ def _stats(format: str, rows: int, kept: pa.Table, wrong: pa.Table | None) -> Ex
     stats = ExportStats(format=format, rows=rows)
     if "parent_id" not in kept.column_names:
         return stats
+    tables = [kept] + ([wrong] if wrong is not None else [])
+    if "correct" in kept.column_names and "pass_rate" not in kept.column_names:
+        # one row per sample, correct or not (ToolRollouts episodes): count them
+        outcomes: dict[str, list[bool]] = {}
+        for t in tables:
+            for problem, correct in zip(
+                t["parent_id"].to_pylist(), t["correct"].to_pylist(), strict=True
+            ):
+                outcomes.setdefault(str(problem), []).append(bool(correct))
+        stats.pass_rates = [sum(v) / len(v) for v in outcomes.values()]
+        stats.problems = len(outcomes)
+        stats.problems_solved = sum(any(v) for v in outcomes.values())
+        stats.samples = sum(len(v) for v in outcomes.values())
+        stats.samples_correct = sum(sum(v) for v in outcomes.values())
+        return stats
     # a problem's pass rate is on each of its rows; problems with no kept row come from the
     # rejects (their rows carry the rate too)
     rates: dict[str, float] = {}
-    tables = [kept] + ([wrong] if wrong is not None else [])
     for t in tables:
         if "pass_rate" not in t.column_names:
             continue
