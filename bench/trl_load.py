@@ -57,49 +57,33 @@ def main() -> None:
             max_length=args.max_length,
             dataset_num_proc=None,
         )
-        for folder in args.sft:
+        trainers = {"sft": (SFTTrainer, SFTConfig), "dpo": (DPOTrainer, DPOConfig)}
+        jobs = [("sft", f) for f in args.sft] + [("dpo", f) for f in args.dpo]
+        for kind, folder in jobs:
+            trainer_class, config_class = trainers[kind]
             loaded = _load(folder)
-            trainer = SFTTrainer(
+            trainer = trainer_class(
                 model=model,
-                args=SFTConfig(**common),
+                args=config_class(**common),
                 train_dataset=loaded,
                 processing_class=tokenizer,
             )
             prepared = trainer.train_dataset
-            lengths = [len(x) for x in prepared["input_ids"]]
-            report[folder] = {
-                "kind": "sft",
+            entry: dict[str, object] = {
+                "kind": kind,
                 "columns": loaded.column_names,
                 "rows_loaded": loaded.num_rows,
                 "rows_prepared": prepared.num_rows,
-                "tokens": sum(lengths),
-                "longest": max(lengths),
-            }
-            print(
-                f"== {folder}: first prepared example\n{tokenizer.decode(prepared[0]['input_ids'])}"
-            )
-        for folder in args.dpo:
-            loaded = _load(folder)
-            trainer = DPOTrainer(
-                model=model,
-                args=DPOConfig(**common),
-                train_dataset=loaded,
-                processing_class=tokenizer,
-            )
-            prepared = trainer.train_dataset
-            report[folder] = {
-                "kind": "dpo",
-                "columns": loaded.column_names,
-                "rows_loaded": loaded.num_rows,
-                "rows_prepared": prepared.num_rows,
-                "chosen_tokens": sum(len(x) for x in prepared["chosen_ids"]),
-                "rejected_tokens": sum(len(x) for x in prepared["rejected_ids"]),
             }
             first = prepared[0]
-            print(f"== {folder}: first pair, chosen then rejected (completion only)")
-            print(tokenizer.decode(first["chosen_ids"]))
-            print("--")
-            print(tokenizer.decode(first["rejected_ids"]))
+            id_columns = ["input_ids"] if kind == "sft" else ["chosen_ids", "rejected_ids"]
+            for column in id_columns:
+                lengths = [len(x) for x in prepared[column]]
+                entry[f"{column.removesuffix('_ids')}_tokens"] = sum(lengths)
+                entry[f"{column.removesuffix('_ids')}_longest"] = max(lengths)
+                print(f"== {folder}: first prepared example, {column}")
+                print(tokenizer.decode(first[column]))
+            report[folder] = entry
     print(json.dumps(report, indent=1))
 
 

@@ -158,13 +158,18 @@ def scripted_rollout(
             "tool_calls": [openai_call(c, docs, i) for i, c in enumerate(calls)],
         }
 
-    with FakeOpenAI(responder=expert) as server:
+    return rollout_with(workspace, expert, **{"max_turns": 10, **options})
+
+
+def rollout_with(workspace: Path, responder: Any, **options: Any) -> dict[str, Any]:
+    """One ToolRollouts episode of multi_turn_base_1 answered by `responder` (the fake
+    server's), as its output row."""
+    with FakeOpenAI(responder=responder) as server:
         stage = ToolRollouts(
             model="openai/fake",
             api_base=server.base_url,
             api_key="sk-fake",
             environment="bfcl",
-            max_turns=10,
             max_attempts=1,
             **options,
         )
@@ -250,22 +255,13 @@ def test_turn_retries_replay_a_failed_turn_until_it_passes(workspace: Path) -> N
                 "tool_calls": [openai_call(c, docs, i) for i, c in enumerate(calls)],
             }
 
-        with FakeOpenAI(responder=expert) as server:
-            stage = ToolRollouts(
-                model="openai/fake",
-                api_base=server.base_url,
-                api_key="sk-fake",
-                environment="bfcl",
-                environment_kwargs={"stop_at_failed_turn": True},
-                turn_retries=retries,
-                max_turns=20,
-                max_attempts=1,
-            )
-            result = Pipeline([stage]).run(
-                [{"id": "multi_turn_base_1"}], workspace=ws, progress="quiet"
-            )
-        (row,) = result.to_arrow().to_pylist()
-        return row
+        return rollout_with(
+            ws,
+            expert,
+            environment_kwargs={"stop_at_failed_turn": True},
+            turn_retries=retries,
+            max_turns=20,
+        )
 
     row = run(2, workspace)
     assert (row["correct"], row["reward"], row["finish"]) == (True, 1.0, "answer")
