@@ -93,7 +93,9 @@ class OpenAIHTTPBackend:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         import aiohttp
+        import yarl
 
+        self._url = yarl.URL(self.url)  # parsed once, not per request
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.prices = prices
         self._session: aiohttp.ClientSession | None = None
@@ -138,15 +140,20 @@ class OpenAIHTTPBackend:
             body["tools"] = list(request.tools)
         started = time.perf_counter()
         session = self._get_session()
-        async with session.post(self.url, data=json.dumps(body), headers=self._headers) as resp:
-            text = await resp.text()
+        # bytes both ways: a str body or `resp.text()` costs aiohttp a charset lookup per call
+        payload = json.dumps(body).encode()
+        async with session.post(self._url, data=payload, headers=self._headers) as resp:
+            raw: bytes | str = await resp.read()
             if resp.status >= 300:
-                raise status_error(resp.status, text, resp.headers)
+                raise status_error(resp.status, _decode(raw, resp.charset), resp.headers)
+            charset = resp.charset  # JSON is UTF-8 (json.loads reads the bytes) unless said
+            if charset and charset.lower() not in ("utf-8", "utf8"):
+                raw = _decode(raw, charset)
             headers = resp.headers
         latency = time.perf_counter() - started
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ResponseError(f"response body is not valid JSON: {exc}") from exc
         return self._convert(request, data, headers, latency)
 
@@ -174,6 +181,16 @@ class OpenAIHTTPBackend:
             latency_s=latency,
             headers=rate_headers(headers),
         )
+
+
+def _decode(raw: bytes | str, charset: str | None) -> str:
+    """A body as text: its declared charset (UTF-8 if none or unknown), never raising."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return raw.decode("utf-8", errors="replace")
 
 
 def _served_name(model: str) -> str:
