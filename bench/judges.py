@@ -11,7 +11,8 @@ what they read, and time them.
 
 `train` fits a cross-encoder from all-MiniLM-L6-v2 on the set's train split (both answers of
 each pair; `--pairs` for the first N pairs only), calibrates it on the validation split and
-registers it as `halueval-<set>` (or `--name`). `eval` runs `assay judge-eval` on the test
+registers it as `halueval-<set>` (or `--name`); it checkpoints every `--checkpoint-every`
+steps, and `--resume` continues a stopped run from its checkpoint. `eval` runs `assay judge-eval` on the test
 split (`--limit` first pairs) and writes the report (markdown, JSON, PNGs) under
 bench/out/judges/<set>-<judge>/. `diagnose` measures, on the test split (`--split validation` for choices), what the
 distilled judge's ranking rests on: the pairs where the hallucinated answer is the shorter
@@ -62,6 +63,8 @@ def train(args: argparse.Namespace) -> None:
         inference_dtype=args.dtype,
         validation=validation,
         threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
         description=f"HaluEval {args.subset}: {len(rows) // 2} train pairs, calibrated on "
         f"{len(validation) // 2} validation pairs",
         log=lambda line: print(line, flush=True),
@@ -278,6 +281,15 @@ def main() -> None:
     t.add_argument("--bf16", action="store_true", help="bf16 autocast while training")
     t.add_argument("--dtype", default="int8", choices=["float32", "bfloat16", "int8"])
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="save the training state every N steps (0: never), beside the judges",
+    )
+    t.add_argument(
+        "--resume", action="store_true", help="continue from the judge's checkpoint if there is one"
+    )
     e = sub.add_parser("eval")
     e.add_argument("--subset", required=True, choices=sets)
     e.add_argument("--judge", required=True)

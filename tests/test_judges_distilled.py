@@ -295,6 +295,65 @@ def test_cut_layers_pairwise_loss_calibration_and_int8(
         train_distilled(train, "deep", base_model=str(tiny_encoder), layers=3)
 
 
+def test_a_stopped_training_resumes_from_its_checkpoint_to_the_same_judge(
+    tiny_encoder: Path, judges_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    import assay.judges.distill_train as distill_train
+    from assay.judges.distill_train import checkpoint_path
+
+    train = [dict(r, parent_id=str(r["id"]).split("/")[0]) for r in rows(8)]
+    settings = dict(
+        base_model=str(tiny_encoder),
+        max_length=64,
+        batch_size=4,
+        epochs=2,
+        learning_rate=1e-3,
+        pairwise_weight=1.0,
+        other_contexts="random",
+        threads=1,
+    )
+    whole = train_distilled(train, "whole", checkpoint_every=3, **settings)
+    assert not checkpoint_path("whole").exists()  # removed once the judge is saved
+
+    class Stopped(Exception):
+        pass
+
+    save = distill_train._save_checkpoint
+    saved: list[int] = []
+
+    def save_then_stop(path: Path, state: dict) -> None:
+        save(path, state)
+        saved.append(state["step"])
+        if len(saved) == 2:
+            raise Stopped
+
+    monkeypatch.setattr(distill_train, "_save_checkpoint", save_then_stop)
+    with pytest.raises(Stopped):
+        train_distilled(train, "resumed", checkpoint_every=3, **settings)
+    assert saved == [3, 6] and checkpoint_path("resumed").exists()
+    assert not (judges_dir / "resumed" / "judge.json").exists()
+    # other settings or rows: refused, the checkpoint kept
+    with pytest.raises(AssayError, match="learning_rate"):
+        train_distilled(train, "resumed", resume=True, **dict(settings, learning_rate=1e-4))
+    with pytest.raises(AssayError, match="rows"):
+        train_distilled(train[:-2], "resumed", resume=True, **settings)
+    monkeypatch.setattr(distill_train, "_save_checkpoint", save)
+    log: list[str] = []
+    resumed = train_distilled(train, "resumed", resume=True, log=log.append, **settings)
+    assert log[0].startswith("resumed from") and "at step 6/" in log[0]
+    assert not checkpoint_path("resumed").exists()
+    # the same batches, optimiser state and dropout draws: the same weights
+    first, second = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.allclose(first[key], second[key], atol=1e-5), key
+    start = load_file(tiny_encoder / "model.safetensors")
+    assert not torch.allclose(first["classifier.weight"], start["classifier.weight"])
+
+
 def test_recipes_name_a_trained_judge_and_unknown_names_fail_early(
     tiny_encoder: Path, judges_dir: Path
 ) -> None:

@@ -183,8 +183,15 @@ def train_distilled(
     threads: int | None = None,
     description: str = "",
     log: Any = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> Path:
-    """Fine-tune `base_model` on `rows` and save the judge as `name`; returns its folder."""
+    """Fine-tune `base_model` on `rows` and save the judge as `name`; returns its folder.
+
+    `checkpoint_every` > 0 saves the training state (weights, optimiser, schedule, step, RNG)
+    every that many steps to `checkpoint_path(name)`; `resume` continues from that file (same
+    rows and settings, else an error) with the same batches the run would have seen. The
+    checkpoint is removed once the judge is saved."""
     import torch
 
     _check_rows(rows)
@@ -217,10 +224,45 @@ def train_distilled(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / (total - warmup + 1)))
     )
     pad_id = tokenizer.pad_token_id or 0
+    settings = {
+        "base_model": base_model,
+        "layers": layers,
+        "max_length": max_length,
+        "prompt_tokens": prompt_tokens,
+        "select": select,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed,
+        "freeze_layers": freeze_layers,
+        "freeze_embeddings": freeze_embeddings,
+        "pairwise_weight": pairwise_weight,
+        "other_contexts": other_contexts,
+        "bf16": bf16,
+        "examples": len(rows),
+        "rows": _fingerprint(rows),
+    }
+    checkpoint = checkpoint_path(name)
+    step, running, done_before = 0, 0.0, 0.0
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["settings"] != settings:
+            changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+            raise AssayError(f"cannot resume {checkpoint}: trained with other {changed}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, running, done_before = state["step"], state["running"], state["seconds"]
+        if log is not None:
+            log(f"resumed from {checkpoint} at step {step}/{total}")
     model.train()
-    started, step, running = time.monotonic(), 0, 0.0
+    started, seen = time.monotonic(), 0
     for _ in range(epochs):
         for idx in plan_batches(encoded, pairs, batch_size, rng):
+            seen += 1
+            if seen <= step:  # done before the checkpoint: the same plan, skipped
+                continue
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = model(**pad(encoded, idx, pad_id)).logits[:, -1].float()
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[idx])
@@ -239,7 +281,21 @@ def train_distilled(
             running = 0.95 * running + 0.05 * loss.item() if step > 1 else loss.item()
             if log is not None and (step % 50 == 0 or step == total):
                 log(f"step {step}/{total} loss {running:.4f} {time.monotonic() - started:.0f}s")
-    train_seconds = time.monotonic() - started
+            if checkpoint_every > 0 and step % checkpoint_every == 0 and step < total:
+                _save_checkpoint(
+                    checkpoint,
+                    {
+                        "settings": settings,
+                        "step": step,
+                        "running": running,
+                        "seconds": done_before + time.monotonic() - started,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                )
+    train_seconds = done_before + time.monotonic() - started
     model.eval()
     meta: dict[str, Any] = {
         "name": name,
@@ -281,7 +337,35 @@ def train_distilled(
         if log is not None:
             log(f"validation: {json.dumps(meta['validation'])}")
     (target_dir / "judge.json").write_text(json.dumps(meta, indent=2) + "\n")
+    checkpoint.unlink(missing_ok=True)
     return target_dir
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the training state of judge `name` is kept while it trains (beside the judges;
+    not a judge folder, so never listed as one)."""
+    folder = judge_path(name)
+    return folder.with_name(folder.name + ".checkpoint.pt")
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)  # atomic: a run stopped mid-save leaves the previous checkpoint
+
+
+def _fingerprint(rows: list[dict[str, Any]]) -> str:
+    """A digest of the training rows (what a resumed run must train on again)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for row in rows:
+        parts = (row.get("id"), row["context"], row.get("prompt"), row["response"], row["grounded"])
+        digest.update(json.dumps([str(v) for v in parts]).encode())
+    return digest.hexdigest()
 
 
 def platt(logits: list[float], labels: list[bool]) -> tuple[float, float]:
