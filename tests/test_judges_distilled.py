@@ -442,3 +442,33 @@ def test_cli_trains_from_a_file_and_lists_it(
     assert meta["layers"] == 1 and meta["select"] == "evidence"
     assert meta["other_contexts"] == "random" and meta["train_examples"] == 9
     assert meta["inference_dtype"] == "int8" and meta["calibration"] is not None
+
+
+def test_cli_train_resumes_a_stopped_training(
+    tiny_encoder: Path, judges_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import assay.judges.distill_train as distill_train
+    from assay.curate.cli import app
+    from assay.judges.distill_train import checkpoint_path
+
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows(8)) + "\n")
+    command = ["judge", "train", "cli-resumed", "--data", str(data), "--validation", "none"]
+    command += ["--base-model", str(tiny_encoder), "--max-length", "64", "--batch-size", "4"]
+    command += ["--checkpoint-every", "2", "--threads", "1"]
+    save = distill_train._save_checkpoint
+
+    def save_then_stop(path: Path, state: dict) -> None:
+        save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill_train, "_save_checkpoint", save_then_stop)
+    stopped = CliRunner().invoke(app, command)
+    assert stopped.exit_code != 0 and checkpoint_path("cli-resumed").exists()
+    monkeypatch.setattr(distill_train, "_save_checkpoint", save)
+    refused = CliRunner().invoke(app, [*command, "--resume", "--learning-rate", "1e-3"])
+    assert refused.exit_code != 0 and checkpoint_path("cli-resumed").exists()
+    done = CliRunner().invoke(app, [*command, "--resume"])
+    assert done.exit_code == 0, done.output
+    assert "resumed from" in done.output and "at step 2/" in done.output
+    assert not checkpoint_path("cli-resumed").exists()

@@ -91,6 +91,12 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="Inference: float32, bfloat16 or int8")
         ] = "float32",
         threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+        checkpoint_every: Annotated[
+            int, typer.Option(help="Save the training state every N steps (0: never)")
+        ] = 100,
+        resume: Annotated[
+            bool, typer.Option(help="Continue a stopped training from its checkpoint")
+        ] = False,
     ) -> None:
         """Fine-tune a small cross-encoder on labelled rows and register it by name."""
         from assay.judges.distill_train import train_distilled
@@ -123,6 +129,8 @@ def register(app: typer.Typer) -> None:
             threads=threads,
             description=f"{data} ({split}, {len(rows)} rows)",
             log=typer.echo,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
         )
         typer.echo(f"judge {name!r} saved in {path}; use it as DistilledJudge(judge={name!r})")
 
