@@ -21,13 +21,13 @@ The judge is saved under `judges_dir()/<name>` with a `judge.json` describing it
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
 from typing import Any
 
 from assay.curate.errors import AssayError
+from assay.judges.calibration import platt, validation_metrics
 from assay.judges.cross_encoder import SELECT_MODES, ChunkedPairs, Encoded, pad
 from assay.judges.distilled import DTYPES, judge_logits, prepare_model
 from assay.judges.registry_dir import judge_path
@@ -366,46 +366,6 @@ def _fingerprint(rows: list[dict[str, Any]]) -> str:
         parts = (row.get("id"), row["context"], row.get("prompt"), row["response"], row["grounded"])
         digest.update(json.dumps([str(v) for v in parts]).encode())
     return digest.hexdigest()
-
-
-def platt(logits: list[float], labels: list[bool]) -> tuple[float, float]:
-    """(a, b) minimising the log loss of sigmoid(a * logit + b) on these rows (Newton)."""
-    import torch
-
-    z = torch.tensor(logits, dtype=torch.float64)
-    y = torch.tensor([float(v) for v in labels], dtype=torch.float64)
-    w = torch.zeros(2, dtype=torch.float64)
-    w[0] = 1.0
-    x = torch.stack([z, torch.ones_like(z)], 1)
-    for _ in range(50):
-        p = torch.sigmoid(x @ w)
-        grad = x.T @ (p - y) + 1e-6 * w
-        hess = (x * (p * (1 - p)).unsqueeze(1)).T @ x + 1e-6 * torch.eye(2, dtype=torch.float64)
-        delta = torch.linalg.solve(hess, grad)
-        w -= delta
-        if float(delta.abs().max()) < 1e-10:
-            break
-    return float(w[0]), float(w[1])
-
-
-def validation_metrics(rows: list[dict[str, Any]], logits: list[float]) -> dict[str, Any]:
-    """Pairwise accuracy and accuracy at the calibrated cut on the validation rows."""
-    from assay.judges.evaluate import pairs_of
-    from assay.judges.metrics import classification_metrics, pairwise_accuracy
-
-    probs = [1 / (1 + math.exp(-min(max(z, -50.0), 50.0))) for z in logits]
-    labels = [bool(r["grounded"]) for r in rows]
-    metrics = classification_metrics(labels, probs, 0.5)
-    good, bad = pairs_of(rows, probs)
-    pairwise, _ = pairwise_accuracy(good, bad)
-    return {
-        "rows": len(rows),
-        "pairs": len(good),
-        "pairwise": round(pairwise, 4) if good else None,
-        "accuracy": round(metrics["accuracy"], 4),
-        "balanced_accuracy": round(metrics["balanced_accuracy"], 4),
-        "kappa": round(metrics["kappa"], 4),
-    }
 
 
 def _blocks(model: Any) -> Any:
