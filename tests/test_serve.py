@@ -250,6 +250,7 @@ def _listening_addresses(port: int) -> set[str]:
 def test_stream_true_answers_as_one_event_stream_chunk(server):
     _, api_base = server
     body = {"model": "sql-intern", "messages": QUESTION, "max_tokens": 5, "stream": True}
+    body["temperature"] = 0  # greedy: a sampled token of the random model can be its EOS
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.stream(
         "POST", f"{api_base}/chat/completions", json=body, headers=headers, timeout=60
