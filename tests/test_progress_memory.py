@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,14 +80,20 @@ class Counter(Source):
         return self.rows
 
 
+# the worker threads of a CPU segment share the high-water file: overlapping truncating
+# writes once left "89325680" over "102255744" (read back as 893,256,804)
+HIGH_WATER_LOCK = threading.Lock()
+
+
 class ArrowHighWater(Map):
     """Records the largest Arrow allocation seen (in bytes) in a file, batch by batch."""
 
     path: str
 
     def map(self, table: pa.Table) -> pa.Table:
-        peak = max(pa.total_allocated_bytes(), int(Path(self.path).read_text() or 0))
-        Path(self.path).write_text(str(peak))
+        with HIGH_WATER_LOCK:
+            peak = max(pa.total_allocated_bytes(), int(Path(self.path).read_text() or 0))
+            Path(self.path).write_text(str(peak))
         return table
 
 
