@@ -70,7 +70,9 @@ class FakeOpenAI:
         error_detail: str | None = None,
         quota_rpm: float | None = None,
         quota_window_s: float = 1.0,
+        charset: str = "utf-8",
     ) -> None:
+        self.charset = charset  # of answer bodies, declared in their content type
         self.quota_rpm = quota_rpm
         self.quota_window_s = quota_window_s
         self.quota_429s = 0
@@ -261,12 +263,14 @@ class FakeOpenAI:
                 "total_tokens": prompt_chars // 4 + len(content) // 4 + 2,
             },
         }
-        text = json.dumps(payload)
+        text = json.dumps(payload, ensure_ascii=False)
         self.billed[key] += 1
         if fault == "malformed":
             text = text[: len(text) // 2]  # cut off mid-JSON
         headers = {**self.headers, **quota_headers}
-        return web.Response(text=text, content_type="application/json", headers=headers)
+        return web.Response(
+            text=text, content_type="application/json", charset=self.charset, headers=headers
+        )
 
 
 def json_answers(violation_rate: float, seed: int = 0) -> Responder:

@@ -199,6 +199,21 @@ def test_reasoning_and_tool_calls_are_kept_apart_from_the_answer(transport: str)
     assert think.input_tokens > 0 and think.output_tokens > 0
 
 
+def test_non_ascii_answers_arrive_intact(transport: str) -> None:
+    with FakeOpenAI(responder=lambda body: "café, naïve: 5 £") as server:
+        (response,) = run(LLMClient(settings(server, transport=transport)), [req("accents")])
+    assert response.text == "café, naïve: 5 £"
+
+
+def test_the_http_transport_reads_a_body_in_the_charset_it_declares() -> None:
+    """JSON is UTF-8 by its RFC; a server that declares another charset is read in that one
+    (litellm's OpenAI client reads UTF-8 and fails on it)."""
+    with FakeOpenAI(responder=lambda body: "café, naïve: 5 £", charset="latin-1") as server:
+        (response,) = run(LLMClient(settings(server, transport="http")), [req("accents")])
+    assert response.error is None
+    assert response.text == "café, naïve: 5 £"
+
+
 def test_custom_price_table_sets_cost(transport: str) -> None:
     prices = {MODEL: {"input": 1_000_000.0, "output": 2_000_000.0}}  # $1 / $2 per token
     with FakeOpenAI() as server:

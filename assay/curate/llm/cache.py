@@ -12,12 +12,13 @@ per concurrency slot, at FLUSH_EVERY_S after its first answer, or at a batch's l
 so the commit cost (4-10 ms of CPU, whatever the group's size) is shared when traffic is
 high. Before a response joins a group it is appended to the workspace's response journal
 (journal.py), so a process killed at any moment loses only the requests still in flight;
-journals a dead process left are folded in when the workspace is opened. The same transaction appends the requests' rows to the run's
-`request_log`.
+journals a dead process left are folded in when the workspace is opened. The same transaction
+appends the requests' rows to the run's `request_log`.
 
 The table has no primary key and is append-only: DuckDB's `insert or replace` on a keyed
 table cost ~3 ms of CPU per row (measured); an Arrow insert of 16 rows plus its commit
-costs ~3-5 ms, most of it the commit. A key stored twice (after `--no-cache`) resolves to its newest response.
+costs ~3-5 ms, most of it the commit. A key stored twice (after `--no-cache`) resolves to its
+newest response.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # aiohttp is imported by the first backend built (0.15 s), no
 
 PROVIDER_PREFIXES = ("openai/", "hosted_vllm/", "openai_like/", "ollama_chat/", "vllm/")
 OPENAI_BASE = "https://api.openai.com/v1"
+UTF8 = ("utf-8", "utf8")  # charsets json.loads reads from the bytes as they are
 
 
 def speaks_openai(model: str, api_base: str | None) -> bool:
@@ -143,16 +144,15 @@ class OpenAIHTTPBackend:
         # bytes both ways: a str body or `resp.text()` costs aiohttp a charset lookup per call
         payload = json.dumps(body).encode()
         async with session.post(self._url, data=payload, headers=self._headers) as resp:
-            raw: bytes | str = await resp.read()
+            raw = await resp.read()
             if resp.status >= 300:
                 raise status_error(resp.status, _decode(raw, resp.charset), resp.headers)
             charset = resp.charset  # JSON is UTF-8 (json.loads reads the bytes) unless said
-            if charset and charset.lower() not in ("utf-8", "utf8"):
-                raw = _decode(raw, charset)
+            text = _decode(raw, charset) if charset and charset.lower() not in UTF8 else raw
             headers = resp.headers
         latency = time.perf_counter() - started
         try:
-            data = json.loads(raw)
+            data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ResponseError(f"response body is not valid JSON: {exc}") from exc
         return self._convert(request, data, headers, latency)
@@ -183,10 +183,8 @@ class OpenAIHTTPBackend:
         )
 
 
-def _decode(raw: bytes | str, charset: str | None) -> str:
+def _decode(raw: bytes, charset: str | None) -> str:
     """A body as text: its declared charset (UTF-8 if none or unknown), never raising."""
-    if isinstance(raw, str):
-        return raw
     try:
         return raw.decode(charset or "utf-8", errors="replace")
     except LookupError:
