@@ -13,6 +13,7 @@ import torch
 
 from assay.models.decode_rows import DecodeRow, GenerationItem, advance, pick_tokens
 from assay.models.multi_lora import MultiLora
+from assay.models.prefill_chunks import prefill_chunks
 
 
 def prefill_dynamic(
@@ -49,7 +50,15 @@ def prefill_dynamic(
         group = [reps.index(firsts[item.adapter]) for item in items]
         cache.batch_select_indices(torch.tensor(group, device=device))
     active = list(range(len(items)))
-    return _forward(model, rows, active, input_ids, attention, positions, cache, adapters)
+    width = input_ids.shape[1]
+    heads = getattr(model.config, "num_attention_heads", None) or 32
+    for chunk in prefill_chunks(len(items), heads, width, shared + width):
+        # each chunk attends to the cache so far: the mask covers the columns up to its end
+        seen = attention[:, : shared + chunk.stop]
+        logits = _forward(
+            model, rows, active, input_ids[:, chunk], seen, positions[:, chunk], cache, adapters
+        )
+    return logits
 
 
 def decode_dynamic(

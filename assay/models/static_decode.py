@@ -17,6 +17,7 @@ from assay.models.decode_rows import DecodeRow, GenerationItem, advance, pick_to
 from assay.models.fast_decode import DecodeStep
 from assay.models.kv_cache import GROW_COLUMNS, StaticKVCache
 from assay.models.multi_lora import MultiLora
+from assay.models.prefill_chunks import prefill_chunks
 
 COMPACT_FRACTION = 0.125  # drop finished rows from the cache once they are this share of it
 
@@ -57,8 +58,11 @@ def prefill_static(
         cache = StaticKVCache.after_prefix(prefix, group, width + room, once)
     else:
         cache = StaticKVCache.empty(len(items), *shape, width + room, device=device)
+    valid = attention[:, shared:].bool()
+    chunks = prefill_chunks(len(items), step.heads, width, shared + width)
     with routing(adapters, [item.adapter for item in items], device):
-        hidden = step.hidden(input_ids, positions, cache, attention[:, shared:].bool())
+        for chunk in chunks:  # only the last chunk's last hidden states are used
+            hidden = step.hidden(input_ids[:, chunk], positions[:, chunk], cache, valid[:, chunk])
     return cache, hidden
 
 
