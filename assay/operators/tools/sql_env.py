@@ -316,22 +316,14 @@ class SqlEnvironment(ToolEnvironment):
         `answer_from_result`, the last query must also have returned the gold result."""
         if self.gold is None:
             return False, "no gold SQL for this task"
-        if self.answer_from_result and self.answer is not None:
-            # execution accuracy: the answer restates the last query, which must be right
-            if self.last_result is None or not same_results(
-                self.last_result.rows, self.gold.rows, is_ordered(self.gold_sql)
-            )[0]:
-                return False, "the last query did not return the gold result"
+        # execution accuracy: an answer restating the last query needs that query right
+        if self.answer_from_result and self.answer is not None and not self._last_result_is_gold():
+            return False, "the last query did not return the gold result"
         cells = [_cell(v) for row in self.gold.rows for v in row]
         # no final answer seen (TRL's loop ends without telling the environment): the last
         # query's result is the answer
         if not cells or len(cells) > 10 or self.answer is None:
-            if (
-                self.last_result is not None
-                and same_results(self.last_result.rows, self.gold.rows, is_ordered(self.gold_sql))[
-                    0
-                ]
-            ):
+            if self._last_result_is_gold():
                 return True, "the last query returned the gold result"
             return False, "the last query did not return the gold result"
         text = self.answer or ""
@@ -346,6 +338,11 @@ class SqlEnvironment(ToolEnvironment):
         if missing:
             return False, f"the answer does not state {missing!r}"
         return True, "the answer states the gold result"
+
+    def _last_result_is_gold(self) -> bool:
+        if self.last_result is None or self.gold is None:
+            return False
+        return same_results(self.last_result.rows, self.gold.rows, is_ordered(self.gold_sql))[0]
 
     def final_state(self) -> dict[str, Any]:
         return {
