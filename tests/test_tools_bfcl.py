@@ -304,3 +304,44 @@ def test_retry_turn_rebuilds_the_state_before_the_turn() -> None:
         env.step_calls([openai_call(c, env.docs, i) for i, c in enumerate(ground_truth[k])])
         env.end_turn("done")
     assert env.done and env.score().correct
+
+
+def _play(task_id: str, turns: list[list[str]], **options: Any) -> BfclEnvironment:
+    env = BfclEnvironment(first_turns=len(turns), **options)
+    env.reset({"id": task_id})
+    for calls in turns:
+        env.step_calls([openai_call(c, env.docs, i) for i, c in enumerate(calls)])
+        if env.end_turn("done") is None:
+            break
+    return env
+
+
+def test_requiring_the_ground_truths_calls_closes_the_checkers_loopholes() -> None:
+    # multi_turn_base_142 (seen from the embedded model): ZETA is already on the watchlist, so
+    # adding a symbol the market lacks leaves the state as the ground truth's add leaves it
+    # and returns the watchlist, which also stands for turn 2's get_watchlist() result
+    loophole = [
+        ["add_to_watchlist(stock='ZetaCorp')"],
+        ["notify_price_change(stocks=['ZetaCorp'], threshold=2.0)"],
+    ]
+    assert _play("multi_turn_base_142", loophole).score().correct  # BFCL's checker passes it
+    strict = _play("multi_turn_base_142", loophole, require_ground_truth_calls=True).score()
+    # turn 1 called the ground truth's function (with a symbol BFCL's checker accepts);
+    # turn 2 never called get_watchlist
+    assert not strict.correct and strict.reward == 0.5
+    assert strict.checks[0]["passed"] and not strict.checks[1]["passed"]
+    assert strict.checks[1]["detail"] == (
+        "assay:ground_truth_call_missing: turn 1 did not call get_watchlist"
+    )
+    named = _play(
+        "multi_turn_base_142",
+        [["add_to_watchlist(stock='ZetaCorp')"], ["get_watchlist()"]],
+        require_ground_truth_calls=True,
+    ).score()
+    assert named.correct and named.reward == 1.0
+    stopped = _play(
+        "multi_turn_base_142", loophole, require_ground_truth_calls=True, stop_at_failed_turn=True
+    )
+    assert stopped.failed_turn == 1
+    assert "get_watchlist" in stopped.score().checks[1]["detail"]
+    assert replay("multi_turn_base_0", require_ground_truth_calls=True).score().correct

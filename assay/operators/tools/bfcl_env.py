@@ -55,6 +55,11 @@ def call_string(name: str, arguments: dict[str, Any]) -> str:
     return f"{name}({','.join(f'{k}={v!r}' for k, v in arguments.items())})"
 
 
+def _name(call: str) -> str:
+    """The function name of a call string such as `get_watchlist()`."""
+    return call.split("(", 1)[0].strip()
+
+
 def openai_call(call: str, docs: list[dict[str, Any]], index: int = 0) -> dict[str, Any]:
     """A ground-truth call string (`mv(source='a', destination='b')`, positional arguments
     named from the function doc) as an OpenAI tool call, for replaying BFCL's answers."""
@@ -78,7 +83,12 @@ def openai_call(call: str, docs: list[dict[str, Any]], index: int = 0) -> dict[s
 class BfclEnvironment(ToolEnvironment):
     """One BFCL multi-turn task per episode."""
 
-    def __init__(self, first_turns: int | None = None, stop_at_failed_turn: bool = False) -> None:
+    def __init__(
+        self,
+        first_turns: int | None = None,
+        stop_at_failed_turn: bool = False,
+        require_ground_truth_calls: bool = False,
+    ) -> None:
         """`first_turns`: play and score only the task's first `first_turns` user turns
         (BFCL's checker on that prefix of the ground truth), a shorter, easier task.
         `stop_at_failed_turn`: check each turn as it ends (BFCL's checker on the turns so
@@ -86,12 +96,19 @@ class BfclEnvironment(ToolEnvironment):
         (false: a task fails at its first failed turn) and so is `reward` (the turns passed
         before it), unless the whole episode would have been cut later (turn limit, cut
         call, error: BFCL scores that 0); the trajectory stops there, so a failing episode
-        costs one turn's model calls instead of every turn's."""
+        costs one turn's model calls instead of every turn's.
+        `require_ground_truth_calls`: a turn that BFCL's checker passes must also have
+        called every function the ground truth calls in it (by name, as BFCL's single-turn
+        checker asks). Off by default (BFCL's score); on, it closes the checker's loopholes
+        of a no-op call that leaves the state equal and returns the same result (adding a
+        symbol the market lacks returns the watchlist) and of results matched against
+        earlier turns' calls."""
         super().__init__()
         if first_turns is not None and first_turns < 1:
             raise ValueError("first_turns must be at least 1")
         self.first_turns = first_turns
         self.stop_at_failed_turn = stop_at_failed_turn
+        self.require_ground_truth_calls = require_ground_truth_calls
         self._turn_checks: dict[int, dict[str, Any]] = {}
         self.failed_turn: int | None = None
         bfcl.bfcl_package()
@@ -268,8 +285,24 @@ class BfclEnvironment(ToolEnvironment):
     def _turn_check(self, k: int) -> dict[str, Any]:
         """BFCL's checker on turns 0..k (cached: the model's calls of ended turns are final)."""
         if k not in self._turn_checks:
-            self._turn_checks[k] = self._check(k + 1)
+            result = self._check(k + 1)
+            if result["valid"] and self.require_ground_truth_calls:
+                result = self._ground_truth_calls_made(k) or result
+            self._turn_checks[k] = result
         return self._turn_checks[k]
+
+    def _ground_truth_calls_made(self, k: int) -> dict[str, Any] | None:
+        """A failed check naming the ground truth's functions turn `k` did not call, or None."""
+        turns = self.decoded_turns()
+        made = {_name(c) for step in (turns[k] if k < len(turns) else []) for c in step}
+        missing = sorted({_name(c) for c in self.task["ground_truth"][k]} - made)
+        if not missing:
+            return None
+        return {
+            "valid": False,
+            "error_type": "assay:ground_truth_call_missing",
+            "error_message": f"turn {k} did not call {', '.join(missing)}",
+        }
 
     def score(self) -> EpisodeScore:
         expected = len(self.task["ground_truth"])
