@@ -269,6 +269,47 @@ def test_required_tool_choice_returns_openai_tool_calls(tiny):
     assert json.loads(call["function"]["arguments"])["city"] in {"Paris", "Rome"}
 
 
+def test_allowed_tools_choice_calls_only_the_allowed_tools(tiny):
+    clock = {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "The time in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"enum": ["Oslo", "Lima"]}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+    def ask(name: str, seed: int) -> ChatRequest:
+        choice = {
+            "type": "allowed_tools",
+            "allowed_tools": {
+                "mode": "required",
+                "tools": [{"type": "function", "function": {"name": name}}],
+            },
+        }
+        params = {"temperature": 1.0, "seed": seed, "max_tokens": 200, "tool_choice": choice}
+        return ChatRequest(
+            model="local/tiny",
+            messages=({"role": "user", "content": "Weather or time?"},),
+            params={**params, "parallel_tool_calls": False},
+            tools=(*TOOLS, clock),
+        )
+
+    # one batch, rows allowed different tools; the prompt offers both to every row
+    responses = tiny.complete_many(
+        [ask(n, s) for s in range(3) for n in ("get_time", "get_weather")]
+    )
+    names = [r.tool_calls[0]["function"]["name"] for r in responses]
+    assert names == ["get_time", "get_weather"] * 3
+    cities = {json.loads(r.tool_calls[0]["function"]["arguments"])["city"] for r in responses}
+    assert cities <= {"Oslo", "Lima", "Paris", "Rome"}
+
+
 def test_llm_client_routes_local_model_strings_to_the_shared_backend(tmp_path, monkeypatch):
     from assay.curate.llm.client import LLMClient, LLMSettings
     from assay.models.local_backend import get_local_backend, register_local_backend

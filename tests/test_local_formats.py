@@ -114,3 +114,23 @@ def test_tool_call_schema_choices():
     assert named["items"]["properties"]["name"] == {"const": "g"}
     with pytest.raises(ValueError):
         tool_call_schema(tools, {"type": "function", "function": {"name": "h"}})
+
+
+def test_allowed_tools_choice_constrains_to_the_allowed_subset():
+    tools = [
+        {"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
+        for n in ("f", "g", "h")
+    ]
+
+    def allowed(mode: str, *names: str) -> dict:
+        listed = [{"type": "function", "function": {"name": n}} for n in names]
+        return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": listed}}
+
+    two = tool_call_schema(tools, allowed("required", "f", "h"))
+    names = [o["properties"]["name"]["const"] for o in two["items"]["anyOf"]]
+    assert names == ["f", "h"]
+    one = tool_call_schema(tools, allowed("required", "g"), parallel=False)
+    assert one["items"]["properties"]["name"] == {"const": "g"} and one["maxItems"] == 1
+    assert tool_call_schema(tools, allowed("auto", "g")) is None  # the model decides
+    with pytest.raises(ValueError, match="none of which"):
+        tool_call_schema(tools, allowed("required", "x"))

@@ -345,3 +345,76 @@ def test_requiring_the_ground_truths_calls_closes_the_checkers_loopholes() -> No
     assert stopped.failed_turn == 1
     assert "get_watchlist" in stopped.score().checks[1]["detail"]
     assert replay("multi_turn_base_0", require_ground_truth_calls=True).score().correct
+
+
+def test_retry_other_tools_searches_the_first_call_without_replacement(workspace: Path) -> None:
+    """A fake model that always calls its favourite allowed tool first (pwd, then du, then
+    ls(a=True)) passes multi_turn_base_1's first turn (ground truth `ls(a=True)`) on its third
+    try only when each retry's forced call excludes the tools the dropped attempts called."""
+    task = multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]
+    ground_truth = json.loads(task["ground_truth"])
+    docs = [d for c in task["involved_classes"] for d in function_docs(c)]
+    favourites = {"pwd": "pwd()", "du": "du()", "ls": "ls(a=True)"}
+
+    def stubborn(body: dict[str, Any]) -> dict[str, Any] | str:
+        messages = body["messages"]
+        turn = sum(m["role"] == "user" for m in messages) - 1
+        if messages[-1]["role"] == "tool":
+            return "Done."
+        calls = list(ground_truth[turn])
+        if turn == 0:
+            choice = body.get("tool_choice")
+            allowed = {t["function"]["name"] for t in body["tools"]}
+            if isinstance(choice, dict) and choice["type"] == "allowed_tools":
+                allowed = {t["function"]["name"] for t in choice["allowed_tools"]["tools"]}
+            calls = [next(c for name, c in favourites.items() if name in allowed)]
+        return {
+            "content": None,
+            "tool_calls": [openai_call(c, docs, i) for i, c in enumerate(calls)],
+        }
+
+    def run(ws: Path, **options: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        with FakeOpenAI(responder=stubborn) as server:
+            stage = ToolRollouts(
+                model="openai/fake",
+                api_base=server.base_url,
+                api_key="sk-fake",
+                environment="bfcl",
+                environment_kwargs={"stop_at_failed_turn": True},
+                turn_retries=2,
+                force_tools=1,
+                max_turns=20,
+                max_attempts=1,
+                **options,
+            )
+            result = Pipeline([stage]).run(
+                [{"id": "multi_turn_base_1"}], workspace=ws, progress="quiet"
+            )
+            bodies = list(server.bodies)
+        (row,) = result.to_arrow().to_pylist()
+        return row, bodies
+
+    row, bodies = run(workspace, retry_other_tools=True)
+    assert (row["correct"], row["finish"]) == (True, "answer")
+    episode = json.loads(row["episode"])
+    assert [
+        d["messages"][0]["tool_calls"][0]["function"]["name"] for d in episode["dropped_attempts"]
+    ] == ["pwd", "du"]
+    firsts = [c.get("excluded") for c in episode["calls"] if c["attempt"] > 0][:1]
+    assert firsts == [["pwd"]]
+    choices = [b.get("tool_choice") for b in bodies]
+    allowed = [
+        {t["function"]["name"] for t in c["allowed_tools"]["tools"]}
+        for c in choices
+        if isinstance(c, dict)
+    ]
+    everything = {d["name"] for d in docs}
+    assert allowed == [everything - {"pwd"}, everything - {"pwd", "du"}]
+    assert all(len(b["tools"]) == len(everything) for b in bodies if b.get("tools"))
+    # later turns, and the first turn's first try, are forced as before ("required")
+    assert choices.count("required") == 1 + len(ground_truth) - 1
+    # without the option, the same model redraws pwd on every retry and fails the turn
+    row, _ = run(workspace.parent / "ws-plain")
+    assert (row["correct"], row["finish"]) == (False, "failed_turn")
+    dropped = json.loads(row["episode"])["dropped_attempts"]
+    assert {d["messages"][0]["tool_calls"][0]["function"]["name"] for d in dropped} == {"pwd"}

@@ -158,17 +158,32 @@ def tool_call_schema(
     tool_choice: str | dict[str, Any] | None,
     parallel: bool = True,
 ) -> dict[str, Any] | None:
-    """A JSON schema forcing a list of tool calls, for `tool_choice` "required" or a function.
+    """A JSON schema forcing a list of tool calls, for `tool_choice` "required", a function
+    (`{"type": "function", "function": {"name": ...}}`) or OpenAI's allowed tools in mode
+    "required" (`{"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools":
+    [{"type": "function", "function": {"name": ...}}, ...]}}`: a call of one of those, while
+    the prompt still shows every tool).
 
-    Returns None for "auto", "none" or no choice (the model decides; its output is parsed).
-    The constrained answer is a bare JSON list `[{"name": ..., "arguments": {...}}]`, which
-    `parse_tool_calls` reads like a `<tool_call>` block. `parallel=False` (OpenAI's
-    `parallel_tool_calls: false`) allows exactly one call.
+    Returns None for "auto", "none", allowed tools in mode "auto" (not enforced: the model
+    decides and its output is parsed) or no choice. The constrained answer is a bare JSON list
+    `[{"name": ..., "arguments": {...}}]`, which `parse_tool_calls` reads like a `<tool_call>`
+    block. `parallel=False` (OpenAI's `parallel_tool_calls: false`) allows exactly one call.
     """
     if tool_choice in (None, "auto", "none"):
         return None
     functions = [t.get("function", t) for t in tools]
-    if isinstance(tool_choice, dict):
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "allowed_tools":
+        allowed = tool_choice.get("allowed_tools") or {}
+        if allowed.get("mode", "auto") != "required":
+            return None
+        wanted_names = {t.get("function", t).get("name") for t in allowed.get("tools") or []}
+        functions = [f for f in functions if f.get("name") in wanted_names]
+        if not functions:
+            raise ValueError(
+                f"tool_choice allows {sorted(map(str, wanted_names))}, none of which is "
+                "among the tools"
+            )
+    elif isinstance(tool_choice, dict):
         wanted = tool_choice.get("function", tool_choice).get("name")
         functions = [f for f in functions if f.get("name") == wanted]
         if not functions:

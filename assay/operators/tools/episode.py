@@ -58,6 +58,20 @@ def _name(schema: dict[str, Any]) -> str:
     return str(schema.get("function", schema).get("name"))
 
 
+def allowed_tools(names: list[str]) -> dict[str, Any]:
+    """OpenAI's tool choice "call one of these tools" (`allowed_tools`, mode "required")."""
+    listed = [{"type": "function", "function": {"name": n}} for n in names]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": listed}}
+
+
+def first_call_name(messages: list[dict[str, Any]]) -> str | None:
+    """The function name of the first tool call in `messages`, or None."""
+    for m in messages:
+        for call in m.get("tool_calls") or []:
+            return str(call["function"]["name"])
+    return None
+
+
 def message(role: str, content: str | None = "", **extra: Any) -> dict[str, Any]:
     """A chat message in the trajectory schema (every field present)."""
     return {
@@ -99,6 +113,8 @@ class Episode:
         self.retries_this_turn = 0
         self.attempt = 0  # turn attempts dropped so far: each retry samples afresh
         self.dropped: list[dict[str, Any]] = []
+        self.tried_first: list[str] = []  # the first tools this turn's dropped attempts called
+        self._excluded: list[str] = []
         self.over = False
         self._params: dict[str, Any] = {}
         self._tools: list[dict[str, Any]] = []
@@ -118,6 +134,12 @@ class Episode:
             tools = []
         elif forced is not None:
             params["tool_choice"] = forced
+        self._excluded = []
+        if forced == "required" and self.calls_this_turn == 0 and stage.retry_other_tools:
+            left = [_name(t) for t in tools if _name(t) not in self.tried_first]
+            if left and len(left) < len(tools):
+                params["tool_choice"] = allowed_tools(left)
+                self._excluded = list(self.tried_first)
         self.calls_this_turn += 1
         self._params, self._tools = params, tools
         return ChatRequest(
@@ -140,6 +162,8 @@ class Episode:
             "output_tokens": response.output_tokens,
             "attempt": self.attempt,
         }
+        if self._excluded:
+            entry["excluded"] = self._excluded
         self.log.append(entry)
         self.over = self.turns >= self.stage.max_turns
         if response.error is not None:
@@ -189,6 +213,7 @@ class Episode:
             return
         messages.append(message("user", follow_up))
         self.turn_start, self.calls_this_turn, self.retries_this_turn = len(messages), 0, 0
+        self.tried_first = []
 
     def _retry(self, finish: str) -> bool:
         """Drop the current turn's attempt and play the turn again (`turn_retries`), where
@@ -206,6 +231,9 @@ class Episode:
                 "messages": self.messages[self.turn_start :],
             }
         )
+        first = first_call_name(self.messages[self.turn_start :])
+        if first is not None and first not in self.tried_first:
+            self.tried_first.append(first)
         del self.messages[self.turn_start :]
         self.retries_this_turn += 1
         self.attempt += 1

@@ -102,7 +102,9 @@ class ToolRollouts(AsyncStage, UsesLLM):
     `episode.calls` records the response's `finish_reason` and its `attempt`;
     `episode.dropped_attempts` holds the turn attempts `turn_retries` dropped (`at_message`,
     `finish`, the check's `detail`, their `messages`): a failed and a passing answer to the
-    same conversation, preference pairs for DPO.
+    same conversation, preference pairs for DPO. With `retry_other_tools`, a retried turn's
+    forced first call is not offered the tools the dropped attempts called first (each call
+    in `episode.calls` lists those under `excluded`).
     A tool call cut at `max_tokens` (see `cut_tool_call`) ends the episode with
     `finish="length"`, `correct=false`: it is stored as the assistant's text and never
     executed or repaired into a call the model did not finish. An answer in prose cut at
@@ -142,6 +144,12 @@ class ToolRollouts(AsyncStage, UsesLLM):
     # this many times per turn (the environment must implement `retry_turn`); each retry
     # samples with a new sample index; dropped attempts are kept in `episode`
     turn_retries: int = 0
+    # with turn_retries: a retried turn's first call, when forced ("required"), may call any
+    # offered tool but those the turn's dropped attempts called first (OpenAI's
+    # `allowed_tools` tool choice; the prompt still lists every tool), while one is left: the
+    # retries search the first call's tool without replacement instead of redrawing the
+    # model's favourite wrong one
+    retry_other_tools: bool = False
     # how many tasks play at once (each task's n episodes together, in lockstep); 0: no
     # limit. None: on a local model max(1, 8 // n) (a batch of one task's n episodes shares
     # the task's prompt prefix, tool schemas and task, computed once; rows of other tasks
