@@ -418,3 +418,21 @@ def test_retry_other_tools_searches_the_first_call_without_replacement(workspace
     assert (row["correct"], row["finish"]) == (False, "failed_turn")
     dropped = json.loads(row["episode"])["dropped_attempts"]
     assert {d["messages"][0]["tool_calls"][0]["function"]["name"] for d in dropped} == {"pwd"}
+
+
+def test_a_cut_call_counts_as_the_attempts_first_tool() -> None:
+    from assay.operators.tools.episode import first_call_name
+
+    def said(text: str) -> list[dict[str, Any]]:
+        return [{"role": "assistant", "content": text, "tool_calls": None}]
+
+    called = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "cd"}}]}
+    assert first_call_name([called]) == "cd"
+    # calls cut at max_tokens are text; the name was written, so the retry avoids it too
+    assert first_call_name(said('[{"name": "delete_message", "arguments": {"rec')) == (
+        "delete_message"
+    )
+    assert first_call_name(said('<tool_call>[{"name": "ls", "a')) == "ls"
+    assert first_call_name(said('I would call [{"name": "ls"}]')) is None  # prose
+    assert first_call_name(said('[{"name": "del')) is None  # the name itself was cut
+    assert first_call_name([*said("thinking"), called]) == "cd"

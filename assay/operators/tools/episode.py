@@ -9,6 +9,7 @@ calls cut at `max_tokens`.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from assay.curate.errors import StageError
@@ -64,11 +65,19 @@ def allowed_tools(names: list[str]) -> dict[str, Any]:
     return {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": listed}}
 
 
+# the opening of a call cut at max_tokens, kept as text: `[{"name": "f", "argu...` (the
+# local backend's constrained JSON) or `<tool_call>{"name": "f", ...`
+_CUT_CALL = re.compile(r'^\s*(?:<tool_call>)?\s*\[?\s*\{\s*"name"\s*:\s*"([^"\\]+)"')
+
+
 def first_call_name(messages: list[dict[str, Any]]) -> str | None:
-    """The function name of the first tool call in `messages`, or None."""
+    """The function name of the first tool call in `messages` (assistant messages after a
+    user turn), or of a call cut at `max_tokens` whose name was written; None if neither."""
     for m in messages:
         for call in m.get("tool_calls") or []:
             return str(call["function"]["name"])
+        if m.get("role") == "assistant" and (cut := _CUT_CALL.match(m.get("content") or "")):
+            return cut.group(1)
     return None
 
 
