@@ -161,9 +161,11 @@ def scripted_rollout(
     return rollout_with(workspace, expert, **{"max_turns": 10, **options})
 
 
-def rollout_with(workspace: Path, responder: Any, **options: Any) -> dict[str, Any]:
+def rollout_with(
+    workspace: Path, responder: Any, bodies: list[dict[str, Any]] | None = None, **options: Any
+) -> dict[str, Any]:
     """One ToolRollouts episode of multi_turn_base_1 answered by `responder` (the fake
-    server's), as its output row."""
+    server's), as its output row; the request bodies the server got go to `bodies`."""
     with FakeOpenAI(responder=responder) as server:
         stage = ToolRollouts(
             model="openai/fake",
@@ -176,6 +178,8 @@ def rollout_with(workspace: Path, responder: Any, **options: Any) -> dict[str, A
         result = Pipeline([stage]).run(
             [{"id": "multi_turn_base_1"}], workspace=workspace, progress="quiet"
         )
+        if bodies is not None:
+            bodies.extend(server.bodies)
     (row,) = result.to_arrow().to_pylist()
     return row
 
@@ -374,24 +378,18 @@ def test_retry_other_tools_searches_the_first_call_without_replacement(workspace
         }
 
     def run(ws: Path, **options: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        with FakeOpenAI(responder=stubborn) as server:
-            stage = ToolRollouts(
-                model="openai/fake",
-                api_base=server.base_url,
-                api_key="sk-fake",
-                environment="bfcl",
-                environment_kwargs={"stop_at_failed_turn": True},
-                turn_retries=2,
-                force_tools=1,
-                max_turns=20,
-                max_attempts=1,
-                **options,
-            )
-            result = Pipeline([stage]).run(
-                [{"id": "multi_turn_base_1"}], workspace=ws, progress="quiet"
-            )
-            bodies = list(server.bodies)
-        (row,) = result.to_arrow().to_pylist()
+        bodies: list[dict[str, Any]] = []
+        kwargs = {"stop_at_failed_turn": True}
+        row = rollout_with(
+            ws,
+            stubborn,
+            bodies,
+            environment_kwargs=kwargs,
+            turn_retries=2,
+            force_tools=1,
+            max_turns=20,
+            **options,
+        )
         return row, bodies
 
     row, bodies = run(workspace, retry_other_tools=True)
