@@ -14,10 +14,10 @@ a retrained adapter re-registered under its old name is loaded afresh and answer
 the chat template and the model's `<tool_call>` output is parsed into OpenAI-style
 `tool_calls`.
 
-Generation parameters read from `ChatRequest.params`: `max_tokens` (or
-`max_completion_tokens`), `temperature` (default 1.0, OpenAI's; 0 = greedy), `top_p`,
-`top_k`, `seed`, `stop`, and (for benchmarks) `ignore_eos`. The `n` samples of one prompt arrive as separate requests with
-distinct `sample_index`, which is mixed into the seed so seeded samples differ.
+Generation parameters are read from `ChatRequest.params` by `request_items.py`
+(`max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `stop`, `ignore_eos`). The `n`
+samples of one prompt arrive as separate requests with distinct `sample_index`, which is
+mixed into the seed so seeded samples differ.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assay.curate.llm.types import ChatRequest, ChatResponse, InvalidRequestError, sample_seed
-from assay.models.budget import split_prefill
-from assay.models.chat_format import chat_response, decoding_format, render_prompt
+from assay.curate.llm.types import ChatRequest, ChatResponse, InvalidRequestError
+from assay.models.chat_format import chat_response, decoding_format
 from assay.models.registry import (
     ADAPTER_SEPARATOR,
     ModelRegistry,
@@ -41,12 +40,12 @@ from assay.models.registry import (
     load_model,
     weights_fingerprint,
 )
+from assay.models.request_items import generation_item
 
 if TYPE_CHECKING:  # torch is imported only when a batch runs, so registering stays cheap
     from assay.models.batch_generate import GenerationItem, GenerationResult
 
 LOCAL_PREFIX = "local/"
-DEFAULT_MAX_TOKENS = 256  # a bound for requests that set none; the small models ramble
 
 
 @dataclass
@@ -314,46 +313,14 @@ class LocalBackend:
         return self._grammars
 
     def _item_for(self, request: ChatRequest) -> tuple[GenerationItem, int]:
-        from assay.models.batch_generate import GenerationItem
-
-        params = request.params
         adapter = self.adapter_of(request.model)
         if adapter is not None:
             adapter = self._ensure_adapter(adapter)
-        tools = list(request.tools) if request.tools else None
-        # continue_final_message: the model continues a final assistant message (budget.py)
-        messages, prefill = split_prefill(list(request.messages), params)
-        prompt = render_prompt(self._tokenizer, messages, tools) + prefill
-        ids = self._tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        stop = params.get("stop") or ()
-        stop = (stop,) if isinstance(stop, str) else tuple(stop)
-        seed = params.get("seed")
-        if seed is not None:
-            seed = sample_seed(int(seed), request.sample_index)
-        response_format = decoding_format(request)
         grammar = None
-        if response_format:
+        if response_format := decoding_format(request):
             compiler = self._grammar_compiler()
             grammar = compiler.matcher(compiler.compile(response_format))
-        temperature = params.get("temperature")
-        top_p = params.get("top_p")
-        item = GenerationItem(
-            prompt_ids=list(ids),
-            max_new_tokens=int(
-                params.get("max_tokens")
-                or params.get("max_completion_tokens")
-                or DEFAULT_MAX_TOKENS
-            ),
-            temperature=1.0 if temperature is None else float(temperature),
-            top_p=1.0 if top_p is None else float(top_p),
-            top_k=int(params.get("top_k") or 0),
-            seed=seed,
-            stop=stop,
-            adapter=adapter,
-            grammar=grammar,
-            ignore_eos=bool(params.get("ignore_eos", False)),
-        )
-        return item, len(ids)
+        return generation_item(request, self._tokenizer, adapter, grammar)
 
     def _response(
         self, job: _Job, result: GenerationResult, prompt_len: int, finished: float

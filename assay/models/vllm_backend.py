@@ -22,8 +22,9 @@ from typing import Any
 from assay.curate.llm.types import ChatRequest, ChatResponse, sample_seed
 from assay.models.chat_format import chat_response, decoding_format, render_prompt
 from assay.models.constrained import harden_schema, schema_of
-from assay.models.local_backend import DEFAULT_MAX_TOKENS, LocalBackend, _Job
+from assay.models.local_backend import LocalBackend, _Job
 from assay.models.registry import materialize, weights_fingerprint
+from assay.models.request_items import max_new_tokens
 
 
 class VllmBackend(LocalBackend):
@@ -87,9 +88,7 @@ class VllmBackend(LocalBackend):
         prompt = render_prompt(self._tokenizer, list(request.messages), tools)
         stop = p.get("stop") or []
         kwargs: dict[str, Any] = {
-            "max_tokens": int(
-                p.get("max_tokens") or p.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
-            ),
+            "max_tokens": max_new_tokens(p),
             "temperature": 1.0 if p.get("temperature") is None else float(p["temperature"]),
             "top_p": 1.0 if p.get("top_p") is None else float(p["top_p"]),
             "stop": [stop] if isinstance(stop, str) else list(stop),
