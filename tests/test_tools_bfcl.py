@@ -351,6 +351,38 @@ def test_requiring_the_ground_truths_calls_closes_the_checkers_loopholes() -> No
     assert replay("multi_turn_base_0", require_ground_truth_calls=True).score().correct
 
 
+def test_requiring_the_ground_truths_arguments_rejects_a_call_that_reaches_its_state() -> None:
+    # 142/r5 from the embedded model: the right functions, the company name for the ticker.
+    # BFCL's checker and the names check pass it; the arguments check does not
+    by_name = [["add_to_watchlist(stock='Zeta Corp')"], ["get_watchlist()"]]
+    assert _play("multi_turn_base_142", by_name, require_ground_truth_calls=True).score().correct
+    strict = _play("multi_turn_base_142", by_name, require_ground_truth_calls="arguments")
+    score = strict.score()
+    assert not score.correct and score.reward == 0.0
+    assert score.checks[0]["detail"] == (
+        "assay:ground_truth_call_missing: turn 0: "
+        "add_to_watchlist: stock='Zeta Corp' is not one of ['ZETA']"
+    )
+    exact = [["add_to_watchlist(stock='zeta')"], ["get_watchlist()"]]  # BFCL's string rules
+    assert (
+        _play("multi_turn_base_142", exact, require_ground_truth_calls="arguments").score().correct
+    )
+    # an extra call beside the ground truth's is allowed
+    extra = [["get_watchlist()", "add_to_watchlist(stock='ZETA')"], ["get_watchlist()"]]
+    assert (
+        _play("multi_turn_base_142", extra, require_ground_truth_calls="arguments").score().correct
+    )
+    assert replay("multi_turn_base_0", require_ground_truth_calls="arguments").score().correct
+    # multi_turn_base_33's first turn is `ls()`: `a` left out or at its documented default
+    # (False) matches, `a=True` (which lists the same visible files here) does not
+    for call, exact in [("ls()", True), ("ls(a=False)", True), ("ls(a=True)", False)]:
+        env = _play("multi_turn_base_33", [[call]], require_ground_truth_calls="arguments")
+        assert env.score().correct is exact, call
+    assert _play("multi_turn_base_33", [["ls(a=True)"]]).score().correct  # BFCL's checker
+    with pytest.raises(ValueError, match="require_ground_truth_calls"):
+        BfclEnvironment(require_ground_truth_calls="exact")  # type: ignore[arg-type]
+
+
 def test_retry_other_tools_searches_the_first_call_without_replacement(workspace: Path) -> None:
     """A fake model that always calls its favourite allowed tool first (pwd, then du, then
     ls(a=True)) passes multi_turn_base_1's first turn (ground truth `ls(a=True)`) on its third

@@ -24,9 +24,10 @@ import json
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from assay.datasets import bfcl
+from assay.judges.tool_calls import candidate_calls, match_calls, schema_types
 from assay.operators.tools.environment import (
     EpisodeScore,
     ToolEnvironment,
@@ -80,6 +81,23 @@ def openai_call(call: str, docs: list[dict[str, Any]], index: int = 0) -> dict[s
     }
 
 
+def _gold_with_defaults(
+    call: dict[str, Any], docs: list[dict[str, Any]]
+) -> tuple[str, dict[str, list[Any]]]:
+    """A ground-truth call as (name, {parameter: acceptable values}): its own values, and
+    for each parameter it leaves out, absence or the function doc's default (BFCL writes
+    `'None'` for a default of None)."""
+    name = call["function"]["name"]
+    arguments = json.loads(call["function"]["arguments"])
+    want: dict[str, list[Any]] = {p: [v] for p, v in arguments.items()}
+    doc = next((d for d in docs if d["name"] == name), {})
+    for param, spec in (doc.get("parameters", {}).get("properties") or {}).items():
+        if param not in want and "default" in spec:
+            default = spec["default"]
+            want[param] = ["", default] + ([None] if default == "None" else [])
+    return name, want
+
+
 class BfclEnvironment(ToolEnvironment):
     """One BFCL multi-turn task per episode."""
 
@@ -87,7 +105,7 @@ class BfclEnvironment(ToolEnvironment):
         self,
         first_turns: int | None = None,
         stop_at_failed_turn: bool = False,
-        require_ground_truth_calls: bool = False,
+        require_ground_truth_calls: bool | Literal["names", "arguments"] = False,
     ) -> None:
         """`first_turns`: play and score only the task's first `first_turns` user turns
         (BFCL's checker on that prefix of the ground truth), a shorter, easier task.
@@ -98,16 +116,26 @@ class BfclEnvironment(ToolEnvironment):
         call, error: BFCL scores that 0); the trajectory stops there, so a failing episode
         costs one turn's model calls instead of every turn's.
         `require_ground_truth_calls`: a turn that BFCL's checker passes must also have
-        called every function the ground truth calls in it (by name, as BFCL's single-turn
-        checker asks). Off by default (BFCL's score); on, it closes the checker's loopholes
-        of a no-op call that leaves the state equal and returns the same result (adding a
-        symbol the market lacks returns the watchlist) and of results matched against
-        earlier turns' calls."""
+        called every function the ground truth calls in it (`True` or `"names"`: by name,
+        as BFCL's single-turn checker asks; `"arguments"`: each ground-truth call matched
+        one to one by a call of the turn with its name and arguments, compared as
+        `ToolCallVerifier` compares them, a parameter the ground truth leaves out allowed
+        only at its documented default). Off by default (BFCL's score); on, it closes the
+        checker's loopholes of a no-op call that leaves the state equal and returns the
+        same result (adding a symbol the market lacks returns the watchlist) and of
+        results matched against earlier turns' calls; `"arguments"` also rejects a call
+        that reaches the right state with other arguments (that symbol, by its company
+        name, when the ticker was already there)."""
         super().__init__()
         if first_turns is not None and first_turns < 1:
             raise ValueError("first_turns must be at least 1")
         self.first_turns = first_turns
         self.stop_at_failed_turn = stop_at_failed_turn
+        if require_ground_truth_calls not in (False, True, "names", "arguments"):
+            raise ValueError(
+                "require_ground_truth_calls must be false, true, 'names' or 'arguments', "
+                f"not {require_ground_truth_calls!r}"
+            )
         self.require_ground_truth_calls = require_ground_truth_calls
         self._turn_checks: dict[int, dict[str, Any]] = {}
         self.failed_turn: int | None = None
@@ -292,16 +320,34 @@ class BfclEnvironment(ToolEnvironment):
         return self._turn_checks[k]
 
     def _ground_truth_calls_made(self, k: int) -> dict[str, Any] | None:
-        """A failed check naming the ground truth's functions turn `k` did not call, or None."""
+        """A failed check naming the ground truth's calls turn `k` did not make, or None."""
         turns = self.decoded_turns()
-        made = {_name(c) for step in (turns[k] if k < len(turns) else []) for c in step}
-        missing = sorted({_name(c) for c in self.task["ground_truth"][k]} - made)
+        made_calls = [c for step in (turns[k] if k < len(turns) else []) for c in step]
+        gold = self.task["ground_truth"][k]
+        if self.require_ground_truth_calls == "arguments":
+            return self._ground_truth_arguments_matched(made_calls, gold, k)
+        made = {_name(c) for c in made_calls}
+        missing = sorted({_name(c) for c in gold} - made)
         if not missing:
             return None
         return {
             "valid": False,
             "error_type": "assay:ground_truth_call_missing",
             "error_message": f"turn {k} did not call {', '.join(missing)}",
+        }
+
+    def _ground_truth_arguments_matched(
+        self, made: list[str], gold: list[str], k: int
+    ) -> dict[str, Any] | None:
+        got = candidate_calls([openai_call(c, self.docs) for c in made])
+        want = [_gold_with_defaults(openai_call(c, self.docs), self.docs) for c in gold]
+        matched, miss = match_calls(got, want, schema_types(self.tool_schemas()))
+        if matched == len(want):
+            return None
+        return {
+            "valid": False,
+            "error_type": "assay:ground_truth_call_missing",
+            "error_message": f"turn {k}: {miss}",
         }
 
     def score(self) -> EpisodeScore:
