@@ -124,7 +124,8 @@ def _threads() -> int:
 
 def baselines(limit: int | None) -> dict[str, object]:
     """Trivial policies scored by the environments themselves (no model)."""
-    from assay.operators.tools.bfcl_env import BfclEnvironment, openai_call
+    from assay.operators.tools.bfcl_calls import openai_call
+    from assay.operators.tools.bfcl_env import BfclEnvironment
     from assay.operators.tools.sql_env import SqlEnvironment
 
     out: dict[str, object] = {}

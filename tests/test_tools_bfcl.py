@@ -13,7 +13,8 @@ from openai_server import FakeOpenAI
 
 from assay.curate.pipeline import Pipeline
 from assay.datasets.bfcl import function_docs, multi_turn_tasks, openai_tool
-from assay.operators.tools.bfcl_env import BfclEnvironment, call_string, openai_call
+from assay.operators.tools.bfcl_calls import call_string, openai_call
+from assay.operators.tools.bfcl_env import BfclEnvironment
 from assay.operators.tools.rollouts import ToolRollouts
 
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from transformers.utils import get_json_schema
 
-from assay.operators.tools.bfcl_env import BfclEnvironment, openai_call
+from assay.operators.tools.bfcl_calls import openai_call
+from assay.operators.tools.bfcl_env import BfclEnvironment
 from assay.operators.tools.trl import bfcl_trl_dataset, bfcl_trl_environment
 
 TASK = "multi_turn_base_1"  # GorillaFileSystem, 4 turns

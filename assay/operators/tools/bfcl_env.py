@@ -19,15 +19,13 @@ from `assay.datasets.bfcl.multi_turn_tasks` carry every field.
 
 from __future__ import annotations
 
-import ast
 import json
-import re
 import time
 import uuid
 from typing import Any, Literal
 
 from assay.datasets import bfcl
-from assay.judges.tool_calls import candidate_calls, match_calls, schema_types
+from assay.operators.tools.bfcl_calls import call_string, ground_truth_miss
 from assay.operators.tools.environment import (
     EpisodeScore,
     ToolEnvironment,
@@ -36,66 +34,11 @@ from assay.operators.tools.environment import (
     result_text,
 )
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 _TASK_FIELDS = ("question", "initial_config", "involved_classes", "ground_truth")
 
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
-
-
-def call_string(name: str, arguments: dict[str, Any]) -> str:
-    """A tool call in BFCL's executable form, `name(key=repr(value),...)` (as BFCL's
-    `convert_to_function_call` writes it). Names and keys must be identifiers: the executor
-    evaluates the string, and values are Python literals through repr."""
-    if not _IDENTIFIER.match(name):
-        raise ValueError(f"{name!r} is not a function name")
-    bad = [k for k in arguments if not _IDENTIFIER.match(str(k))]
-    if bad:
-        raise ValueError(f"argument names {bad!r} are not identifiers")
-    return f"{name}({','.join(f'{k}={v!r}' for k, v in arguments.items())})"
-
-
-def _name(call: str) -> str:
-    """The function name of a call string such as `get_watchlist()`."""
-    return call.split("(", 1)[0].strip()
-
-
-def openai_call(call: str, docs: list[dict[str, Any]], index: int = 0) -> dict[str, Any]:
-    """A ground-truth call string (`mv(source='a', destination='b')`, positional arguments
-    named from the function doc) as an OpenAI tool call, for replaying BFCL's answers."""
-    node = ast.parse(call, mode="eval").body
-    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
-        raise ValueError(f"not a function call: {call!r}")
-    name = node.func.id
-    doc = next((d for d in docs if d["name"] == name), None)
-    order = list((doc or {}).get("parameters", {}).get("properties", {}))
-    if len(node.args) > len(order):
-        raise ValueError(f"{call!r}: more positional arguments than {name} has parameters")
-    arguments = {order[i]: ast.literal_eval(a) for i, a in enumerate(node.args)}
-    arguments.update({kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg})
-    return {
-        "id": f"call_gt_{index}",
-        "type": "function",
-        "function": {"name": name, "arguments": json.dumps(arguments)},
-    }
-
-
-def _gold_with_defaults(
-    call: dict[str, Any], docs: list[dict[str, Any]]
-) -> tuple[str, dict[str, list[Any]]]:
-    """A ground-truth call as (name, {parameter: acceptable values}): its own values, and
-    for each parameter it leaves out, absence or the function doc's default (BFCL writes
-    `'None'` for a default of None)."""
-    name = call["function"]["name"]
-    arguments = json.loads(call["function"]["arguments"])
-    want: dict[str, list[Any]] = {p: [v] for p, v in arguments.items()}
-    doc = next((d for d in docs if d["name"] == name), {})
-    for param, spec in (doc.get("parameters", {}).get("properties") or {}).items():
-        if param not in want and "default" in spec:
-            default = spec["default"]
-            want[param] = ["", default] + ([None] if default == "None" else [])
-    return name, want
 
 
 class BfclEnvironment(ToolEnvironment):
@@ -322,32 +265,15 @@ class BfclEnvironment(ToolEnvironment):
     def _ground_truth_calls_made(self, k: int) -> dict[str, Any] | None:
         """A failed check naming the ground truth's calls turn `k` did not make, or None."""
         turns = self.decoded_turns()
-        made_calls = [c for step in (turns[k] if k < len(turns) else []) for c in step]
-        gold = self.task["ground_truth"][k]
-        if self.require_ground_truth_calls == "arguments":
-            return self._ground_truth_arguments_matched(made_calls, gold, k)
-        made = {_name(c) for c in made_calls}
-        missing = sorted({_name(c) for c in gold} - made)
-        if not missing:
+        made = [c for step in (turns[k] if k < len(turns) else []) for c in step]
+        by = "arguments" if self.require_ground_truth_calls == "arguments" else "names"
+        miss = ground_truth_miss(made, self.task["ground_truth"][k], self.docs, by)
+        if miss is None:
             return None
         return {
             "valid": False,
             "error_type": "assay:ground_truth_call_missing",
-            "error_message": f"turn {k} did not call {', '.join(missing)}",
-        }
-
-    def _ground_truth_arguments_matched(
-        self, made: list[str], gold: list[str], k: int
-    ) -> dict[str, Any] | None:
-        got = candidate_calls([openai_call(c, self.docs) for c in made])
-        want = [_gold_with_defaults(openai_call(c, self.docs), self.docs) for c in gold]
-        matched, miss = match_calls(got, want, schema_types(self.tool_schemas()))
-        if matched == len(want):
-            return None
-        return {
-            "valid": False,
-            "error_type": "assay:ground_truth_call_missing",
-            "error_message": f"turn {k}: {miss}",
+            "error_message": f"turn {k}{miss}",
         }
 
     def score(self) -> EpisodeScore:

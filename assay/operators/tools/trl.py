@@ -221,7 +221,7 @@ def replay_ground_truth(env: Any, task_id: str, turns: int) -> list[dict[str, An
     BFCL's ground-truth calls; return those turns as chat messages (user, then for each call
     an assistant message with the tool call and its tool result) followed by the user
     message of turn `turns`."""
-    from assay.operators.tools.bfcl_env import openai_call
+    from assay.operators.tools.bfcl_calls import openai_call
     from assay.operators.tools.episode import message
 
     text = env.reset({"id": task_id})
