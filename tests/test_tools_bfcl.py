@@ -384,10 +384,10 @@ def test_requiring_the_ground_truths_arguments_rejects_a_call_that_reaches_its_s
         BfclEnvironment(require_ground_truth_calls="exact")  # type: ignore[arg-type]
 
 
-def test_retry_other_tools_searches_the_first_call_without_replacement(workspace: Path) -> None:
-    """A fake model that always calls its favourite allowed tool first (pwd, then du, then
-    ls(a=True)) passes multi_turn_base_1's first turn (ground truth `ls(a=True)`) on its third
-    try only when each retry's forced call excludes the tools the dropped attempts called."""
+def _stubborn_rollout(ws: Path, **options: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """multi_turn_base_1 (first turn's ground truth `ls(a=True)`) played by a fake model
+    that calls its favourite allowed tool first in turn 0 (pwd, then du, then ls(a=True))
+    and the ground truth's calls after it; returns the row and the request bodies."""
     task = multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]
     ground_truth = json.loads(task["ground_truth"])
     docs = [d for c in task["involved_classes"] for d in function_docs(c)]
@@ -410,22 +410,36 @@ def test_retry_other_tools_searches_the_first_call_without_replacement(workspace
             "tool_calls": [openai_call(c, docs, i) for i, c in enumerate(calls)],
         }
 
-    def run(ws: Path, **options: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        bodies: list[dict[str, Any]] = []
-        kwargs = {"stop_at_failed_turn": True}
-        row = rollout_with(
-            ws,
-            stubborn,
-            bodies,
-            environment_kwargs=kwargs,
-            turn_retries=2,
-            force_tools=1,
-            max_turns=20,
-            **options,
-        )
-        return row, bodies
+    bodies: list[dict[str, Any]] = []
+    row = rollout_with(
+        ws,
+        stubborn,
+        bodies,
+        environment_kwargs={"stop_at_failed_turn": True},
+        turn_retries=2,
+        force_tools=1,
+        max_turns=20,
+        **options,
+    )
+    return row, bodies
 
-    row, bodies = run(workspace, retry_other_tools=True)
+
+def _allowed(bodies: list[dict[str, Any]]) -> list[set[str]]:
+    choices = [b.get("tool_choice") for b in bodies]
+    return [
+        {t["function"]["name"] for t in c["allowed_tools"]["tools"]}
+        for c in choices
+        if isinstance(c, dict)
+    ]
+
+
+def test_retry_other_tools_searches_the_first_call_without_replacement(workspace: Path) -> None:
+    """The stubborn model passes the first turn on its third try only when each retry's
+    forced call excludes the tools the dropped attempts called."""
+    task = multi_turn_tasks("base", ids=["multi_turn_base_1"])[0]
+    ground_truth = json.loads(task["ground_truth"])
+    everything = {d["name"] for c in task["involved_classes"] for d in function_docs(c)}
+    row, bodies = _stubborn_rollout(workspace, retry_other_tools=True)
     assert (row["correct"], row["finish"]) == (True, "answer")
     episode = json.loads(row["episode"])
     assert [
@@ -433,22 +447,37 @@ def test_retry_other_tools_searches_the_first_call_without_replacement(workspace
     ] == ["pwd", "du"]
     firsts = [c.get("excluded") for c in episode["calls"] if c["attempt"] > 0][:1]
     assert firsts == [["pwd"]]
-    choices = [b.get("tool_choice") for b in bodies]
-    allowed = [
-        {t["function"]["name"] for t in c["allowed_tools"]["tools"]}
-        for c in choices
-        if isinstance(c, dict)
-    ]
-    everything = {d["name"] for d in docs}
-    assert allowed == [everything - {"pwd"}, everything - {"pwd", "du"}]
+    assert _allowed(bodies) == [everything - {"pwd"}, everything - {"pwd", "du"}]
     assert all(len(b["tools"]) == len(everything) for b in bodies if b.get("tools"))
+    assert episode["hinted_turns"] == []
     # later turns, and the first turn's first try, are forced as before ("required")
+    choices = [b.get("tool_choice") for b in bodies]
     assert choices.count("required") == 1 + len(ground_truth) - 1
     # without the option, the same model redraws pwd on every retry and fails the turn
-    row, _ = run(workspace.parent / "ws-plain")
+    row, _ = _stubborn_rollout(workspace.parent / "ws-plain")
     assert (row["correct"], row["finish"]) == (False, "failed_turn")
     dropped = json.loads(row["episode"])["dropped_attempts"]
     assert {d["messages"][0]["tool_calls"][0]["function"]["name"] for d in dropped} == {"pwd"}
+
+
+def test_retry_reference_tools_offers_a_retry_only_the_ground_truths_tools(
+    workspace: Path,
+) -> None:
+    """With retry_reference_tools, the first turn's retry may call only `ls` (its ground
+    truth calls `ls(a=True)`): the stubborn model passes on its second try, the first try is
+    unhinted, and the episode says which turn's kept attempt was hinted."""
+    env = BfclEnvironment()
+    env.reset({"id": "multi_turn_base_1"})
+    assert env.reference_tools() == ["ls"]
+    row, bodies = _stubborn_rollout(workspace, retry_reference_tools=True, retry_other_tools=True)
+    assert (row["correct"], row["finish"]) == (True, "answer")
+    episode = json.loads(row["episode"])
+    assert len(episode["dropped_attempts"]) == 1
+    assert _allowed(bodies) == [{"ls"}]
+    hinted = [c for c in episode["calls"] if "hinted" in c]
+    assert [(c["attempt"], c["hinted"]) for c in hinted] == [(1, ["ls"])]
+    assert episode["hinted_turns"] == [0]
+    assert bodies[0]["tool_choice"] == "required"  # the first try: any tool
 
 
 def test_a_cut_call_counts_as_the_attempts_first_tool() -> None:

@@ -25,7 +25,7 @@ import uuid
 from typing import Any, Literal
 
 from assay.datasets import bfcl
-from assay.operators.tools.bfcl_calls import call_string, ground_truth_miss
+from assay.operators.tools.bfcl_calls import call_name, call_string, ground_truth_miss
 from assay.operators.tools.environment import (
     EpisodeScore,
     ToolEnvironment,
@@ -175,6 +175,11 @@ class BfclEnvironment(ToolEnvironment):
         earlier = [c for turn in self.steps[:k] for step in turn for c in step]
         self._execute(earlier, self._tag)
         return detail
+
+    def reference_tools(self) -> list[str] | None:
+        """The functions the ground truth calls in the current turn (sorted)."""
+        gold = self.task.get("ground_truth") or []
+        return sorted({call_name(c) for c in gold[self.turn]}) if self.turn < len(gold) else None
 
     # --- tools -------------------------------------------------------------------------
 

@@ -101,6 +101,12 @@ class ToolEnvironment(ABC):
         then ends the episode as it would without retries."""
         return None
 
+    def reference_tools(self) -> list[str] | None:
+        """The tool names the current turn's reference solution calls (BFCL: its ground
+        truth), for `ToolRollouts(retry_reference_tools=True)`, or None where the
+        environment has no reference (the default)."""
+        return None
+
     # --- tools -------------------------------------------------------------------------
 
     def tools(self) -> dict[str, Callable[..., Any]]:

@@ -124,9 +124,13 @@ class Episode:
         self.dropped: list[dict[str, Any]] = []
         self.tried_first: list[str] = []  # the first tools this turn's dropped attempts called
         self._excluded: list[str] = []
+        self.user_turn = 0  # user turns ended so far
+        self.hinted_turns: list[int] = []  # user turns whose kept attempt had a reference hint
+        self._turn_hinted = False
         self.over = False
         self._params: dict[str, Any] = {}
         self._tools: list[dict[str, Any]] = []
+        self._hint: list[str] = []
 
     def next_request(self) -> ChatRequest:
         stage, env = self.stage, self.env
@@ -149,8 +153,12 @@ class Episode:
             if left and len(left) < len(tools):
                 params["tool_choice"] = allowed_tools(left)
                 self._excluded = list(self.tried_first)
+        hint = self._reference_hint(forced, tools)
+        if hint:
+            params["tool_choice"] = allowed_tools(hint)
+            self._excluded, self._turn_hinted = [], True
         self.calls_this_turn += 1
-        self._params, self._tools = params, tools
+        self._params, self._tools, self._hint = params, tools, hint
         return ChatRequest(
             model=stage.model,
             messages=request_messages(self.messages),
@@ -158,6 +166,22 @@ class Episode:
             tools=tuple(tools),
             sample_index=self.k + stage.n * self.attempt,
         )
+
+    def _reference_hint(self, forced: Any, tools: list[dict[str, Any]]) -> list[str]:
+        """With `retry_reference_tools`, a retried turn's forced first call may call only the
+        offered tools the environment's reference calls in this turn; [] otherwise."""
+        retried_first = (
+            forced == "required" and self.calls_this_turn == 0 and self.retries_this_turn
+        )
+        if not (retried_first and self.stage.retry_reference_tools):
+            return []
+        reference = set(self.env.reference_tools() or ())
+        return [_name(t) for t in tools if _name(t) in reference]
+
+    def _end_user_turn(self) -> None:
+        if self._turn_hinted:
+            self.hinted_turns.append(self.user_turn)
+        self.user_turn, self._turn_hinted = self.user_turn + 1, False
 
     def apply(self, response: Any) -> None:
         """Take the model's answer to `next_request`: run its tool calls, or end the turn."""
@@ -173,6 +197,8 @@ class Episode:
         }
         if self._excluded:
             entry["excluded"] = self._excluded
+        if self._hint:
+            entry["hinted"] = self._hint
         self.log.append(entry)
         self.over = self.turns >= self.stage.max_turns
         if response.error is not None:
@@ -218,8 +244,10 @@ class Episode:
             failed = getattr(env, "failed_turn", None) is not None
             if failed and self._retry("failed_turn"):
                 return
+            self._end_user_turn()
             self.finish, self.over = ("failed_turn" if failed else "answer"), True
             return
+        self._end_user_turn()
         messages.append(message("user", follow_up))
         self.turn_start, self.calls_this_turn, self.retries_this_turn = len(messages), 0, 0
         self.tried_first = []
@@ -244,6 +272,7 @@ class Episode:
         if first is not None and first not in self.tried_first:
             self.tried_first.append(first)
         del self.messages[self.turn_start :]
+        self._turn_hinted = False
         self.retries_this_turn += 1
         self.attempt += 1
         self.calls_this_turn = 0
@@ -259,6 +288,7 @@ class Episode:
             "final_state": env.final_state(),
             "error": self.error,
             "dropped_attempts": self.dropped,
+            "hinted_turns": self.hinted_turns,
         }
         return {
             "messages": self.messages,

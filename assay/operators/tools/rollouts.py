@@ -104,7 +104,9 @@ class ToolRollouts(AsyncStage, UsesLLM):
     `finish`, the check's `detail`, their `messages`): a failed and a passing answer to the
     same conversation, preference pairs for DPO. With `retry_other_tools`, a retried turn's
     forced first call is not offered the tools the dropped attempts called first (each call
-    in `episode.calls` lists those under `excluded`).
+    in `episode.calls` lists those under `excluded`). With `retry_reference_tools`, it may call
+    only the tools the environment's reference calls in the turn (`hinted` in the call,
+    `episode.hinted_turns`: the user turns, from 0, whose kept attempt was hinted).
     A tool call cut at `max_tokens` (see `cut_tool_call`) ends the episode with
     `finish="length"`, `correct=false`: it is stored as the assistant's text and never
     executed or repaired into a call the model did not finish. An answer in prose cut at
@@ -150,6 +152,13 @@ class ToolRollouts(AsyncStage, UsesLLM):
     # retries search the first call's tool without replacement instead of redrawing the
     # model's favourite wrong one
     retry_other_tools: bool = False
+    # with turn_retries: a retried turn's first call, when forced ("required"), may call only
+    # the tools the environment's reference solution calls in that turn (`reference_tools`;
+    # BFCL: the ground truth's function names, never its arguments): a hint from the answer,
+    # as STaR's rationalization gives one; the arguments, later calls and the answer stay the
+    # model's and the turn's check is unchanged; `episode.hinted_turns` lists the user turns
+    # whose kept attempt was hinted. Where both are set, this one decides a retry's tools
+    retry_reference_tools: bool = False
     # how many tasks play at once (each task's n episodes together, in lockstep); 0: no
     # limit. None: on a local model max(1, 8 // n) (a batch of one task's n episodes shares
     # the task's prompt prefix, tool schemas and task, computed once; rows of other tasks
