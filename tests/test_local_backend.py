@@ -326,3 +326,82 @@ def test_llm_client_routes_local_model_strings_to_the_shared_backend(tmp_path, m
     assert [r.output_tokens for r in responses] == [6, 6, 6, 6]
     assert backend.batches_run >= 1
     backend.close()
+
+
+def _long_requests(rows: int = 8) -> list[ChatRequest]:
+    """Requests that decode 900 tokens each (EOS ignored): a batch still running when the
+    test stops it."""
+    return [
+        request(f"{PROMPTS[i % len(PROMPTS)]} {i}", max_tokens=900, ignore_eos=True)
+        for i in range(rows)
+    ]
+
+
+def test_close_with_cancel_stops_the_batch_in_progress(tiny):
+    from assay.models.batch_generate import GenerationCancelled
+
+    backend = LocalBackend("tiny", registry=tiny.registry, device="cpu", gather_s=0.05, threads=1)
+    backend.load()
+    futures = [backend.submit(r) for r in _long_requests()]
+    while not any(f.running() or f.done() for f in futures):
+        pass
+    backend.close(cancel=True, timeout=60)
+    for future in futures:
+        with pytest.raises(GenerationCancelled):
+            future.result(timeout=0)
+    # a cancelled backend answers no more
+    with pytest.raises(GenerationCancelled):
+        backend.submit(request("Hi")).result(timeout=60)
+    assert backend.batches_run == 0
+
+
+CTRL_C_SCRIPT = """
+import sys, time
+from pathlib import Path
+from assay.models.local_backend import LocalBackend
+from assay.models.registry import ModelRegistry
+from assay.curate.llm.types import ChatRequest
+
+registry = ModelRegistry.load(Path(sys.argv[1]))
+backend = LocalBackend("tiny", registry=registry, device="cpu", threads=1)
+backend.load()
+message = ({"role": "user", "content": "Hi"},)
+params = {"max_tokens": 900, "ignore_eos": True, "temperature": 0}
+futures = [backend.submit(ChatRequest("local/tiny", message, params)) for _ in range(8)]
+while not futures[0].running():
+    time.sleep(0.001)
+raise KeyboardInterrupt  # the run is stopped while the worker decodes
+"""
+
+
+def test_exit_during_a_batch_cancels_it_instead_of_aborting(tmp_path):
+    """Leaving Python while the scheduler thread decodes (Ctrl-C in a run) exits as an
+    interrupted Python does (killed by SIGINT), not by SIGABRT: the batch is cancelled at
+    exit. The model is wide enough (hidden size 1024) that the thread spends its time
+    inside torch's matmuls, where being ended by the exiting interpreter aborts."""
+    import signal
+    import subprocess
+    import sys
+
+    from local_tiny_model import build_tokenizer, tiny_llama_config
+    from transformers import LlamaForCausalLM
+
+    model_dir = tmp_path / "wide"
+    tokenizer = build_tokenizer(model_dir)
+    config = tiny_llama_config(
+        tokenizer, hidden_size=1024, intermediate_size=4096, num_attention_heads=8
+    )
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    registry = ModelRegistry.load(tmp_path / "registry.json")
+    registry.register_model("tiny", model_dir)
+    script = tmp_path / "interrupted.py"
+    script.write_text(CTRL_C_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(registry.path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "KeyboardInterrupt" in done.stderr
+    assert "terminate called" not in done.stderr
+    assert done.returncode == -signal.SIGINT, done.stderr[-2000:]

@@ -24,11 +24,18 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import torch
 
-from assay.models.decode_rows import DecodeRow, GenerationItem, GenerationResult, final_text
+from assay.models.decode_rows import (
+    DecodeRow,
+    GenerationCancelled,
+    GenerationItem,
+    GenerationResult,
+    final_text,
+)
 from assay.models.decode_weights import native_bf16
 from assay.models.dynamic_decode import cache_argument, decode_dynamic, prefill_dynamic
 from assay.models.fast_decode import PRECISIONS, DecodeStep, supports
@@ -39,7 +46,13 @@ log = logging.getLogger(__name__)
 _warned_bf16: set[str] = set()
 
 # cache_argument lives with the generic loop; importers (assay.train.eval) take it from here
-__all__ = ["GenerationItem", "GenerationResult", "cache_argument", "generate_batch"]
+__all__ = [
+    "GenerationCancelled",
+    "GenerationItem",
+    "GenerationResult",
+    "cache_argument",
+    "generate_batch",
+]
 
 
 def generate_batch(
@@ -52,6 +65,7 @@ def generate_batch(
     fast: bool | None = None,
     precision: str | None = None,
     prefix_once: bool = True,
+    cancel: threading.Event | None = None,
 ) -> list[GenerationResult]:
     """Generate every item in one padded batch; results in the order of `items`.
 
@@ -61,6 +75,8 @@ def generate_batch(
     outputs equal the generic path's) or `"bf16"` (bfloat16 projections, fast path only;
     default from `ASSAY_LOCAL_PRECISION`). `prefix_once`: in the fast loop, hold a shared
     prefix once for all rows (default) rather than a copy per row (the benchmark's peer).
+    `cancel`: once set, the batch stops before its next decoding step and raises
+    `GenerationCancelled`.
     """
     if not items:
         return []
@@ -79,7 +95,7 @@ def generate_batch(
             cache, hidden = prefill_static(
                 step, items, input_ids, attention, positions, shared, adapters, prefix_once
             )
-            decode_static(step, rows, hidden, cache, tokenizer, eos_token_ids, adapters)
+            decode_static(step, rows, hidden, cache, tokenizer, eos_token_ids, adapters, cancel)
         else:
             from transformers import DynamicCache
 
@@ -88,7 +104,7 @@ def generate_batch(
                 model, rows, items, input_ids, attention, positions, shared, dynamic, adapters
             )
             decode_dynamic(
-                model, rows, logits, attention, dynamic, tokenizer, eos_token_ids, adapters
+                model, rows, logits, attention, dynamic, tokenizer, eos_token_ids, adapters, cancel
             )
     for row in rows:
         row.result.text = final_text(row, tokenizer)

@@ -3,6 +3,7 @@ choice both decode loops share (grammar mask, greedy or sampled; stop and length
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,16 @@ class GenerationItem:
     adapter: str | None = None
     grammar: GrammarState | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+
+
+class GenerationCancelled(RuntimeError):
+    """The batch was stopped between decoding steps (`LocalBackend.close(cancel=True)`)."""
+
+
+def stop_if_cancelled(cancel: threading.Event | None) -> None:
+    """Raise `GenerationCancelled` once `cancel` is set (checked before each decoding step)."""
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled("generation cancelled: the local backend is closing")
 
 
 @dataclass

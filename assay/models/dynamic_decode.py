@@ -7,11 +7,18 @@ dropped from the batch and the cache at once.
 from __future__ import annotations
 
 import inspect
+import threading
 from typing import Any
 
 import torch
 
-from assay.models.decode_rows import DecodeRow, GenerationItem, advance, pick_tokens
+from assay.models.decode_rows import (
+    DecodeRow,
+    GenerationItem,
+    advance,
+    pick_tokens,
+    stop_if_cancelled,
+)
 from assay.models.multi_lora import MultiLora
 from assay.models.prefill_chunks import prefill_chunks
 
@@ -70,11 +77,13 @@ def decode_dynamic(
     tokenizer: Any,
     eos_token_ids: set[int],
     adapters: MultiLora | None,
+    cancel: threading.Event | None = None,
 ) -> None:
     """The generic loop: transformers' forward, a DynamicCache, finished rows dropped at once."""
     device = logits.device
     active = list(range(len(rows)))
     while True:
+        stop_if_cancelled(cancel)
         tokens = pick_tokens(logits, [rows[i] for i in active])
         still: list[int] = []
         for slot, row_index in enumerate(active):

@@ -23,10 +23,12 @@ mixed into the seed so seeded samples differ.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +97,8 @@ class LocalBackend:
         self._eos: set[int] = set()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._cancel = threading.Event()
+        _open_backends.add(self)
         self._start_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.batches_run = 0
@@ -160,12 +164,18 @@ class LocalBackend:
         """Load the base model now (otherwise the first batch does it)."""
         self._ensure_loaded()
 
-    def close(self) -> None:
-        """Stop the scheduler thread (queued jobs are answered first)."""
+    def close(self, cancel: bool = False, timeout: float | None = None) -> None:
+        """Stop the scheduler thread: queued jobs are answered first, or with `cancel` the
+        batch being decoded stops before its next step and every job not yet answered
+        fails with `GenerationCancelled` (the backend then answers no more). `timeout`:
+        seconds to wait for the thread (None: until it stops)."""
+        if cancel:
+            self._cancel.set()
         if self._worker is not None:
             self._queue.put(None)
-            self._worker.join()
-            self._worker = None
+            self._worker.join(timeout)
+            if not self._worker.is_alive():
+                self._worker = None
 
     @property
     def model(self) -> Any:
@@ -227,6 +237,12 @@ class LocalBackend:
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
         if not jobs:
             return []
+        if self._cancel.is_set():
+            from assay.models.decode_rows import GenerationCancelled
+
+            for job in jobs:
+                job.future.set_exception(GenerationCancelled("the local backend is closing"))
+            return []
         try:
             self._ensure_loaded()
         except BaseException as exc:  # answer every waiter, then keep serving
@@ -254,7 +270,12 @@ class LocalBackend:
             return
         try:
             results = generate_batch(
-                self._model, self._tokenizer, items, self._eos, adapters=self._lora
+                self._model,
+                self._tokenizer,
+                items,
+                self._eos,
+                adapters=self._lora,
+                cancel=self._cancel,
             )
         except BaseException as exc:
             for job in ready:
@@ -333,6 +354,21 @@ class LocalBackend:
             len(result.token_ids),
             finished - job.queued_at,
         )
+
+
+# every backend not yet garbage-collected, for close_local_backends at exit
+_open_backends: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def close_local_backends(timeout: float = 30.0) -> None:
+    """Cancel every backend's batch in progress and stop its scheduler thread (at most
+    `timeout` seconds each). Runs at interpreter exit: a daemon thread still inside torch
+    when Python finalises is ended with `pthread_exit`, whose unwinding through C++ frames
+    aborts the process (`terminate called without an active exception`, exit status 134,
+    as after Ctrl-C in a run)."""
+    for backend in list(_open_backends):
+        backend.close(cancel=True, timeout=timeout)
 
 
 # keyed by (registry file, base alias, base weights): a backend answers for the registry it

@@ -8,12 +8,19 @@ held once for all rows when the batch has one adapter (or none).
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 import torch
 
 from assay.models.constrained import mask_logits
-from assay.models.decode_rows import DecodeRow, GenerationItem, advance, pick_tokens
+from assay.models.decode_rows import (
+    DecodeRow,
+    GenerationItem,
+    advance,
+    pick_tokens,
+    stop_if_cancelled,
+)
 from assay.models.fast_decode import DecodeStep
 from assay.models.kv_cache import GROW_COLUMNS, StaticKVCache
 from assay.models.multi_lora import MultiLora
@@ -79,6 +86,7 @@ def decode_static(
     tokenizer: Any,
     eos_token_ids: set[int],
     adapters: MultiLora | None,
+    cancel: threading.Event | None = None,
 ) -> None:
     """The fast loop: `DecodeStep` on a static cache, from the prefill's last hidden states.
 
@@ -93,6 +101,7 @@ def decode_static(
     next_positions = cache.positions()
     feed = torch.zeros(len(rows), dtype=torch.long, device=device)
     while True:
+        stop_if_cancelled(cancel)
         live_rows = [rows[slot_rows[s]] for s in live]
         picked = hidden if len(live) == hidden.shape[0] else hidden[live]
         tokens = _pick_from_hidden(step, picked, live_rows)
