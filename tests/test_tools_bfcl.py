@@ -478,6 +478,14 @@ def test_retry_reference_tools_offers_a_retry_only_the_ground_truths_tools(
     assert [(c["attempt"], c["hinted"]) for c in hinted] == [(1, ["ls"])]
     assert episode["hinted_turns"] == [0]
     assert bodies[0]["tool_choice"] == "required"  # the first try: any tool
+    # the export's card counts the verified episodes kept from a hinted turn
+    from assay.curate.store import RunStore
+    from assay.datasets.export_run import export_run
+
+    with RunStore(workspace, read_only=True) as store:
+        (run,) = store.runs()
+    card = export_run(run["run_id"], workspace / "sft", "messages", workspace=workspace).card
+    assert "of the verified samples, 1 kept a turn played with a hint" in card.read_text()
 
 
 def test_a_cut_call_counts_as_the_attempts_first_tool() -> None:

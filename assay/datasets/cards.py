@@ -68,6 +68,9 @@ class ExportStats:
     pass_rates: list[float] = field(default_factory=list)
     samples: int = 0
     samples_correct: int = 0
+    # verified episodes with a turn kept from a hinted retry (ToolRollouts'
+    # retry_reference_tools: the turn's tools were named from its reference solution)
+    samples_correct_hinted: int = 0
 
 
 BFCL = SourceInfo(
@@ -186,6 +189,12 @@ def dataset_card(
         lines.append(
             f"- samples drawn: {stats.samples}, verified correct: {stats.samples_correct} "
             f"({share:.1%})"
+        )
+    if stats.samples_correct_hinted:
+        lines.append(
+            f"- of the verified samples, {stats.samples_correct_hinted} kept a turn played with "
+            "a hint from the reference solution (`retry_reference_tools`: a retry could call "
+            "only the tools the reference calls in that turn; `episode.hinted_turns`)"
         )
     if stats.problems:
         lines.append(

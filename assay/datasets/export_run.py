@@ -8,6 +8,7 @@ The same from the command line: `assay export-data RUN_ID --format messages --ou
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,17 @@ def _union(kept: pa.Table, wrong: pa.Table) -> pa.Table:
     )
 
 
+def _hinted(kept: pa.Table) -> int:
+    """Correct episodes whose `episode` JSON lists hinted turns (ToolRollouts)."""
+    if "episode" not in kept.column_names:
+        return 0
+    pairs = zip(kept["correct"].to_pylist(), kept["episode"].to_pylist(), strict=True)
+    return sum(
+        bool(correct and episode and json.loads(episode).get("hinted_turns"))
+        for correct, episode in pairs
+    )
+
+
 def _stats(format: str, rows: int, kept: pa.Table, wrong: pa.Table | None) -> ExportStats:
     stats = ExportStats(format=format, rows=rows)
     if "parent_id" not in kept.column_names:
@@ -95,6 +107,7 @@ def _stats(format: str, rows: int, kept: pa.Table, wrong: pa.Table | None) -> Ex
         stats.problems_solved = sum(any(v) for v in outcomes.values())
         stats.samples = sum(len(v) for v in outcomes.values())
         stats.samples_correct = sum(sum(v) for v in outcomes.values())
+        stats.samples_correct_hinted = _hinted(kept)
         return stats
     # a problem's pass rate is on each of its rows; problems with no kept row come from the
     # rejects (their rows carry the rate too)
