@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import jsonschema
 import pytest
@@ -344,7 +345,7 @@ def test_close_with_cancel_stops_the_batch_in_progress(tiny):
     backend.load()
     futures = [backend.submit(r) for r in _long_requests()]
     while not any(f.running() or f.done() for f in futures):
-        pass
+        time.sleep(0.001)
     backend.close(cancel=True, timeout=60)
     for future in futures:
         with pytest.raises(GenerationCancelled):
