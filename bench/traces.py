@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--baseline-n", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "traces.json")
     args = parser.parse_args()
-    from assay.models.local_backend import get_local_backend, register_local_backend
+    from assay.models.shared_backends import get_local_backend, register_local_backend
 
     register_local_backend()
     get_local_backend("local/smollm2-135m").load()  # loading is not generation time

@@ -57,8 +57,9 @@ def model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_a_retrained_adapter_is_reloaded_and_cached_apart(model_cache: Path) -> None:
     from assay.curate.llm.types import ChatRequest
-    from assay.models.local_backend import LocalBackend, get_local_backend
+    from assay.models.local_backend import LocalBackend
     from assay.models.registry import register_adapter, register_model
+    from assay.models.shared_backends import get_local_backend
 
     alias = f"tiny-{uuid.uuid4().hex[:8]}"  # backends are per process: keep this one apart
     model_dir = build_tiny_model(model_cache / "model")
@@ -125,8 +126,9 @@ def test_a_backend_answers_for_the_registry_and_weights_it_was_made_from(
     cache (or re-pointed at other weights) gets a backend of its own: the old one must not
     answer for weights it never loaded, nor miss adapters only the new registry names."""
     from assay.curate.llm.types import ChatRequest
-    from assay.models.local_backend import LocalBackend, get_local_backend
+    from assay.models.local_backend import LocalBackend
     from assay.models.registry import register_adapter, register_model
+    from assay.models.shared_backends import get_local_backend
 
     alias = f"tiny-{uuid.uuid4().hex[:8]}"
 

@@ -313,8 +313,8 @@ def test_allowed_tools_choice_calls_only_the_allowed_tools(tiny):
 
 def test_llm_client_routes_local_model_strings_to_the_shared_backend(tmp_path, monkeypatch):
     from assay.curate.llm.client import LLMClient, LLMSettings
-    from assay.models.local_backend import get_local_backend, register_local_backend
     from assay.models.registry import register_model
+    from assay.models.shared_backends import get_local_backend, register_local_backend
 
     monkeypatch.setenv("ASSAY_MODEL_CACHE", str(tmp_path / "cache"))
     register_model("tiny-client", build_tiny_model(tmp_path / "model"))

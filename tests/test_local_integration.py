@@ -14,8 +14,8 @@ import pytest
 
 from assay.curate.llm.types import ChatRequest
 from assay.curate.pipeline import Pipeline
-from assay.models.local_backend import get_local_backend, register_local_backend
 from assay.models.registry import EMBEDDED_ALIAS, converted_dir, embedded_gguf_path
+from assay.models.shared_backends import get_local_backend, register_local_backend
 from assay.operators.generate import Generate
 
 pytestmark = pytest.mark.integration

@@ -48,7 +48,7 @@ SCHEMA = {
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory):
-    from assay.models.local_backend import get_local_backend
+    from assay.models.shared_backends import get_local_backend
 
     with registered_tiny_model(tmp_path_factory.mktemp("cut"), alias=ALIAS):
         local = get_local_backend(f"local/{ALIAS}")

@@ -101,7 +101,7 @@ def test_an_early_stop_gets_wait_until_the_minimum(tiny) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(1800)  # a shared 2-core machine decodes the 135M model at ~1 token/s
 def test_budget_forcing_changes_the_embedded_models_thinking_length(workspace: Path) -> None:
-    from assay.models.local_backend import register_local_backend
+    from assay.models.shared_backends import register_local_backend
 
     register_local_backend()
     model = f"local/{EMBEDDED_ALIAS}"

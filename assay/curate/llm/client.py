@@ -135,7 +135,7 @@ class LLMSettings(BaseModel):
 
 
 # prefixes whose backend registers itself on first use (module:function)
-_LAZY_BACKENDS = {"local": "assay.models.local_backend:register_local_backend"}
+_LAZY_BACKENDS = {"local": "assay.models.shared_backends:register_local_backend"}
 
 
 def make_backend(settings: LLMSettings) -> Backend:
