@@ -384,6 +384,36 @@ def test_requiring_the_ground_truths_arguments_rejects_a_call_that_reaches_its_s
         BfclEnvironment(require_ground_truth_calls="exact")  # type: ignore[arg-type]
 
 
+def test_rejecting_failed_calls_fails_a_turn_with_a_failed_call_until_it_is_retried() -> None:
+    # beside the ground truth's call, a lookup of a symbol the market lacks (an API error)
+    # or of a tool that does not exist: BFCL's checker and the arguments check pass both
+    noisy = [["get_stock_info(symbol='ZetaCorp')", "add_to_watchlist(stock='ZETA')"]]
+    noisy.append(["get_watchlist()"])
+    options: dict[str, Any] = {"require_ground_truth_calls": "arguments"}
+    assert _play("multi_turn_base_142", noisy, **options).score().correct
+    env = _play("multi_turn_base_142", noisy, reject_failed_calls=True, **options)
+    score = env.score()
+    assert not score.correct and [c["passed"] for c in score.checks] == [False, False]
+    assert score.checks[0]["detail"] == (
+        "assay:failed_call: turn 0: 1 failed call(s): get_stock_info: "
+        '{"error": "Stock with symbol \'ZetaCorp\' not found."}'
+    )
+    env = BfclEnvironment(first_turns=2, stop_at_failed_turn=True, reject_failed_calls=True)
+    env.reset({"id": "multi_turn_base_142"})
+    unknown = {"id": "c0", "type": "function", "function": {"name": "buy_all", "arguments": "{}"}}
+    env.step_calls([unknown, openai_call("add_to_watchlist(stock='ZETA')", env.docs, 1)])
+    assert env.end_turn("Added.") is None and env.failed_turn == 0
+    assert env.retry_turn() == (
+        "assay:failed_call: turn 0: 1 failed call(s): buy_all: Error: no tool named 'buy_all'"
+    )
+    # the retried turn's own calls are all that count: the dropped attempt's failure is gone
+    for calls in (["add_to_watchlist(stock='ZETA')"], ["get_watchlist()"]):
+        env.step_calls([openai_call(c, env.docs, i) for i, c in enumerate(calls)])
+        env.end_turn("Done.")
+    assert env.done and env.score().correct
+    assert replay("multi_turn_base_0", reject_failed_calls=True).score().correct
+
+
 def _stubborn_rollout(ws: Path, **options: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """multi_turn_base_1 (first turn's ground truth `ls(a=True)`) played by a fake model
     that calls its favourite allowed tool first in turn 0 (pwd, then du, then ls(a=True))

@@ -41,6 +41,15 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _api_error(content: str) -> bool:
+    """Whether a BFCL API answered with an error (its APIs return `{"error": ...}`)."""
+    try:
+        value = json.loads(content)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(value, dict) and "error" in value
+
+
 class BfclEnvironment(ToolEnvironment):
     """One BFCL multi-turn task per episode."""
 
@@ -49,6 +58,7 @@ class BfclEnvironment(ToolEnvironment):
         first_turns: int | None = None,
         stop_at_failed_turn: bool = False,
         require_ground_truth_calls: bool | Literal["names", "arguments"] = False,
+        reject_failed_calls: bool = False,
     ) -> None:
         """`first_turns`: play and score only the task's first `first_turns` user turns
         (BFCL's checker on that prefix of the ground truth), a shorter, easier task.
@@ -68,7 +78,12 @@ class BfclEnvironment(ToolEnvironment):
         same result (adding a symbol the market lacks returns the watchlist) and of
         results matched against earlier turns' calls; `"arguments"` also rejects a call
         that reaches the right state with other arguments (that symbol, by its company
-        name, when the ticker was already there)."""
+        name, when the ticker was already there).
+        `reject_failed_calls`: a turn that passes those checks fails when one of its calls
+        failed (no such tool, arguments that are not JSON, an exception in BFCL's executor,
+        or an API answer with an `error` field, such as a symbol the market lacks). BFCL
+        allows such calls; a trajectory trained on should not teach them. No ground-truth
+        call of BFCL's base tasks fails."""
         super().__init__()
         if first_turns is not None and first_turns < 1:
             raise ValueError("first_turns must be at least 1")
@@ -80,6 +95,8 @@ class BfclEnvironment(ToolEnvironment):
                 f"not {require_ground_truth_calls!r}"
             )
         self.require_ground_truth_calls = require_ground_truth_calls
+        self.reject_failed_calls = reject_failed_calls
+        self._failed_calls: dict[int, list[str]] = {}  # turn -> its failed calls, described
         self._turn_checks: dict[int, dict[str, Any]] = {}
         self.failed_turn: int | None = None
         bfcl.bfcl_package()
@@ -122,7 +139,7 @@ class BfclEnvironment(ToolEnvironment):
         ]
         self.turn = 0
         self.steps: list[list[list[str]]] = [[]]  # turns -> steps -> BFCL call strings
-        self._turn_checks, self.failed_turn = {}, None
+        self._turn_checks, self.failed_turn, self._failed_calls = {}, None, {}
         # BFCL keys live instances by model name + task id: a fresh tag per episode keeps
         # concurrent episodes of one task apart
         self._tag = f"assay_{uuid.uuid4().hex[:12]}"
@@ -168,6 +185,7 @@ class BfclEnvironment(ToolEnvironment):
         detail = f"{check.get('error_type')}: {check.get('error_message')}" if check else ""
         for stale in [t for t in self._turn_checks if t > k]:
             del self._turn_checks[stale]
+        self._failed_calls = {t: f for t, f in self._failed_calls.items() if t < k}
         self.turn, self.failed_turn, self.done = k, None, False
         self.steps = [*self.steps[:k], []]
         self._forget_instances()
@@ -205,15 +223,21 @@ class BfclEnvironment(ToolEnvironment):
                 raise ValueError(f"no tool named {name!r}")
             call = call_string(name, arguments)
         except ValueError as exc:
-            return self._record(ToolResult(name, {}, f"Error: {exc}", True))
+            return self._record_call(ToolResult(name, {}, f"Error: {exc}", True))
         self.steps[-1][-1].append(call)
         start = time.perf_counter()
         results, _ = self._execute([call], self._tag)
         content = result_text(results[0])
         failed = content.startswith("Error during execution")
-        return self._record(
+        return self._record_call(
             ToolResult(name, arguments, content, failed, time.perf_counter() - start)
         )
+
+    def _record_call(self, result: ToolResult) -> ToolResult:
+        if result.error or _api_error(result.content):
+            described = f"{result.name}: {result.content[:160]}"
+            self._failed_calls.setdefault(self.turn, []).append(described)
+        return self._record(result)
 
     def _execute(self, calls: list[str], tag: str) -> tuple[list[str], dict[str, Any]]:
         return self._utils.execute_multi_turn_func_call(
@@ -264,6 +288,13 @@ class BfclEnvironment(ToolEnvironment):
             result = self._check(k + 1)
             if result["valid"] and self.require_ground_truth_calls:
                 result = self._ground_truth_calls_made(k) or result
+            if result["valid"] and self.reject_failed_calls and self._failed_calls.get(k):
+                failed = self._failed_calls[k]
+                result = {
+                    "valid": False,
+                    "error_type": "assay:failed_call",
+                    "error_message": f"turn {k}: {len(failed)} failed call(s): {failed[0]}",
+                }
             self._turn_checks[k] = result
         return self._turn_checks[k]
 
