@@ -77,6 +77,16 @@ class FailOn(Map):
         return table
 
 
+class InterruptOn(FailOn):
+    """As FailOn, but the user stops the run there (KeyboardInterrupt, as Ctrl-C raises)."""
+
+    def map(self, table: pa.Table) -> pa.Table:
+        try:
+            return super().map(table)
+        except ValueError:
+            raise KeyboardInterrupt from None
+
+
 class DropsSilently(Stage):
     """A broken stage: loses half its rows without rejecting them."""
 

@@ -12,6 +12,7 @@ from engine_stages import (
     DropsSilently,
     EvenOnly,
     FailOn,
+    InterruptOn,
     InventsRows,
     RejectAll,
     ReturnsList,
@@ -127,6 +128,28 @@ def test_a_failure_keeps_completed_batches_and_resume_finishes(workspace, tmp_pa
     # batches 0 and 1 ran once; batch 2 ran twice (failed, then resumed); 3 and 4 once
     assert log.read_text().split() == ["0", "5", "10", "10", "15", "20"]
     assert result.funnel()[0]["rows_in"] == 25  # counts of the failed attempt are not kept
+
+
+def test_a_run_stopped_by_the_user_is_interrupted_and_resumes(workspace, tmp_path) -> None:
+    fixed = tmp_path / "fixed"
+    pipeline = Pipeline([InterruptOn(bad_id="13", fixed=str(fixed))], batch_size=5)
+    sequential = LocalExecutor(batch_size=5, cpu_workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(ROWS, workspace=workspace, progress="quiet", executor=sequential)
+    with RunStore(workspace) as store:
+        (run,) = store.runs()
+        assert run["status"] == "interrupted"
+        assert store.run(run["run_id"])["error"] == (
+            f"stopped by the user; resume with --resume {run['run_id']}"
+        )
+        assert set(store.done_batches(run["run_id"], 0)) == {0, 1}
+    fixed.touch()
+    result = pipeline.run(
+        ROWS, workspace=workspace, resume=run["run_id"], progress="quiet", executor=sequential
+    )
+    assert result.to_arrow()["n"].to_pylist() == list(range(25))
+    with RunStore(workspace) as store:
+        assert store.run(run["run_id"])["status"] == "done"
 
 
 def test_resume_refuses_a_different_pipeline(workspace: Path) -> None:

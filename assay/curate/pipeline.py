@@ -105,6 +105,11 @@ class Pipeline:
                 executor.run(
                     self.stages, src, store, run_id, run_dir, reporter, no_cache, keep_output=output
                 )
+            except KeyboardInterrupt:
+                store.set_status(
+                    run_id, "interrupted", f"stopped by the user; resume with --resume {run_id}"
+                )
+                raise
             except BaseException as exc:
                 store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
                 raise
