@@ -10,5 +10,6 @@ from assay.judges import (  # noqa: F401  (registers the stages)
     rubric,
     sql,
     step,
+    tool_answers,
     tool_calls,
 )

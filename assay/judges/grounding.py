@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -32,6 +33,59 @@ def context_text(value: Any) -> str:
         return value
     passages = [str(v) for v in value if v is not None]
     return "\n\n".join(f"[Passage {i + 1}] {p}" for i, p in enumerate(passages))
+
+
+def grounding_call(context: str, response: str, question: str | None, max_claims: int) -> Call:
+    """The request that splits `response` into claims and labels each against `context`."""
+    parts = [
+        "Check a response against its context. Split the response into atomic factual "
+        f"claims (at most {max_claims}) and label each one: 'supported' if the "
+        "context states or directly implies it, 'contradicted' if the context says "
+        "otherwise, 'unsupported' if the context does not say. Use only the context, "
+        "not your own knowledge.",
+        f"[Context]\n{context}",
+    ]
+    if question is not None:
+        parts.append(f"[Question]\n{question}")
+    parts += [
+        f"[Response]\n{response}",
+        'Answer with JSON only: {"claims": [{"claim": "...", "label": "supported" | '
+        '"unsupported" | "contradicted", "evidence": "..."}]}',
+    ]
+    return Call([{"role": "user", "content": "\n\n".join(parts)}], answer_model(max_claims))
+
+
+def claims_judgement(claims: list[Claim]) -> Judgement:
+    """Score (grounded fraction), verdict and rationale of one response's labelled claims."""
+    listed = [c.model_dump() for c in claims]
+    bad = [c.claim for c in claims if c.label != "supported"]
+    if not claims:
+        return Judgement(
+            1.0,
+            "no claims",
+            "no factual claim to check",
+            extra={"claims": "[]", "unsupported": "[]", "n_claims": 0},
+        )
+    score = (len(claims) - len(bad)) / len(claims)
+    if not bad:
+        verdict = "grounded"
+    elif any(c.label == "contradicted" for c in claims):
+        verdict = "contradicted"
+    else:
+        verdict = "unsupported"
+    rationale = f"{len(claims) - len(bad)} of {len(claims)} claims supported"
+    if bad:
+        rationale += "; not supported: " + "; ".join(bad)
+    return Judgement(
+        score,
+        verdict,
+        rationale,
+        extra={
+            "claims": json.dumps(listed, ensure_ascii=False),
+            "unsupported": json.dumps(bad, ensure_ascii=False),
+            "n_claims": len(claims),
+        },
+    )
 
 
 @register
@@ -69,57 +123,12 @@ class GroundingJudge(LLMJudge):
         return {"claims": pa.string(), "unsupported": pa.string(), "n_claims": pa.int64()}
 
     def calls(self, row: dict[str, Any]) -> list[Call]:
-        parts = [
-            "Check a response against its context. Split the response into atomic factual "
-            f"claims (at most {self.max_claims}) and label each one: 'supported' if the "
-            "context states or directly implies it, 'contradicted' if the context says "
-            "otherwise, 'unsupported' if the context does not say. Use only the context, "
-            "not your own knowledge.",
-            f"[Context]\n{context_text(row[self.context_column])}",
-        ]
-        if self.prompt_column:
-            parts.append(f"[Question]\n{row[self.prompt_column]}")
-        parts += [
-            f"[Response]\n{row[self.response_column]}",
-            'Answer with JSON only: {"claims": [{"claim": "...", "label": "supported" | '
-            '"unsupported" | "contradicted", "evidence": "..."}]}',
-        ]
-        content = "\n\n".join(parts)
-        return [Call([{"role": "user", "content": content}], answer_model(self.max_claims))]
+        question = row[self.prompt_column] if self.prompt_column else None
+        context = context_text(row[self.context_column])
+        return [grounding_call(context, row[self.response_column], question, self.max_claims)]
 
     def judge_row(self, row: dict[str, Any], answers: list[BaseModel]) -> Judgement:
-        claims: list[Claim] = answers[0].claims  # type: ignore[attr-defined]
-        listed = [c.model_dump() for c in claims]
-        bad = [c.claim for c in claims if c.label != "supported"]
-        if not claims:
-            return Judgement(
-                1.0,
-                "no claims",
-                "no factual claim to check",
-                extra={"claims": "[]", "unsupported": "[]", "n_claims": 0},
-            )
-        score = (len(claims) - len(bad)) / len(claims)
-        if not bad:
-            verdict = "grounded"
-        elif any(c.label == "contradicted" for c in claims):
-            verdict = "contradicted"
-        else:
-            verdict = "unsupported"
-        rationale = f"{len(claims) - len(bad)} of {len(claims)} claims supported"
-        if bad:
-            rationale += "; not supported: " + "; ".join(bad)
-        import json
-
-        return Judgement(
-            score,
-            verdict,
-            rationale,
-            extra={
-                "claims": json.dumps(listed, ensure_ascii=False),
-                "unsupported": json.dumps(bad, ensure_ascii=False),
-                "n_claims": len(claims),
-            },
-        )
+        return claims_judgement(answers[0].claims)  # type: ignore[attr-defined]
 
     def reward_row(self, prompt: Any, completion: Any, columns: dict[str, Any]) -> dict[str, Any]:
         if self.context_column not in columns:
