@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from assay.curate.errors import RecipeError
-from assay.curate.recipes import load_recipe, parse_recipe
+from assay.curate.errors import AssayError, RecipeError
+from assay.curate.recipes import load_job, load_recipe, parse_recipe
 from assay.operators.text import MinLength, Normalize
 
 RECIPE = """
@@ -130,3 +130,20 @@ def test_a_bad_row_is_named_and_the_run_resumes_once_the_file_is_fixed(tmp_path:
     assert resumed.returncode == 0, resumed.stderr
     out = pq.read_table(run_dir / "output")
     assert out["text"].to_pylist() == [f"line number {i}" for i in range(9)]
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_recipe_loads_with_its_source(recipe: Path) -> None:
+    # a misspelt option or a moved data file fails here, not after a model has loaded
+    if load_job(recipe) is not None:  # a job recipe (intern.yaml): its own loader checked it
+        return
+    if recipe.name == "judge_grounding.yaml":  # needs a judge trained first, and says so
+        with pytest.raises(AssayError, match="make one with `assay judge train`"):
+            load_recipe(recipe)
+        return
+    pipeline = load_recipe(recipe)
+    assert pipeline.stages
+    if isinstance(pipeline.source, str) and not pipeline.source.startswith(("gsm8k", "halueval")):
+        assert Path(pipeline.source).exists(), pipeline.source
