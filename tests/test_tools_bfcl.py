@@ -534,3 +534,16 @@ def test_a_cut_call_counts_as_the_attempts_first_tool() -> None:
     assert first_call_name(said('I would call [{"name": "ls"}]')) is None  # prose
     assert first_call_name(said('[{"name": "del')) is None  # the name itself was cut
     assert first_call_name([*said("thinking"), called]) == "cd"
+
+
+def test_a_misspelt_environment_option_fails_when_the_stage_is_built() -> None:
+    with pytest.raises(ValueError, match=r"environment 'bfcl' has no option 'reject_failed_call' "):
+        ToolRollouts(
+            model="local/smollm2-135m",
+            environment="bfcl",
+            environment_kwargs={"first_turns": 2, "reject_failed_call": True},
+        )
+    stage = ToolRollouts(
+        model="local/smollm2-135m", environment="bfcl", environment_kwargs={"first_turns": 2}
+    )
+    assert stage.new_environment().first_turns == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import zlib
 from typing import Any
 
@@ -180,6 +181,7 @@ class ToolRollouts(AsyncStage, UsesLLM):
         if isinstance(self.force_tools, int) and self.force_tools < 0:
             raise ValueError("force_tools must be 0 or more, or a list of tool names")
         self._env_cls = environment_class(self.environment)
+        _check_options(self.environment, self._env_cls, self.environment_kwargs)
 
     def forced_choice(self, k: int, tools: list[dict[str, Any]]) -> Any:
         """The tool_choice of the k-th model call (from 0) after a user message, or None."""
@@ -264,3 +266,17 @@ class ToolRollouts(AsyncStage, UsesLLM):
         for name, kind in OUTPUT_TYPES.items():
             columns[name] = pa.array([e[name] for e in episodes], kind)
         return pa.table(columns)
+
+
+def _check_options(name: str, env_cls: type, options: dict[str, Any]) -> None:
+    """A misspelt `environment_kwargs` key fails when the stage is built (a recipe loads),
+    not at the first episode after the model has loaded."""
+    params = inspect.signature(env_cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [p for p in params if p != "self"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"environment {name!r} has no option {unknown[0]!r} (options: {', '.join(known)})"
+        )
