@@ -20,7 +20,7 @@ from assay.judges.grounding import claims_judgement, grounding_call
 from assay.judges.llm_judge import Call, Judgement, LLMJudge
 
 # worst first: the verdict of a trajectory is that of its worst answer
-_VERDICT_ORDER = ("error", "contradicted", "unsupported", "grounded", "no claims")
+_VERDICT_ORDER = ("contradicted", "unsupported", "grounded", "no claims")
 
 
 def turn_answers(messages: Any) -> list[dict[str, Any]]:
@@ -113,24 +113,26 @@ class ToolAnswerGroundingJudge(LLMJudge):
                 "the trajectory has no answer to check",
                 extra={"claims": "[]", "unsupported": "[]", "n_claims": 0, "n_answers": 0},
             )
-        judged = [
-            (a, claims_judgement(v.claims))  # type: ignore[attr-defined]
-            for a, v in zip(found, answers, strict=True)
-        ]
+        claims = [v.claims for v in answers]  # type: ignore[attr-defined]
+        judged = [(a, claims_judgement(c)) for a, c in zip(found, claims, strict=True)]
         worst_answer, worst = min(
             judged, key=lambda p: (p[1].score, _VERDICT_ORDER.index(p[1].verdict))
         )
-        listed, unsupported = [], []
-        for a, j in judged:
-            listed.append(
-                {
-                    "turn": a["turn"],
-                    "answer": a["answer"],
-                    "score": j.score,
-                    "claims": json.loads(j.extra["claims"]),
-                }
-            )
-            unsupported += [f"turn {a['turn']}: {c}" for c in json.loads(j.extra["unsupported"])]
+        listed = [
+            {
+                "turn": a["turn"],
+                "answer": a["answer"],
+                "score": j.score,
+                "claims": [x.model_dump() for x in c],
+            }
+            for (a, j), c in zip(judged, claims, strict=True)
+        ]
+        unsupported = [
+            f"turn {a['turn']}: {x.claim}"
+            for a, c in zip(found, claims, strict=True)
+            for x in c
+            if x.label != "supported"
+        ]
         return Judgement(
             worst.score,
             worst.verdict,
